@@ -1,0 +1,337 @@
+// Typed stack configuration for jhe-upgrade, validated before any resource is made.
+//
+// Every key is declared (type, description, default) in Pulumi.yaml; this module is the one place
+// that reads them, checks each value and the relations between them, and reports *all* problems
+// at once, each naming the key and what is allowed.
+import * as pulumi from "@pulumi/pulumi";
+
+export type Stage = "staging" | "prod";
+
+export interface JheConfig {
+    /** Git tag of JHE to deploy (the upgrade/rollback target). */
+    version: string;
+    stage: Stage;
+    ssh: {
+        host: string;
+        port: number;
+        user: string;
+        /** Pinned public host key, "ssh-ed25519 AAAA…". */
+        hostKey: string;
+        privateKey: pulumi.Output<string>;
+    };
+    layout: {
+        appRoot: string;
+        appUser: string;
+        appGroup: string;
+        serviceName: string;
+        backupDir: string;
+        keepReleases: number;
+    };
+    /** Where the server fetches tags from: a URL or a path on the server. */
+    repoUrl: string;
+    siteUrl: string;
+    db: {
+        name: string;
+        user: string;
+        password?: pulumi.Output<string>;
+    };
+    /** Plain .env settings given in config (secrets are in secretEnv). */
+    env: Record<string, string>;
+    secretEnv: pulumi.Output<Record<string, string>>;
+    /** Names of the secret .env settings (the names are not secret, their values are). */
+    secretEnvNames: string[];
+    /** Name of an existing S3 bucket for off-host backup copies, or a new one made by the stack. */
+    backupBucket: { mode: "off" } | { mode: "create"; name?: string } | { mode: "existing"; name: string };
+}
+
+export class ConfigError extends Error {
+    constructor(public readonly problems: string[]) {
+        super(
+            `invalid stack configuration (${problems.length} problem${problems.length === 1 ? "" : "s"}), ` +
+                `nothing was changed on the server:\n` +
+                problems.map((p) => `  - ${p}`).join("\n"),
+        );
+        this.name = "ConfigError";
+    }
+}
+
+export const DEFAULTS = {
+    sshPort: 22,
+    sshUser: "root",
+    stage: "staging" as Stage,
+    appRoot: "/opt/jupyterhealth-exchange",
+    appUser: "jheapp",
+    appGroup: "www-data",
+    serviceName: "jhe",
+    backupDir: "/backups/jhe",
+    keepReleases: 5,
+    dbName: "jhe_production",
+    dbUser: "jheuser",
+    backupBucket: "off",
+};
+
+// ---- value rules (each returns an error text or undefined) ----------------------------------
+
+const NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
+const DB_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+const PATH = /^\/(?:[A-Za-z0-9._-]+\/?)*$/;
+const TAG = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^[0-9a-fA-F:]+$/;
+const HOST_KEY = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$/;
+const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
+const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const REPO = /^(?:(?:https?|ssh|git):\/\/[A-Za-z0-9@:%._\/~+-]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._\/~-]+|\/(?:[A-Za-z0-9._-]+\/?)*)$/;
+
+export function checkPath(v: string): string | undefined {
+    if (!PATH.test(v) || v.split("/").includes("..")) {
+        return "must be an absolute path of letters, digits, '.', '_', '-' and '/', without '..'";
+    }
+    if (v === "/" || v.length > 200) return "must be a directory below / and at most 200 characters";
+    return undefined;
+}
+
+export function checkTag(v: string): string | undefined {
+    if (!TAG.test(v) || v.includes("..") || v.endsWith(".lock")) {
+        return "must be a git tag such as v1.2.0 (letters, digits, '.', '_', '-'; starting with a letter or digit)";
+    }
+    return undefined;
+}
+
+export function checkEnvValue(name: string, v: string): string | undefined {
+    if (/[\n\r\0]/.test(v)) return `the value of ${name} must be one line (no newline or NUL)`;
+    if (v.length > 4096) return `the value of ${name} must be at most 4096 characters`;
+    return undefined;
+}
+
+/** JHE's settings traps (DESIGN.md §8), checked before any window opens. */
+export function jheSettingsProblems(env: Record<string, string>, stage: Stage, where: string): string[] {
+    const problems: string[] = [];
+    if (stage === "prod" && "DEBUG" in env && env.DEBUG !== "") {
+        problems.push(
+            `${where}.DEBUG: JHE turns DEBUG on for any non-empty value (even "False"); ` +
+                `on a prod stack remove it or set it to "" (empty)`,
+        );
+    }
+    if ("SMTP_PORT" in env && env.SMTP_PORT.trim() === "") {
+        problems.push(`${where}.SMTP_PORT: an empty SMTP_PORT crashes every manage.py command; remove it or give a port number`);
+    } else if ("SMTP_PORT" in env && !/^\d{1,5}$/.test(env.SMTP_PORT)) {
+        problems.push(`${where}.SMTP_PORT: must be a port number (got ${JSON.stringify(env.SMTP_PORT)})`);
+    }
+    for (const k of ["SECRET_KEY", "DB_PASSWORD"]) {
+        if (k in env) problems.push(`${where}.${k}: a secret; set it with \`pulumi config set --secret --path 'jhe:secretEnv.${k}' …\``);
+    }
+    return problems;
+}
+
+// ---- reading --------------------------------------------------------------------------------
+
+/** Raw values as they come out of stack config (plain ones only; secrets are handled apart). */
+export interface RawConfig {
+    [key: string]: unknown;
+}
+
+export interface SecretInputs {
+    sshPrivateKey?: pulumi.Output<string>;
+    dbPassword?: pulumi.Output<string>;
+    secretEnv?: pulumi.Output<Record<string, string>>;
+    /** Names in secretEnv, read without revealing values (the keys of the config object). */
+    secretEnvNames?: string[];
+    /** The secretEnv values, only to check their shape; no message ever includes one. */
+    secretEnvValues?: Record<string, unknown>;
+}
+
+function str(raw: RawConfig, key: string, problems: string[], required: boolean, def?: string): string {
+    const v = raw[key];
+    if (v === undefined || v === null || v === "") {
+        if (required) problems.push(`jhe:${key} is required: set it with \`pulumi config set jhe:${key} <value>\``);
+        return def ?? "";
+    }
+    if (typeof v !== "string") {
+        problems.push(`jhe:${key} must be a string (got ${typeof v})`);
+        return def ?? "";
+    }
+    return v;
+}
+
+function int(raw: RawConfig, key: string, problems: string[], def: number, min: number, max: number): number {
+    const v = raw[key];
+    if (v === undefined || v === null || v === "") return def;
+    const n = typeof v === "number" ? v : typeof v === "string" && /^\d+$/.test(v) ? Number(v) : NaN;
+    if (!Number.isInteger(n) || n < min || n > max) {
+        problems.push(`jhe:${key} must be a whole number from ${min} to ${max} (got ${JSON.stringify(v)})`);
+        return def;
+    }
+    return n;
+}
+
+function checked(problems: string[], key: string, v: string, rule: (v: string) => string | undefined) {
+    const why = rule(v);
+    if (why) problems.push(`jhe:${key} ${why} (got ${JSON.stringify(v.length > 80 ? v.slice(0, 80) + "…" : v)})`);
+}
+
+const rx = (re: RegExp, what: string) => (v: string) => (re.test(v) ? undefined : what);
+
+/** Validates raw config; throws ConfigError listing every problem. Pure: no Pulumi runtime needed. */
+export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig {
+    const p: string[] = [];
+    const known = new Set([
+        "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
+        "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
+        "dbPassword", "env", "secretEnv", "backupBucket",
+    ]);
+    for (const k of Object.keys(raw)) {
+        if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
+    }
+
+    const version = str(raw, "version", p, true);
+    if (version) checked(p, "version", version, checkTag);
+
+    const stageRaw = str(raw, "stage", p, false, DEFAULTS.stage);
+    if (stageRaw !== "staging" && stageRaw !== "prod") p.push(`jhe:stage must be "staging" or "prod" (got ${JSON.stringify(stageRaw)})`);
+    const stage = stageRaw === "prod" ? "prod" : "staging";
+
+    const host = str(raw, "host", p, true);
+    if (host) checked(p, "host", host, rx(HOST, "must be a host name or an IP address"));
+    const hostKey = str(raw, "sshHostKey", p, true).trim();
+    if (hostKey) {
+        checked(p, "sshHostKey", hostKey, rx(HOST_KEY,
+            'must be the server\'s public host key line, e.g. "ssh-ed25519 AAAA…" (ssh-keyscan -t ed25519 <host>)'));
+    }
+    const sshPort = int(raw, "sshPort", p, DEFAULTS.sshPort, 1, 65535);
+    const sshUser = str(raw, "sshUser", p, false, DEFAULTS.sshUser);
+    checked(p, "sshUser", sshUser, rx(NAME, "must be a Unix user name (lower-case letters, digits, '_', '-')"));
+    if (!secrets.sshPrivateKey) {
+        p.push("jhe:sshPrivateKey is required: `pulumi config set --secret jhe:sshPrivateKey < ~/.ssh/id_ed25519`");
+    }
+
+    const layout = {
+        appRoot: str(raw, "appRoot", p, false, DEFAULTS.appRoot),
+        appUser: str(raw, "appUser", p, false, DEFAULTS.appUser),
+        appGroup: str(raw, "appGroup", p, false, DEFAULTS.appGroup),
+        serviceName: str(raw, "serviceName", p, false, DEFAULTS.serviceName),
+        backupDir: str(raw, "backupDir", p, false, DEFAULTS.backupDir),
+        keepReleases: int(raw, "keepReleases", p, DEFAULTS.keepReleases, 2, 50),
+    };
+    checked(p, "appRoot", layout.appRoot, checkPath);
+    checked(p, "backupDir", layout.backupDir, checkPath);
+    for (const k of ["appUser", "appGroup", "serviceName"] as const) {
+        checked(p, k, layout[k], rx(NAME, "must be a Unix name (lower-case letters, digits, '_', '-'; at most 32)"));
+    }
+    if (layout.backupDir === layout.appRoot || layout.backupDir.startsWith(layout.appRoot.replace(/\/$/, "") + "/")) {
+        p.push(`jhe:backupDir must lie outside jhe:appRoot (${layout.appRoot}), so a release switch never touches backups`);
+    }
+
+    const repoUrl = str(raw, "repoUrl", p, false, `${layout.appRoot.replace(/\/$/, "")}/repo.git`);
+    if (raw.repoUrl) checked(p, "repoUrl", repoUrl, rx(REPO, "must be an http(s)/ssh/git URL, user@host:path, or an absolute path on the server"));
+
+    const siteUrl = str(raw, "siteUrl", p, true);
+    if (siteUrl) {
+        let ok = false;
+        try {
+            const u = new URL(siteUrl);
+            ok = (u.protocol === "https:" || u.protocol === "http:") && HOST.test(u.hostname) && !u.username && !u.password;
+            if (ok && stage === "prod" && u.protocol !== "https:") {
+                p.push(`jhe:siteUrl must use https on a prod stack (got ${JSON.stringify(siteUrl)})`);
+            }
+        } catch {
+            ok = false;
+        }
+        if (!ok) p.push(`jhe:siteUrl must be a URL like https://jhe.example.org (got ${JSON.stringify(siteUrl)})`);
+    }
+
+    const db = {
+        name: str(raw, "dbName", p, false, DEFAULTS.dbName),
+        user: str(raw, "dbUser", p, false, DEFAULTS.dbUser),
+        password: secrets.dbPassword,
+    };
+    checked(p, "dbName", db.name, rx(DB_NAME, "must be a PostgreSQL name (lower-case letters, digits, '_')"));
+    checked(p, "dbUser", db.user, rx(DB_NAME, "must be a PostgreSQL role name (lower-case letters, digits, '_')"));
+
+    const env: Record<string, string> = {};
+    const envRaw = raw.env;
+    if (envRaw !== undefined && envRaw !== null) {
+        if (typeof envRaw !== "object" || Array.isArray(envRaw)) {
+            p.push("jhe:env must be an object of NAME: value pairs (pulumi config set --path 'jhe:env.NAME' value)");
+        } else {
+            for (const [k, v] of Object.entries(envRaw as Record<string, unknown>)) {
+                if (!ENV_NAME.test(k)) {
+                    p.push(`jhe:env.${k}: names must be upper-case letters, digits and '_' (like SITE_URL)`);
+                    continue;
+                }
+                const value = typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : undefined;
+                if (value === undefined) {
+                    p.push(`jhe:env.${k} must be a string, number or boolean`);
+                    continue;
+                }
+                const why = checkEnvValue(`jhe:env.${k}`, value);
+                if (why) p.push(why);
+                else env[k] = value;
+            }
+        }
+    }
+    p.push(...jheSettingsProblems(env, stage, "jhe:env"));
+    const secretEnvNames = [...(secrets.secretEnvNames ?? [])];
+    for (const k of secretEnvNames) {
+        if (!ENV_NAME.test(k)) p.push(`jhe:secretEnv.${k}: names must be upper-case letters, digits and '_'`);
+        if (k in env) p.push(`jhe:env.${k} and jhe:secretEnv.${k} are both set; keep one`);
+        const v = secrets.secretEnvValues?.[k];
+        if (v !== undefined && typeof v !== "string") p.push(`jhe:secretEnv.${k} must be a string`);
+        else if (v !== undefined) {
+            const why = checkEnvValue(`jhe:secretEnv.${k}`, v);
+            if (why) p.push(why);
+        }
+    }
+
+    let backupBucket: JheConfig["backupBucket"] = { mode: "off" };
+    const bb = str(raw, "backupBucket", p, false, DEFAULTS.backupBucket);
+    if (bb === "create") backupBucket = { mode: "create" };
+    else if (bb.startsWith("create:")) backupBucket = { mode: "create", name: bb.slice(7) };
+    else if (bb !== "off") backupBucket = { mode: "existing", name: bb };
+    if (backupBucket.mode !== "off" && backupBucket.name !== undefined && !BUCKET.test(backupBucket.name)) {
+        p.push(`jhe:backupBucket must be "off", "create", "create:<name>" or an existing bucket name (got ${JSON.stringify(bb)})`);
+    }
+
+    if (p.length) throw new ConfigError(p);
+    return {
+        version,
+        stage,
+        ssh: { host, port: sshPort, user: sshUser, hostKey, privateKey: secrets.sshPrivateKey! },
+        layout,
+        repoUrl,
+        siteUrl,
+        db,
+        env,
+        secretEnv: secrets.secretEnv ?? pulumi.output({} as Record<string, string>),
+        secretEnvNames,
+        backupBucket,
+    };
+}
+
+/** Reads the `jhe` namespace of the current stack's config and validates it. */
+export function loadConfig(): JheConfig {
+    const cfg = new pulumi.Config("jhe");
+    const raw: RawConfig = {};
+    const plainKeys = [
+        "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
+        "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket",
+    ];
+    for (const k of plainKeys) raw[k] = cfg.get(k);
+    raw.sshPort = cfg.get("sshPort");
+    raw.keepReleases = cfg.get("keepReleases");
+    raw.env = cfg.getObject("env");
+    // Names of unknown keys in the namespace are reported too (typos must not pass silently).
+    const all = pulumi.runtime.allConfig();
+    for (const full of Object.keys(all)) {
+        const [ns, key] = full.split(":");
+        if (ns === "jhe" && !(key in raw) && !["sshPrivateKey", "dbPassword", "secretEnv"].includes(key)) raw[key] = all[full];
+    }
+    const secretEnvObj = cfg.getSecretObject<Record<string, string>>("secretEnv");
+    const secretEnvValues = JSON.parse(all["jhe:secretEnv"] ?? "{}") as Record<string, unknown>;
+    return validateConfig(raw, {
+        sshPrivateKey: cfg.getSecret("sshPrivateKey"),
+        dbPassword: cfg.getSecret("dbPassword"),
+        secretEnv: secretEnvObj ? secretEnvObj.apply((o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, String(v)]))) : undefined,
+        secretEnvNames: Object.keys(secretEnvValues),
+        secretEnvValues,
+    });
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `npm test` (everything), `npm run test:unit`, `npm run test:e2e`: installs what is missing, builds,
+# then runs mocha on the chosen layers. Extra arguments go to mocha (e.g. --grep).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$JHE_ROOT"
+layer=${1:-all}; shift || true
+[[ -x node_modules/.bin/mocha ]] || npm ci --no-audit --no-fund
+npx --no-install tsc -p .
+case "$layer" in
+  unit) files=("bin/tests/unit/**/*.test.js") ;;
+  e2e)  files=("bin/tests/e2e/**/*.test.js") ;;
+  all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/e2e/**/*.test.js") ;;
+  *) echo "usage: scripts/test.sh unit|e2e|all [mocha args]" >&2; exit 2 ;;
+esac
+[[ $layer == unit ]] || scripts/install-engine.sh
+exec npx --no-install mocha --timeout 900000 "${files[@]}" "$@"

@@ -1,0 +1,16 @@
+// mocha's spec reporter plus the plain closing line CI reads: "N passed, N failed[, N skipped]".
+"use strict";
+const Mocha = require("mocha");
+const { EVENT_RUN_END } = Mocha.Runner.constants;
+
+class SpecWithSummary extends Mocha.reporters.Spec {
+    constructor(runner, options) {
+        super(runner, options);
+        runner.once(EVENT_RUN_END, () => {
+            const s = runner.stats || this.stats;
+            const skipped = s.pending ? `, ${s.pending} skipped` : "";
+            process.stdout.write(`\n${s.passes} passed, ${s.failures} failed${skipped}\n`);
+        });
+    }
+}
+module.exports = SpecWithSummary;

@@ -1,0 +1,97 @@
+import * as assert from "assert";
+import * as pulumi from "@pulumi/pulumi";
+import { ConfigError, validateConfig, RawConfig, SecretInputs } from "../../components/config";
+
+const good: RawConfig = {
+    version: "v1.1.0",
+    host: "10.77.0.2",
+    sshHostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 host",
+    siteUrl: "https://jhe.example.org",
+};
+const secrets: SecretInputs = { sshPrivateKey: pulumi.output("KEY") };
+
+function problems(raw: RawConfig, s: SecretInputs = secrets): string[] {
+    try {
+        validateConfig(raw, s);
+    } catch (e) {
+        assert.ok(e instanceof ConfigError, String(e));
+        return e.problems;
+    }
+    return [];
+}
+
+describe("config validation", function () {
+    it("accepts a minimal stack and fills the runbook's defaults", function () {
+        const c = validateConfig(good, secrets);
+        assert.strictEqual(c.layout.appRoot, "/opt/jupyterhealth-exchange");
+        assert.strictEqual(c.layout.appUser, "jheapp");
+        assert.strictEqual(c.layout.appGroup, "www-data");
+        assert.strictEqual(c.layout.serviceName, "jhe");
+        assert.strictEqual(c.db.name, "jhe_production");
+        assert.strictEqual(c.db.user, "jheuser");
+        assert.strictEqual(c.layout.backupDir, "/backups/jhe");
+        assert.strictEqual(c.repoUrl, "/opt/jupyterhealth-exchange/repo.git");
+        assert.strictEqual(c.ssh.port, 22);
+        assert.deepStrictEqual(c.backupBucket, { mode: "off" });
+    });
+
+    it("names every missing required key with the command that sets it", function () {
+        const p = problems({}, {});
+        for (const k of ["version", "host", "sshHostKey", "sshPrivateKey", "siteUrl"]) {
+            assert.ok(p.some((m) => m.startsWith(`jhe:${k} is required`)), `${k} in ${p.join("\n")}`);
+        }
+    });
+
+    it("reports all problems at once and says nothing changed", function () {
+        try {
+            validateConfig({ ...good, version: "v1;rm -rf /", appRoot: "relative/path" }, secrets);
+            assert.fail("expected a ConfigError");
+        } catch (e) {
+            assert.ok(e instanceof ConfigError);
+            assert.strictEqual(e.problems.length, 2, e.message);
+            assert.match(e.message, /nothing was changed on the server/);
+            assert.match(e.message, /jhe:version must be a git tag/);
+            assert.match(e.message, /jhe:appRoot must be an absolute path/);
+        }
+    });
+
+    const bad: Array<[string, RawConfig, RegExp]> = [
+        ["shell in a tag", { version: "$(touch /tmp/x)" }, /jhe:version must be a git tag/],
+        ["option-like tag", { version: "-v1" }, /jhe:version must be a git tag/],
+        ["path traversal", { appRoot: "/opt/../etc" }, /jhe:appRoot must be an absolute path/],
+        ["quote in a path", { backupDir: "/backups/'x" }, /jhe:backupDir must be an absolute path/],
+        ["backups inside the app", { backupDir: "/opt/jupyterhealth-exchange/backups" }, /jhe:backupDir must lie outside/],
+        ["host with a space", { host: "a b" }, /jhe:host must be a host name/],
+        ["host key not a key line", { sshHostKey: "AAAA" }, /jhe:sshHostKey must be the server's public host key/],
+        ["port out of range", { sshPort: 70000 }, /jhe:sshPort must be a whole number from 1 to 65535/],
+        ["user with capitals", { appUser: "Root" }, /jhe:appUser must be a Unix name/],
+        ["db name with a dash", { dbName: "jhe-prod" }, /jhe:dbName must be a PostgreSQL name/],
+        ["site url not a url", { siteUrl: "jhe.example.org" }, /jhe:siteUrl must be a URL/],
+        ["http on prod", { stage: "prod", siteUrl: "http://jhe.example.org" }, /jhe:siteUrl must use https on a prod stack/],
+        ["unknown stage", { stage: "production" }, /jhe:stage must be "staging" or "prod"/],
+        ["typo key", { verison: "v1" }, /jhe:verison is not a setting of this program/],
+        ["DEBUG=False on prod", { stage: "prod", env: { DEBUG: "False" } }, /jhe:env.DEBUG: JHE turns DEBUG on for any non-empty value/],
+        ["empty SMTP_PORT", { env: { SMTP_PORT: "" } }, /jhe:env.SMTP_PORT: an empty SMTP_PORT crashes every manage.py command/],
+        ["secret in plain env", { env: { SECRET_KEY: "abc" } }, /jhe:env.SECRET_KEY: a secret; set it with/],
+        ["newline in env", { env: { SITE_NAME: "a\nb" } }, /jhe:env.SITE_NAME must be one line/],
+        ["bad env name", { env: { "lower-case": "x" } }, /jhe:env.lower-case: names must be upper-case/],
+        ["bad bucket", { backupBucket: "Not_A_Bucket" }, /jhe:backupBucket must be/],
+    ];
+    for (const [what, patch, re] of bad) {
+        it(`rejects ${what}`, function () {
+            const p = problems({ ...good, ...patch });
+            assert.ok(p.some((m) => re.test(m)), `expected ${re} in:\n${p.join("\n")}`);
+        });
+    }
+
+    it("allows DEBUG on a staging stack", function () {
+        assert.deepStrictEqual(problems({ ...good, env: { DEBUG: "1" } }), []);
+    });
+
+    it("checks secret .env values without ever printing them", function () {
+        const p = problems(good, { ...secrets, secretEnvNames: ["SECRET_KEY"], secretEnvValues: { SECRET_KEY: "s3cr3t\nvalue" } });
+        assert.strictEqual(p.length, 1);
+        assert.match(p[0], /jhe:secretEnv.SECRET_KEY must be one line/);
+        assert.ok(!p[0].includes("s3cr3t"));
+    });
+});
