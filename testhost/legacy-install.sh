@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Runs ON the test server (as root): installs the fixture JHE at $JHE_TAG the way the runbook's
+# operator has it (../shared/seed/upgrading-jhe.md) - a git checkout in /opt/jupyterhealth-exchange,
+# a venv inside it, .env beside it, user jheapp, database jhe_production owned by jheuser, unit `jhe`,
+# nginx site /etc/nginx/sites-available/jhe with TLS - then seeds patients and observations.
+# Inputs (environment): JHE_TAG, JHE_SITE_URL, JHE_PATIENTS, JHE_OBSERVATIONS.
+set -euo pipefail
+: "${JHE_TAG:?}" "${JHE_SITE_URL:?}" "${JHE_PATIENTS:?}" "${JHE_OBSERVATIONS:?}"
+APP=/opt/jupyterhealth-exchange
+UPSTREAM=/srv/jhe-upstream.git
+WHEELS=/srv/wheelhouse
+host=${JHE_SITE_URL#https://}
+
+id jheapp >/dev/null 2>&1 || useradd --system --create-home --home-dir /home/jheapp --gid www-data --shell /bin/bash jheapp
+install -d -o jheapp -g www-data -m 0755 "$APP"
+git config --system --add safe.directory '*'
+sudo -u jheapp git clone -q "$UPSTREAM" "$APP"
+sudo -u jheapp git -C "$APP" -c advice.detachedHead=false checkout -q "$JHE_TAG"
+
+# Dependencies, offline, from the wheelhouse (the operator's "pip with venv" path).
+sudo -u jheapp python3 -m venv "$APP/venv"
+python3 /srv/testhost/lock-requirements.py "$APP" > /tmp/requirements.txt
+sudo -u jheapp "$APP/venv/bin/pip" install -q --no-index --find-links "$WHEELS" -r /tmp/requirements.txt
+
+# Database and role.
+db_password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+secret_key=$(head -c 36 /dev/urandom | base64 | tr -d '/+=')
+sudo -u postgres psql -q -v ON_ERROR_STOP=1 <<SQL
+CREATE ROLE jheuser LOGIN PASSWORD '$db_password';
+CREATE DATABASE jhe_production OWNER jheuser ENCODING 'UTF8';
+SQL
+
+# .env in the app root, as JHE reads it.
+umask 077
+cat > "$APP/.env" <<ENV
+SITE_URL=$JHE_SITE_URL
+SECRET_KEY=$secret_key
+DB_NAME=jhe_production
+DB_USER=jheuser
+DB_PASSWORD=$db_password
+DB_HOST=localhost
+DB_PORT=5432
+ENV
+chown jheapp:www-data "$APP/.env"
+umask 022
+
+cd "$APP"
+sudo -u jheapp venv/bin/python manage.py migrate --no-input -v 0
+sudo -u jheapp venv/bin/python manage.py collectstatic --no-input -v 0
+
+# Seed: N patients, M observations (several of the same code per patient, as real data has).
+sudo -u postgres psql -q -v ON_ERROR_STOP=1 -d jhe_production <<SQL
+INSERT INTO core_patient (name_family, name_given, birth_date, created)
+  SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g * 37 % 25000), now() - make_interval(mins => g)
+  FROM generate_series(1, $JHE_PATIENTS) g;
+INSERT INTO core_observation (subject_patient_id, code, value, created)
+  SELECT p.min_id + (g % $JHE_PATIENTS), (ARRAY['8867-4','8480-6','8462-4','2708-6'])[1 + g % 4],
+         40 + (g * 7919 % 120), now() - make_interval(secs => g)
+  FROM generate_series(1, $JHE_OBSERVATIONS) g, (SELECT min(id) AS min_id FROM core_patient) p;
+ANALYZE;
+SQL
+
+cat > /etc/systemd/system/jhe.service <<UNIT
+[Unit]
+Description=JupyterHealth Exchange
+After=network.target postgresql.service
+
+[Service]
+User=jheapp
+Group=www-data
+WorkingDirectory=$APP
+ExecStart=$APP/venv/bin/gunicorn jhe.wsgi:application --bind 127.0.0.1:8000 --workers 2
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+install -d -m 0755 /etc/ssl/jhe
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$host" -addext "subjectAltName=DNS:$host" \
+  -keyout /etc/ssl/jhe/jhe.key -out /etc/ssl/jhe/jhe.crt 2>/dev/null
+chmod 0600 /etc/ssl/jhe/jhe.key
+cat > /etc/nginx/sites-available/jhe <<SITE
+server {
+    listen 80;
+    server_name $host;
+    return 301 https://\$host\$request_uri;
+}
+server {
+    listen 443 ssl;
+    server_name $host;
+    ssl_certificate /etc/ssl/jhe/jhe.crt;
+    ssl_certificate_key /etc/ssl/jhe/jhe.key;
+    client_max_body_size 10m;
+    location /static/ {
+        alias $APP/staticfiles/;
+    }
+    location / {
+        proxy_pass http://127.0.0.1:8000;
+        proxy_set_header Host \$host;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+}
+SITE
+ln -sf /etc/nginx/sites-available/jhe /etc/nginx/sites-enabled/jhe
+nginx -t -q
+systemctl daemon-reload
+systemctl enable -q --now jhe
+systemctl reload nginx
+for _ in $(seq 1 100); do
+  code=$(curl -sk -o /dev/null -w '%{http_code}' --resolve "$host:443:127.0.0.1" "https://$host/health" || true)
+  [[ $code == 200 ]] && break
+  sleep 0.1
+done
+[[ $code == 200 ]] || { journalctl -u jhe -n 30 --no-pager; echo "legacy install: /health answered $code" >&2; exit 1; }
+echo "legacy install: $JHE_TAG serving at $JHE_SITE_URL"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds (once) the test server's Debian root filesystem with debootstrap and prints its path.
+# Cached outside the repository in $JHE_TESTHOST_CACHE (default /var/cache/jhe-upgrade), keyed by
+# the package list and this script. The mirror is the one this machine's apt already uses.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+suite=${JHE_TESTHOST_SUITE:-bookworm}
+cache=${JHE_TESTHOST_CACHE:-/var/cache/jhe-upgrade}
+key=$(cat "$here/packages.txt" "$here/rootfs.sh" | sha256sum | cut -c1-12)
+rootfs="$cache/rootfs-$suite-$key"
+if [[ -f "$rootfs/.jhe-rootfs-ready" ]]; then echo "$rootfs"; exit 0; fi
+
+for tool in debootstrap systemd-nspawn; do
+  command -v "$tool" >/dev/null || { echo "rootfs: $tool is missing: apt-get install --no-install-recommends debootstrap systemd-container" >&2; exit 1; }
+done
+mirror=$(grep -hoE '^URIs:\s*\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+[[ -n $mirror ]] || mirror=$(grep -hoE '^deb\s+(\[[^]]*\]\s+)?\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $NF}' | grep -v security | head -n1 || true)
+[[ -n $mirror ]] || { echo "rootfs: no Debian mirror found in this machine's apt sources" >&2; exit 1; }
+
+mkdir -p "$cache"
+tmp=$(mktemp -d "$cache/.build-XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+t0=$(date +%s)
+pkgs=$(sed 's/#.*//' "$here/packages.txt" | xargs | tr ' ' ',')
+echo "rootfs: debootstrap $suite into $tmp ..." >&2
+debootstrap --variant=minbase --include="$pkgs" "$suite" "$tmp/fs" "$mirror" >"$tmp/debootstrap.log" 2>&1 \
+  || { tail -n 30 "$tmp/debootstrap.log" >&2; exit 1; }
+fs="$tmp/fs"
+
+# --- make it a server that boots under systemd-nspawn and is configured per instance -------------
+# Host keys, authorized keys and the network address are bound in per instance at boot.
+rm -f "$fs"/etc/ssh/ssh_host_*
+cat > "$fs/etc/ssh/sshd_config.d/jhe-testhost.conf" <<'CONF'
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+HostKey /etc/ssh/ssh_host_ed25519_key
+UseDNS no
+CONF
+: > "$fs/etc/machine-id"
+echo "jhe-testhost" > "$fs/etc/hostname"
+mkdir -p "$fs/root/.ssh" && chmod 700 "$fs/root/.ssh"
+# PostgreSQL: the cluster was made during install; pin the port (it picks 5433 when the build
+# machine runs its own server) and let tests connect over the namespace link with a password.
+conf=$(ls "$fs"/etc/postgresql/*/main/postgresql.conf)
+sed -i -E "s/^#?port = [0-9]+/port = 5432/; s/^#?listen_addresses = .*/listen_addresses = '*'/" "$conf"
+echo "host all all 10.231.0.0/16 scram-sha-256" >> "$(dirname "$conf")/pg_hba.conf"
+# nginx: no default site; the JHE site is what gets installed.
+rm -f "$fs/etc/nginx/sites-enabled/default"
+# Services that make no sense in a container.
+chroot "$fs" systemctl enable systemd-networkd ssh postgresql nginx >/dev/null 2>&1
+chroot "$fs" systemctl mask systemd-resolved.service getty@.service console-getty.service \
+  systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service >/dev/null 2>&1 || true
+echo "LANG=C.UTF-8" > "$fs/etc/default/locale"
+rm -rf "$fs"/var/cache/apt/archives/*.deb "$fs"/var/lib/apt/lists/*
+touch "$fs/.jhe-rootfs-ready"
+rm -rf "$rootfs"
+mv "$fs" "$rootfs"
+echo "rootfs: built $rootfs in $(( $(date +%s) - t0 )) s, $(du -sh "$rootfs" | cut -f1)" >&2
+echo "$rootfs"

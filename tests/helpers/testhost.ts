@@ -1,0 +1,174 @@
+// Test servers from testhost/testhost.sh, used by host and e2e tests: boot, SSH, PostgreSQL over
+// the namespace link, HTTPS through the server's nginx. Only addresses of hosts these tests made.
+import { execFile, spawn } from "child_process";
+import * as fs from "fs";
+import * as https from "https";
+import * as path from "path";
+import { promisify } from "util";
+import { Client } from "pg";
+import { ROOT } from "./engine";
+
+const execFileP = promisify(execFile);
+export const TESTHOST = path.join(ROOT, "testhost", "testhost.sh");
+
+export interface HostInfo {
+    name: string;
+    state: string;
+    address: string;
+    hostAddress: string;
+    sshPort: number;
+    user: string;
+    privateKeyPath: string;
+    hostKey: string;
+    knownHostsPath: string;
+    pgPassword: string;
+    netns: string;
+    legacy: string | null;
+    siteUrl: string | null;
+    upstreamRepo: string;
+    wheelhouse: string;
+    nspawnPid: number;
+}
+
+export interface UpOptions {
+    legacy?: string;
+    patients?: number;
+    observations?: number;
+}
+
+/** Boots a test server; rejects with the script's own words if it cannot. */
+export async function up(name: string, opts: UpOptions = {}): Promise<HostInfo> {
+    const args = ["up", "--name", name];
+    if (opts.legacy) args.push("--legacy", opts.legacy);
+    if (opts.patients !== undefined) args.push("--patients", String(opts.patients));
+    if (opts.observations !== undefined) args.push("--observations", String(opts.observations));
+    const { stdout } = await execFileP(TESTHOST, args, { maxBuffer: 1 << 20, timeout: 600_000 });
+    return JSON.parse(stdout.trim().split("\n").pop()!) as HostInfo;
+}
+
+export async function down(name: string): Promise<void> {
+    await execFileP(TESTHOST, ["down", "--name", name], { timeout: 60_000 });
+}
+
+export interface RunResult {
+    code: number;
+    stdout: string;
+    stderr: string;
+}
+
+/** Runs a shell command on the server as root over SSH (pinned host key). Never throws on exit code. */
+export function ssh(host: HostInfo, command: string, stdin?: string, timeoutMs = 300_000): Promise<RunResult> {
+    return new Promise((resolve, reject) => {
+        const child = spawn("ssh", [
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", `UserKnownHostsFile=${host.knownHostsPath}`,
+            "-o", "LogLevel=ERROR", "-i", host.privateKeyPath, `${host.user}@${host.address}`, command,
+        ]);
+        let stdout = "";
+        let stderr = "";
+        const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+        child.stdout.on("data", (d) => (stdout += d));
+        child.stderr.on("data", (d) => (stderr += d));
+        child.on("error", reject);
+        child.on("close", (code) => {
+            clearTimeout(timer);
+            resolve({ code: code ?? -1, stdout, stderr });
+        });
+        child.stdin.end(stdin ?? "");
+    });
+}
+
+/** Like ssh() but fails the test with the server's output when the command fails. */
+export async function sshOk(host: HostInfo, command: string, stdin?: string): Promise<string> {
+    const r = await ssh(host, command, stdin);
+    if (r.code !== 0) throw new Error(`on ${host.name}: \`${command}\` exited ${r.code}\n${r.stdout}\n${r.stderr}`);
+    return r.stdout;
+}
+
+/** A PostgreSQL client to the server's database, over the namespace link. */
+export async function pg(host: HostInfo, database = "jhe_production"): Promise<Client> {
+    const c = new Client({ host: host.address, port: 5432, user: "postgres", password: host.pgPassword, database });
+    await c.connect();
+    return c;
+}
+
+export async function query<T = Record<string, unknown>>(host: HostInfo, sql: string, params: unknown[] = [], database?: string): Promise<T[]> {
+    const c = await pg(host, database);
+    try {
+        return (await c.query(sql, params)).rows as T[];
+    } finally {
+        await c.end();
+    }
+}
+
+/** Row counts and an order-independent checksum of a table's rows. */
+export async function tableFingerprint(host: HostInfo, table: string, database?: string): Promise<{ rows: number; checksum: string }> {
+    if (!/^[a-z_][a-z0-9_]*$/.test(table)) throw new Error(`bad table name ${table}`);
+    const [r] = await query<{ rows: string; checksum: string | null }>(
+        host,
+        `SELECT count(*) AS rows, md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) AS checksum FROM ${table} t`,
+        [],
+        database,
+    );
+    return { rows: Number(r.rows), checksum: r.checksum ?? "empty" };
+}
+
+export interface HttpResult {
+    status: number;
+    body: string;
+    headers: Record<string, string | string[] | undefined>;
+}
+
+/** HTTPS to the server's nginx with the site's Host/SNI, whatever the DNS says (self-signed cert). */
+export function request(host: HostInfo, method: string, urlPath: string, body?: unknown, timeoutMs = 10_000): Promise<HttpResult> {
+    const site = new URL(host.siteUrl ?? `https://${host.name}.jhe.test`);
+    return new Promise((resolve, reject) => {
+        const data = body === undefined ? undefined : JSON.stringify(body);
+        const req = https.request(
+            {
+                host: host.address,
+                port: 443,
+                method,
+                path: urlPath,
+                servername: site.hostname,
+                rejectUnauthorized: false,
+                timeout: timeoutMs,
+                headers: {
+                    Host: site.hostname,
+                    ...(data ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(data) } : {}),
+                },
+            },
+            (res) => {
+                let text = "";
+                res.on("data", (d) => (text += d));
+                res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text, headers: res.headers }));
+            },
+        );
+        req.on("timeout", () => req.destroy(new Error(`timeout after ${timeoutMs} ms: ${method} ${urlPath}`)));
+        req.on("error", reject);
+        req.end(data);
+    });
+}
+
+/** What a finished instance may have left on this machine (all must be empty after `down`). */
+export async function leftovers(info: HostInfo): Promise<string[]> {
+    const found: string[] = [];
+    const { stdout: ns } = await execFileP("ip", ["netns", "list"]);
+    if (ns.split("\n").some((l) => l.split(" ")[0] === info.netns)) found.push(`netns ${info.netns}`);
+    const { stdout: links } = await execFileP("ip", ["-o", "link"]);
+    if (links.includes(`jv-${info.name}@`) || links.includes(`jv-${info.name}:`)) found.push(`veth jv-${info.name}`);
+    try {
+        process.kill(info.nspawnPid, 0);
+        found.push(`process ${info.nspawnPid}`);
+    } catch {
+        /* gone, as it should be */
+    }
+    const mounts = fs.readFileSync("/proc/mounts", "utf8");
+    for (const l of mounts.split("\n")) {
+        if (l.includes(`/jhe-testhost/${info.name}`) || l.includes(`jhe-${info.name}`)) found.push(`mount ${l}`);
+    }
+    for (const cg of ["/sys/fs/cgroup/unified/jhe-testhost", "/sys/fs/cgroup/systemd/jhe-testhost"]) {
+        if (fs.existsSync(path.join(cg, info.name))) found.push(`cgroup ${cg}/${info.name}`);
+    }
+    if (fs.existsSync(path.dirname(info.privateKeyPath))) found.push(`instance dir ${path.dirname(info.privateKeyPath)}`);
+    return found;
+}
