@@ -40,6 +40,10 @@ export interface JheConfig {
     secretEnv: pulumi.Output<Record<string, string>>;
     /** Names of the secret .env settings (the names are not secret, their values are). */
     secretEnvNames: string[];
+    tls: { certificate: string; key: string };
+    /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
+    wheelhouse?: string;
+    healthTimeoutSeconds: number;
     /** Name of an existing S3 bucket for off-host backup copies, or a new one made by the stack. */
     backupBucket: { mode: "off" } | { mode: "create"; name?: string } | { mode: "existing"; name: string };
 }
@@ -68,6 +72,9 @@ export const DEFAULTS = {
     dbName: "jhe_production",
     dbUser: "jheuser",
     backupBucket: "off",
+    tlsCertificate: "/etc/ssl/jhe/jhe.crt",
+    tlsKey: "/etc/ssl/jhe/jhe.key",
+    healthTimeoutSeconds: 60,
 };
 
 // ---- value rules (each returns an error text or undefined) ----------------------------------
@@ -177,7 +184,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const known = new Set([
         "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
-        "dbPassword", "env", "secretEnv", "backupBucket",
+        "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -282,6 +289,16 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         }
     }
 
+    const tls = {
+        certificate: str(raw, "tlsCertificate", p, false, DEFAULTS.tlsCertificate),
+        key: str(raw, "tlsKey", p, false, DEFAULTS.tlsKey),
+    };
+    checked(p, "tlsCertificate", tls.certificate, checkPath);
+    checked(p, "tlsKey", tls.key, checkPath);
+    const wheelhouse = str(raw, "wheelhouse", p, false, "") || undefined;
+    if (wheelhouse) checked(p, "wheelhouse", wheelhouse, checkPath);
+    const healthTimeoutSeconds = int(raw, "healthTimeoutSeconds", p, DEFAULTS.healthTimeoutSeconds, 5, 1800);
+
     let backupBucket: JheConfig["backupBucket"] = { mode: "off" };
     const bb = str(raw, "backupBucket", p, false, DEFAULTS.backupBucket);
     if (bb === "create") backupBucket = { mode: "create" };
@@ -303,6 +320,9 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         env,
         secretEnv: secrets.secretEnv ?? pulumi.output({} as Record<string, string>),
         secretEnvNames,
+        tls,
+        wheelhouse,
+        healthTimeoutSeconds,
         backupBucket,
     };
 }
@@ -313,11 +333,12 @@ export function loadConfig(): JheConfig {
     const raw: RawConfig = {};
     const plainKeys = [
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
-        "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket",
+        "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");
     raw.keepReleases = cfg.get("keepReleases");
+    raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
     raw.env = cfg.getObject("env");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();

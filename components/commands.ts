@@ -1,0 +1,90 @@
+// Pure builders of the shell commands the program runs on the server (Kamal's style): each returns
+// text, is unit-tested without a server, and quotes every value with a real shell-quoting library.
+// Values never include secrets: those travel on stdin.
+import { quote } from "shell-quote";
+
+/** Where the host-side tool lives on the server. */
+export const TOOL_DIR = "/usr/local/lib/jhe-upgrade";
+export const TOOL_PATH = `${TOOL_DIR}/jhe_upgrade.py`;
+
+export const STEPS = ["status", "plan", "adopt", "preflight", "prepare", "backup", "migrate", "switch", "health", "finish", "unlock"] as const;
+export type Step = (typeof STEPS)[number];
+
+/** Runs `script` as root: directly for root, else through password-less sudo (failing fast, clearly). */
+export function privileged(sshUser: string, script: string): string {
+    if (sshUser === "root") return `sh -c ${quote([script])}`;
+    return (
+        `if ! sudo -n true 2>/dev/null; then echo ${quote([
+            `jhe-upgrade: the SSH user ${sshUser} needs password-less sudo on this server (sudo -n failed); ` +
+                `add a sudoers rule, or connect as root (jhe:sshUser)`,
+        ])} >&2; exit 1; fi; ` + `sudo -n sh -c ${quote([script])}`
+    );
+}
+
+/** One step of the host-side tool; its spec arrives on stdin. */
+export function toolStep(sshUser: string, step: Step): string {
+    if (!STEPS.includes(step)) throw new Error(`unknown step ${step}`);
+    return privileged(sshUser, `exec python3 ${TOOL_PATH} ${step}`);
+}
+
+/** Installs the host-side tool from stdin (atomically; 0755 root). */
+export function installTool(sshUser: string): string {
+    return privileged(
+        sshUser,
+        [
+            "set -eu",
+            `command -v python3 >/dev/null || { echo 'jhe-upgrade: the server has no python3 (JHE needs it)' >&2; exit 1; }`,
+            `install -d -m 0755 ${quote([TOOL_DIR])}`,
+            `cat > ${quote([TOOL_PATH + ".tmp"])}`,
+            `chmod 0755 ${quote([TOOL_PATH + ".tmp"])}`,
+            `mv -f ${quote([TOOL_PATH + ".tmp"])} ${quote([TOOL_PATH])}`,
+            `python3 ${quote([TOOL_PATH])} status </dev/null >/dev/null 2>&1 || true`,
+            `echo '{"installed":true}'`,
+        ].join("\n"),
+    );
+}
+
+export interface InstallFileArgs {
+    path: string;
+    mode: string;
+    /** Command that must pass with the new file in place; on failure the old file comes back. */
+    validate?: string;
+    /** Command run only when the file's content changed (and validated). */
+    onChange?: string;
+}
+
+const SAFE_PATH = /^\/(?:[A-Za-z0-9._@-]+\/?)+$/;
+
+/**
+ * Installs a file from stdin when its content differs; validates it (keeping the previous file
+ * on failure) and runs onChange. Prints {"changed":bool}.
+ */
+export function installFile(sshUser: string, a: InstallFileArgs): string {
+    if (!SAFE_PATH.test(a.path) || a.path.split("/").includes("..")) throw new Error(`unsafe path ${a.path}`);
+    if (!/^0[0-7]{3}$/.test(a.mode)) throw new Error(`bad mode ${a.mode}`);
+    const p = quote([a.path]);
+    const bak = quote([`${a.path}.jhe-upgrade.bak`]);
+    return privileged(
+        sshUser,
+        [
+            "set -eu",
+            `new=$(mktemp)`,
+            `trap 'rm -f "$new"' EXIT`,
+            `cat > "$new"`,
+            `if [ -f ${p} ] && cmp -s "$new" ${p}; then echo '{"changed":false}'; exit 0; fi`,
+            `had=0; if [ -f ${p} ]; then cp -p ${p} ${bak}; had=1; fi`,
+            `install -D -m ${a.mode} "$new" ${p}`,
+            a.validate
+                ? `if ! out=$( { ${a.validate} ; } 2>&1 ); then if [ $had = 1 ]; then mv -f ${bak} ${p}; else rm -f ${p}; fi; ` +
+                  `echo "jhe-upgrade: the new ${a.path} does not validate, the previous file was kept:" >&2; echo "$out" >&2; exit 1; fi`
+                : ":",
+            a.onChange
+                ? `if ! out=$( { ${a.onChange} ; } 2>&1 ); then echo "$out" >&2; ` +
+                  `if [ $had = 1 ]; then mv -f ${bak} ${p}; { ${a.onChange} ; } >/dev/null 2>&1 || true; ` +
+                  `echo "jhe-upgrade: applying the new ${a.path} failed; the previous file is back in place and applied" >&2; ` +
+                  `else echo "jhe-upgrade: applying the new ${a.path} failed" >&2; fi; exit 1; fi`
+                : ":",
+            `echo '{"changed":true}'`,
+        ].join("\n"),
+    );
+}

@@ -1,0 +1,135 @@
+// JheHost: the server as Pulumi sees it - the SSH connection (pinned host key), the host-side tool
+// copied to it, and the adoption of what it runs today into the releases layout.
+import * as crypto from "crypto";
+import * as fs from "fs";
+import * as path from "path";
+import * as pulumi from "@pulumi/pulumi";
+import * as command from "@pulumi/command";
+import { installTool, Step, toolStep } from "./commands";
+import { JheConfig } from "./config";
+
+/** The host-side tool's source, shipped with the program. */
+export const TOOL_SOURCE_PATH = path.join(__dirname, "..", "..", "host", "jhe_upgrade.py");
+export function toolSource(): string {
+    // Compiled to bin/components; the tool sits in host/ at the project root.
+    const candidates = [TOOL_SOURCE_PATH, path.join(__dirname, "..", "host", "jhe_upgrade.py")];
+    for (const c of candidates) if (fs.existsSync(c)) return fs.readFileSync(c, "utf8");
+    throw new Error(`host tool not found (looked in ${candidates.join(", ")})`);
+}
+
+export function sha256(text: string): string {
+    return crypto.createHash("sha256").update(text).digest("hex");
+}
+
+/** The stack's identity on the server's lock: who is upgrading. */
+export function stackOwner(): string {
+    return `${pulumi.getOrganization()}/${pulumi.getProject()}/${pulumi.getStack()}`;
+}
+
+/** The target and the layout: no secrets (so not a secret, and readable in a preview's diff). */
+export function baseSpec(config: JheConfig, version: string | null = config.version): Record<string, unknown> {
+    return {
+        version,
+        stage: config.stage,
+        appRoot: config.layout.appRoot,
+        appUser: config.layout.appUser,
+        appGroup: config.layout.appGroup,
+        serviceName: config.layout.serviceName,
+        backupDir: config.layout.backupDir,
+        keepReleases: config.layout.keepReleases,
+        repoUrl: config.repoUrl,
+        siteUrl: config.siteUrl,
+        dbName: config.db.name,
+        dbUser: config.db.user,
+        wheelhouse: config.wheelhouse ?? null,
+        healthTimeout: config.healthTimeoutSeconds,
+        owner: stackOwner(),
+    };
+}
+
+/**
+ * What the host tool is told on stdin. The steps that write .env also get its settings and secrets
+ * (then the whole spec is a secret). Deterministic, so an unchanged stack shows no diff.
+ */
+export function toolSpec(config: JheConfig, withEnv: boolean): pulumi.Output<string> {
+    if (!withEnv) return pulumi.output(JSON.stringify(baseSpec(config)));
+    return pulumi.secret(
+        pulumi
+            .all([config.secretEnv, config.db.password ?? pulumi.output("")])
+            .apply(([secretEnv, dbPassword]) => JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv })),
+    );
+}
+
+export interface JheHostArgs {
+    config: JheConfig;
+}
+
+export class JheHost extends pulumi.ComponentResource {
+    public readonly connection: command.types.input.remote.ConnectionArgs;
+    /** The tool's spec without and with the .env settings and secrets. */
+    public readonly spec: pulumi.Output<string>;
+    public readonly specWithEnv: pulumi.Output<string>;
+    public readonly tool: command.remote.Command;
+    public readonly adopt: command.remote.Command;
+    /** Everything that must exist before the server's files are managed. */
+    public readonly ready: pulumi.Resource[];
+    private readonly config: JheConfig;
+
+    constructor(name: string, args: JheHostArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("jhe:upgrade:JheHost", name, {}, opts);
+        const c = (this.config = args.config);
+        this.connection = {
+            host: c.ssh.host,
+            port: c.ssh.port,
+            user: c.ssh.user,
+            privateKey: c.ssh.privateKey,
+            hostKey: c.ssh.hostKey,
+            dialErrorLimit: 5,
+            perDialTimeout: 10,
+        };
+        this.spec = toolSpec(c, false);
+        this.specWithEnv = toolSpec(c, true);
+        const source = toolSource();
+        this.tool = new command.remote.Command(
+            "host-tool",
+            {
+                connection: this.connection,
+                create: installTool(c.ssh.user),
+                stdin: source,
+                triggers: [sha256(source)],
+                logging: "stderr",
+            },
+            { parent: this },
+        );
+        // Adoption runs once per server layout (it aims at no version): nothing on a server already in releases/.
+        this.adopt = new command.remote.Command(
+            "adopt",
+            {
+                connection: this.connection,
+                create: toolStep(c.ssh.user, "adopt"),
+                stdin: JSON.stringify(baseSpec(c, null)),
+                triggers: [c.layout.appRoot],
+                logging: "stderr",
+            },
+            { parent: this, dependsOn: [this.tool] },
+        );
+        this.ready = [this.tool, this.adopt];
+        this.registerOutputs({ host: c.ssh.host });
+    }
+
+    /** A step of the host tool as a command resource: replaced whenever `triggers` change. */
+    public step(name: string, step: Step, triggers: pulumi.Input<unknown>[], dependsOn: pulumi.Resource[],
+                parent: pulumi.Resource = this, withEnv = false): command.remote.Command {
+        return new command.remote.Command(
+            name,
+            {
+                connection: this.connection,
+                create: toolStep(this.config.ssh.user, step),
+                stdin: withEnv ? this.specWithEnv : this.spec,
+                triggers,
+                logging: "stderr",
+            },
+            { parent, dependsOn },
+        );
+    }
+}

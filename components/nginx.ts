@@ -1,0 +1,134 @@
+// NginxSite: the JHE site (TLS, proxy to gunicorn, static files from `current`, a maintenance switch
+// that needs no reload) and its 503 page. Every change is gated by `nginx -t`; a site that fails
+// it is never left in place.
+import * as pulumi from "@pulumi/pulumi";
+import * as command from "@pulumi/command";
+import { installFile } from "./commands";
+import { JheConfig } from "./config";
+import { JheHost } from "./host";
+
+export interface SiteArgs {
+    appRoot: string;
+    serviceName: string;
+    serverName: string;
+    tlsCertificate: string;
+    tlsKey: string;
+    upstream?: string;
+}
+
+/** Where the maintenance flag and page live (nginx must be able to stat them). */
+export function maintenanceDir(serviceName: string): string {
+    return `/var/lib/jhe-upgrade/${serviceName}`;
+}
+
+export function renderSite(a: SiteArgs): string {
+    const m = maintenanceDir(a.serviceName);
+    const cur = `${a.appRoot.replace(/\/$/, "")}/current`;
+    return `# Managed by jhe-upgrade (Pulumi). Local edits are replaced on the next \`pulumi up\`.
+server {
+    listen 80;
+    listen [::]:80;
+    server_name ${a.serverName};
+    return 301 https://$host$request_uri;
+}
+
+server {
+    listen 443 ssl;
+    listen [::]:443 ssl;
+    server_name ${a.serverName};
+
+    ssl_certificate ${a.tlsCertificate};
+    ssl_certificate_key ${a.tlsKey};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:jhe_ssl:10m;
+    add_header Strict-Transport-Security "max-age=63072000" always;
+    add_header X-Content-Type-Options nosniff always;
+
+    client_max_body_size 10m;
+
+    # Maintenance window: the upgrade touches ${m}/maintenance-on (no reload needed).
+    error_page 503 @maintenance;
+    location @maintenance {
+        root ${m};
+        add_header Retry-After 30 always;
+        rewrite ^ /maintenance.html break;
+    }
+
+    location /static/ {
+        alias ${cur}/staticfiles/;
+        expires 1h;
+    }
+
+    location / {
+        if (-f ${m}/maintenance-on) {
+            return 503;
+        }
+        proxy_pass http://${a.upstream ?? "127.0.0.1:8000"};
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_read_timeout 60s;
+    }
+}
+`;
+}
+
+export const MAINTENANCE_PAGE = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Maintenance - JupyterHealth Exchange</title></head>
+<body><h1>JupyterHealth Exchange is being upgraded</h1>
+<p>The Exchange is unavailable for a few moments. No data is lost: please retry shortly.</p></body></html>
+`;
+
+export interface NginxSiteArgs {
+    host: JheHost;
+    config: JheConfig;
+}
+
+export class NginxSite extends pulumi.ComponentResource {
+    public readonly sitePath: string;
+    public readonly install: command.remote.Command;
+
+    constructor(name: string, args: NginxSiteArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("jhe:upgrade:NginxSite", name, {}, opts);
+        const { config, host } = args;
+        const l = config.layout;
+        const site = renderSite({
+            appRoot: l.appRoot,
+            serviceName: l.serviceName,
+            serverName: new URL(config.siteUrl).hostname,
+            tlsCertificate: config.tls.certificate,
+            tlsKey: config.tls.key,
+        });
+        this.sitePath = `/etc/nginx/sites-available/${l.serviceName}`;
+        const page = new command.remote.Command(
+            "maintenance-page",
+            {
+                connection: host.connection,
+                create: installFile(config.ssh.user, { path: `${maintenanceDir(l.serviceName)}/maintenance.html`, mode: "0644" }),
+                stdin: MAINTENANCE_PAGE,
+                triggers: [MAINTENANCE_PAGE],
+                logging: "stderr",
+            },
+            { parent: this, dependsOn: host.ready },
+        );
+        const enabled = `/etc/nginx/sites-enabled/${l.serviceName}`;
+        this.install = new command.remote.Command(
+            "site",
+            {
+                connection: host.connection,
+                create: installFile(config.ssh.user, {
+                    path: this.sitePath,
+                    mode: "0644",
+                    validate: `ln -sfn ${this.sitePath} ${enabled} && nginx -t -q`,
+                    onChange: `ln -sfn ${this.sitePath} ${enabled}; systemctl reload nginx`,
+                }),
+                stdin: site,
+                triggers: [site],
+                logging: "stderr",
+            },
+            { parent: this, dependsOn: [page] },
+        );
+        this.registerOutputs({ sitePath: this.sitePath });
+    }
+}

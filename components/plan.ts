@@ -1,0 +1,112 @@
+// The upgrade plan, read from the server without changing it, during `pulumi preview` and `up`:
+// the current version, the target's pending migrations (its migration files against the server's
+// django_migrations), env variables it adds, and whether it is an upgrade or a rollback.
+import * as pulumi from "@pulumi/pulumi";
+import { Client } from "ssh2";
+import { privileged } from "./commands";
+import { JheConfig } from "./config";
+import { toolSource } from "./host";
+
+export interface Plan {
+    from?: string | null;
+    to: string;
+    action?: "none" | "install" | "upgrade" | "rollback";
+    pendingMigrations?: string[];
+    migrationsToUndo?: string[];
+    envAdded?: string[];
+    envMissingRequired?: string[];
+    note?: string;
+    error?: string;
+}
+
+/** Runs one command over SSH with a pinned host key; resolves with stdout (rejects on failure). */
+export function sshExec(
+    conn: { host: string; port: number; user: string; privateKey: string; hostKey: string },
+    cmd: string,
+    stdin: string,
+    timeoutMs = 30_000,
+): Promise<string> {
+    const expected = Buffer.from(conn.hostKey.trim().split(/\s+/)[1] ?? "", "base64");
+    return new Promise((resolve, reject) => {
+        const c = new Client();
+        const timer = setTimeout(() => {
+            c.end();
+            reject(new Error(`no answer from ${conn.host} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        c.on("ready", () => {
+            c.exec(cmd, (err, stream) => {
+                if (err) {
+                    clearTimeout(timer);
+                    c.end();
+                    return reject(err);
+                }
+                let out = "";
+                let errText = "";
+                stream.on("data", (d: Buffer) => (out += d));
+                stream.stderr.on("data", (d: Buffer) => (errText += d));
+                stream.on("close", (code: number) => {
+                    clearTimeout(timer);
+                    c.end();
+                    if (code === 0) resolve(out);
+                    else reject(new Error(`exit ${code}: ${errText.trim().split("\n").slice(-3).join(" ")}`));
+                });
+                stream.end(stdin);
+            });
+        });
+        c.on("error", (e) => {
+            clearTimeout(timer);
+            reject(e);
+        });
+        c.connect({
+            host: conn.host,
+            port: conn.port,
+            username: conn.user,
+            privateKey: conn.privateKey,
+            readyTimeout: 15_000,
+            hostVerifier: (key: Buffer) => key.equals(expected),
+        });
+    });
+}
+
+/** The tool, sent on stdin and run read-only (`plan`), with a spec on its command line holding no secrets. */
+export function planCommand(sshUser: string, specB64: string): string {
+    if (!/^[A-Za-z0-9+/=]+$/.test(specB64)) throw new Error("spec must be base64");
+    return privileged(sshUser, `exec python3 - plan --spec-b64 ${specB64}`);
+}
+
+export function readPlan(config: JheConfig): pulumi.Output<Plan> {
+    const spec = {
+        version: config.version,
+        stage: config.stage,
+        appRoot: config.layout.appRoot,
+        appUser: config.layout.appUser,
+        appGroup: config.layout.appGroup,
+        serviceName: config.layout.serviceName,
+        backupDir: config.layout.backupDir,
+        repoUrl: config.repoUrl,
+        siteUrl: config.siteUrl,
+        dbName: config.db.name,
+        dbUser: config.db.user,
+        env: config.env,
+        // Names only: the plan says which variables are configured, never their values.
+        secretEnv: Object.fromEntries(config.secretEnvNames.map((k) => [k, ""])),
+    };
+    const b64 = Buffer.from(JSON.stringify(spec)).toString("base64");
+    return pulumi.unsecret(config.ssh.privateKey).apply(async (privateKey) => {
+        if (process.env.JHE_UPGRADE_OFFLINE_PLAN === "1") return { to: config.version, note: "plan not read (offline)" };
+        try {
+            const out = await sshExec(
+                { host: config.ssh.host, port: config.ssh.port, user: config.ssh.user, privateKey, hostKey: config.ssh.hostKey },
+                planCommand(config.ssh.user, b64),
+                toolSource(),
+            );
+            const r = JSON.parse(out.trim().split("\n").pop() ?? "{}");
+            delete r.ok;
+            delete r.step;
+            delete r.seconds;
+            return r as Plan;
+        } catch (e) {
+            return { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` };
+        }
+    });
+}

@@ -1,0 +1,66 @@
+// JheRelease: the versioned upgrade steps (DESIGN.md §3), each a command resource whose triggers carry
+// the target version, chained in the runbook's order. Changing jhe:version replaces exactly these
+// steps - `pulumi preview` lists them, and that list is the upgrade plan.
+import * as pulumi from "@pulumi/pulumi";
+import * as command from "@pulumi/command";
+import { JheConfig } from "./config";
+import { JheHost, sha256 } from "./host";
+
+export interface JheReleaseArgs {
+    host: JheHost;
+    config: JheConfig;
+    /** Resources that must be in place first (unit, nginx site). */
+    dependsOn: pulumi.Resource[];
+}
+
+/** The steps in order: [resource name, host tool step, needs the .env settings]. */
+export const RELEASE_STEPS = [
+    ["preflight", "preflight", true],
+    ["prepare-release", "prepare", true],
+    ["backup", "backup", false],
+    ["migrate", "migrate", false],
+    ["switch-restart", "switch", false],
+    ["health-gate", "health", false],
+    ["finish", "finish", false],
+] as const;
+
+export type StepName = (typeof RELEASE_STEPS)[number][0];
+
+/** Parses a step's one-line JSON result (its last stdout line). */
+export function stepResult(stdout: string): Record<string, unknown> {
+    const line = stdout.trim().split("\n").pop() ?? "";
+    try {
+        return JSON.parse(line) as Record<string, unknown>;
+    } catch {
+        return { unparsed: line.slice(0, 200) };
+    }
+}
+
+export class JheRelease extends pulumi.ComponentResource {
+    public readonly steps: Record<StepName, command.remote.Command>;
+    /** Each step's parsed result. */
+    public readonly results: Record<StepName, pulumi.Output<Record<string, unknown>>>;
+
+    constructor(name: string, args: JheReleaseArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("jhe:upgrade:JheRelease", name, {}, opts);
+        const { host, config } = args;
+        // What re-runs the steps: the target version, and for the steps that write .env, its settings.
+        const envHash = pulumi
+            .all([config.secretEnv, config.db.password ?? ""])
+            .apply(([s, pw]) => sha256(JSON.stringify([config.env, s, pw, config.siteUrl])).slice(0, 16));
+        const steps = {} as Record<StepName, command.remote.Command>;
+        const results = {} as Record<StepName, pulumi.Output<Record<string, unknown>>>;
+        let previous: pulumi.Resource[] = args.dependsOn;
+        for (const [resName, toolStep, withEnv] of RELEASE_STEPS) {
+            const triggers: pulumi.Input<unknown>[] = [config.version];
+            if (withEnv) triggers.push(envHash);
+            const cmd = host.step(resName, toolStep, triggers, previous, this, withEnv);
+            steps[resName] = cmd;
+            results[resName] = cmd.stdout.apply(stepResult);
+            previous = [cmd];
+        }
+        this.steps = steps;
+        this.results = results;
+        this.registerOutputs({});
+    }
+}

@@ -1,0 +1,111 @@
+// SystemdService: the gunicorn unit, rendered from config and hardened; installed only when its
+// content changes (checked by `systemd-analyze verify` first), then daemon-reload and a restart of a
+// running service so it picks the unit up.
+import * as pulumi from "@pulumi/pulumi";
+import * as command from "@pulumi/command";
+import { quote } from "shell-quote";
+import { installFile } from "./commands";
+import { JheConfig } from "./config";
+import { JheHost } from "./host";
+
+export interface UnitArgs {
+    appRoot: string;
+    appUser: string;
+    appGroup: string;
+    serviceName: string;
+    workers?: number;
+    bind?: string;
+}
+
+export function renderUnit(a: UnitArgs): string {
+    const cur = `${a.appRoot.replace(/\/$/, "")}/current`;
+    return `# Managed by jhe-upgrade (Pulumi). Local edits are replaced on the next \`pulumi up\`.
+[Unit]
+Description=JupyterHealth Exchange (gunicorn)
+After=network-online.target postgresql.service
+Wants=postgresql.service
+
+[Service]
+Type=exec
+User=${a.appUser}
+Group=${a.appGroup}
+WorkingDirectory=${cur}
+ExecStart=${cur}/venv/bin/gunicorn jhe.wsgi:application --bind ${a.bind ?? "127.0.0.1:8000"} --workers ${a.workers ?? 3} --timeout 60 --graceful-timeout 20
+Restart=on-failure
+RestartSec=2
+TimeoutStopSec=30
+KillMode=mixed
+UMask=0027
+
+# Hardening (systemd-analyze security ${a.serviceName})
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths=${cur}/
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+
+[Install]
+WantedBy=multi-user.target
+`;
+}
+
+export interface SystemdServiceArgs {
+    host: JheHost;
+    config: JheConfig;
+}
+
+export class SystemdService extends pulumi.ComponentResource {
+    public readonly unitPath: string;
+    public readonly install: command.remote.Command;
+
+    constructor(name: string, args: SystemdServiceArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("jhe:upgrade:SystemdService", name, {}, opts);
+        const { config, host } = args;
+        const l = config.layout;
+        const unit = renderUnit({ appRoot: l.appRoot, appUser: l.appUser, appGroup: l.appGroup, serviceName: l.serviceName });
+        this.unitPath = `/etc/systemd/system/${l.serviceName}.service`;
+        const svc = quote([l.serviceName]);
+        const current = quote([`${l.appRoot.replace(/\/$/, "")}/current`]);
+        this.install = new command.remote.Command(
+            "unit",
+            {
+                connection: host.connection,
+                create: installFile(config.ssh.user, {
+                    path: this.unitPath,
+                    mode: "0644",
+                    validate: `systemd-analyze verify ${quote([this.unitPath])}`,
+                    onChange:
+                        `systemctl daemon-reload; systemctl enable -q ${svc}; ` +
+                        // A running service (e.g. an adopted in-place install) moves to the new unit now;
+                        // a bare server starts once a release exists.
+                        `if systemctl is-active -q ${svc}; then systemctl restart ${svc}; elif [ -e ${current} ]; then systemctl start ${svc}; fi`,
+                }),
+                stdin: unit,
+                triggers: [unit],
+                logging: "stderr",
+            },
+            { parent: this, dependsOn: host.ready },
+        );
+        this.registerOutputs({ unitPath: this.unitPath });
+    }
+}

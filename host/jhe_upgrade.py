@@ -1,0 +1,1039 @@
+#!/usr/bin/env python3
+"""jhe-upgrade's host-side tool: runs ON the JHE server, one step per call.
+
+Pulumi states the target (version, config); each step looks at what the server really is (current
+release, applied migrations, backups, the host lock) and converges it to that target. A step that
+finds its work done does nothing, so a failed or interrupted `pulumi up` is repaired by running it
+again. Standard library only (the server has Python because JHE is Python).
+
+    jhe_upgrade.py <step> < spec.json       steps: adopt preflight prepare backup migrate switch
+                                                   health finish plan status unlock
+Prints one JSON line (the step's result) on stdout; progress goes to stderr. Exit 0 on success,
+1 on a refusal or failure (the message says what happened and what was restored), 2 on misuse.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: uv.lock/pyproject read by a small fallback below
+    tomllib = None
+
+TOOL_VERSION = 1
+T0 = time.monotonic()
+STEP = "?"
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+
+class Refusal(Exception):
+    """A clear "no": nothing was changed (or what was changed has been put back)."""
+
+
+def log(msg: str) -> None:
+    print(f"[{STEP} +{time.monotonic() - T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run(args: list[str], *, user: str | None = None, cwd: str | Path | None = None, env: dict | None = None,
+        input: str | None = None, check: bool = True, timeout: float | None = None, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Runs a command (never through a shell); as `user` via runuser when given."""
+    if user and user != "root":
+        args = ["runuser", "-u", user, "--"] + args
+    if not quiet:
+        log("$ " + " ".join(args))
+    p = subprocess.run(args, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, args, p.stdout, p.stderr)
+    return p
+
+
+def psql(db: str, sql: str, *, check: bool = True) -> str:
+    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+               user="postgres", cwd="/", check=check, quiet=True).stdout.strip()
+
+
+def sql_literal(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_private(path: Path, text: str, owner: str | None = None, group: str | None = None, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    if owner:
+        shutil.chown(tmp, owner, group)
+    os.replace(tmp, path)
+
+
+# ---- the spec (what Pulumi wants) and the layout ---------------------------------------------
+
+NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+PATH = re.compile(r"^/(?:[A-Za-z0-9._-]+/?)*$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class Spec:
+    def __init__(self, d: dict):
+        def need(key, rx=None):
+            v = d.get(key)
+            if not isinstance(v, str) or (rx and not rx.match(v)):
+                raise Refusal(f"spec.{key} is missing or malformed ({v!r})")
+            return v
+        self.raw = d
+        # Steps that do not aim at a version (adopt, status, unlock) get a spec without one.
+        self.version = need("version", TAG) if d.get("version") is not None else None
+        self.app_root = Path(need("appRoot", PATH))
+        self.app_user = need("appUser", NAME)
+        self.app_group = need("appGroup", NAME)
+        self.service = need("serviceName", NAME)
+        self.backup_dir = Path(need("backupDir", PATH))
+        self.repo_url = need("repoUrl")
+        self.site_url = need("siteUrl")
+        self.stage = d.get("stage", "staging")
+        self.db_name = need("dbName", re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+        self.db_user = need("dbUser", re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+        self.keep = int(d.get("keepReleases", 5))
+        self.owner = str(d.get("owner", "unknown"))
+        client = (os.environ.get("SSH_CLIENT") or "").split(" ")[0]
+        self.operator = f"{os.environ.get('SUDO_USER') or pwd.getpwuid(os.getuid()).pw_name}" + (f" from {client}" if client else "")
+        self.wheelhouse = d.get("wheelhouse") or None
+        self.health_timeout = float(d.get("healthTimeout", 60))
+        self.env = {k: str(v) for k, v in (d.get("env") or {}).items()}
+        self.secret_env = {k: str(v) for k, v in (d.get("secretEnv") or {}).items()}
+        for k, v in {**self.env, **self.secret_env}.items():
+            if not ENV_NAME.match(k) or "\n" in v or "\0" in v:
+                raise Refusal(f"spec env {k} is malformed")
+        host = re.sub(r"^https?://", "", self.site_url).split("/")[0].split(":")[0]
+        self.site_host = host
+
+    def need_version(self) -> None:
+        if not self.version:
+            raise Refusal("spec.version is missing: this step aims at a version")
+
+    # layout
+    @property
+    def releases(self) -> Path: return self.app_root / "releases"
+    @property
+    def current(self) -> Path: return self.app_root / "current"
+    @property
+    def repo(self) -> Path: return self.app_root / "repo.git"
+    @property
+    def meta(self) -> Path: return self.app_root / ".jhe-upgrade"
+    @property
+    def state_file(self) -> Path: return self.meta / "state.json"
+    @property
+    def lock_file(self) -> Path: return self.meta / "lock.json"
+    @property
+    def maintenance_dir(self) -> Path: return Path("/var/lib/jhe-upgrade") / self.service
+    @property
+    def maintenance_flag(self) -> Path: return self.maintenance_dir / "maintenance-on"
+    @property
+    def log_file(self) -> Path: return self.app_root / "UPGRADE_LOG.md"
+    def release(self, tag: str) -> Path: return self.releases / tag
+
+
+def load_state(spec: Spec) -> dict:
+    try:
+        return json.loads(spec.state_file.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def save_state(spec: Spec, state: dict) -> None:
+    spec.meta.mkdir(parents=True, exist_ok=True)
+    write_private(spec.state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def current_version(spec: Spec) -> str | None:
+    """The version serving now: `current`'s release, or an in-place (legacy) checkout's tag."""
+    if spec.current.is_symlink():
+        return os.readlink(spec.current).rstrip("/").split("/")[-1]
+    if (spec.app_root / ".git").exists():
+        p = run(["git", "-C", str(spec.app_root), "describe", "--tags", "--exact-match"], check=False, quiet=True)
+        if p.returncode == 0:
+            return p.stdout.strip()
+        p = run(["git", "-C", str(spec.app_root), "describe", "--tags"], check=False, quiet=True)
+        return p.stdout.strip() or None
+    return None
+
+
+def live_root(spec: Spec) -> Path | None:
+    """Directory of the code serving now (current release, or the in-place checkout)."""
+    if spec.current.is_symlink():
+        return spec.current.resolve()
+    if (spec.app_root / "manage.py").exists():
+        return spec.app_root
+    return None
+
+
+# ---- the host lock -----------------------------------------------------------------------------
+
+def take_lock(spec: Spec, purpose: str) -> None:
+    """One upgrade at a time per server. The holder is the stack (org/project/stack); the same stack
+    re-running after an interruption continues under its own lock."""
+    spec.meta.mkdir(parents=True, exist_ok=True)
+    os.chmod(spec.meta, 0o700)
+    with open(spec.meta / ".lock.guard", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            held = json.loads(spec.lock_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            held = None
+        if held and held.get("owner") != spec.owner:
+            raise Refusal(
+                f"the server is locked by another upgrade: stack {held.get('owner')} "
+                f"(operator {held.get('operator')}, {held.get('purpose')}, since {held.get('since')}). "
+                f"Wait for it to finish; if it died, run `npm run jhe-host -- unlock` for that stack's server "
+                f"after checking nobody is upgrading")
+        if not held or held.get("purpose") != purpose:
+            write_private(spec.lock_file, json.dumps({"owner": spec.owner, "operator": spec.operator,
+                                                      "purpose": purpose, "since": now(), "pid": os.getpid()}))
+
+
+def release_lock(spec: Spec) -> None:
+    try:
+        held = json.loads(spec.lock_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    if held.get("owner") == spec.owner:
+        spec.lock_file.unlink()
+
+
+# ---- the repository and a tag's facts ----------------------------------------------------------
+
+def ensure_repo(spec: Spec) -> None:
+    """repo.git: a bare mirror of the JHE repository; tags are fetched into it."""
+    if not (spec.repo / "HEAD").exists():
+        spec.app_root.mkdir(parents=True, exist_ok=True)
+        run(["git", "init", "-q", "--bare", str(spec.repo)])
+        run(["git", "-C", str(spec.repo), "remote", "add", "origin", spec.repo_url])
+    else:
+        run(["git", "-C", str(spec.repo), "remote", "set-url", "origin", spec.repo_url], quiet=True)
+
+
+def fetch_tags(spec: Spec) -> None:
+    ensure_repo(spec)
+    p = run(["git", "-C", str(spec.repo), "fetch", "-q", "--prune", "--tags", "origin",
+             "+refs/heads/*:refs/heads/*"], check=False, timeout=600)
+    if p.returncode != 0:
+        raise Refusal(f"cannot fetch tags from jhe:repoUrl {spec.repo_url}: {p.stderr.strip()[-400:]}")
+
+
+def tag_exists(spec: Spec, tag: str) -> bool:
+    return run(["git", "-C", str(spec.repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"],
+               check=False, quiet=True).returncode == 0
+
+
+def show(spec: Spec, tag: str, path: str) -> str | None:
+    p = run(["git", "-C", str(spec.repo), "show", f"{tag}:{path}"], check=False, quiet=True)
+    return p.stdout if p.returncode == 0 else None
+
+
+def ls_tree(spec: Spec, tag: str, path: str) -> list[str]:
+    p = run(["git", "-C", str(spec.repo), "ls-tree", "--name-only", f"{tag}:{path}"], check=False, quiet=True)
+    return p.stdout.split() if p.returncode == 0 else []
+
+
+def env_example(spec: Spec, tag: str) -> tuple[str | None, dict[str, bool]]:
+    """The tag's env example file and its variables: name -> required. A variable right after a
+    '# optional' comment line may be left out; every other one is required."""
+    for name in (".env.example", "dot_env_example.txt"):
+        text = show(spec, tag, name)
+        if text is not None:
+            out: dict[str, bool] = {}
+            optional = False
+            for line in text.splitlines():
+                s = line.strip()
+                if s.startswith("#"):
+                    optional = optional or bool(re.match(r"#\s*optional\b", s, re.I))
+                    continue
+                m = re.match(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", s)
+                if m:
+                    out[m.group(1)] = not optional
+                optional = False
+            return name, out
+    return None, {}
+
+
+def tag_migrations(spec: Spec, tag: str) -> list[str]:
+    """app.name of every migration file in the tag (apps: top-level dirs with a migrations/)."""
+    out = []
+    for app in ls_tree(spec, tag, ""):
+        for f in ls_tree(spec, tag, f"{app}/migrations"):
+            if re.match(r"^\d{4}_\w+\.py$", f):
+                out.append(f"{app}.{f[:-3]}")
+    return sorted(out)
+
+
+def applied_migrations(spec: Spec, db: str | None = None) -> list[str]:
+    db = db or spec.db_name
+    exists = psql(db, "SELECT to_regclass('public.django_migrations') IS NOT NULL", check=False)
+    if exists != "t":
+        return []
+    rows = psql(db, "SELECT app || '.' || name FROM django_migrations ORDER BY app, name")
+    return [r for r in rows.splitlines() if r]
+
+
+def requirements_of(tree: dict[str, str]) -> tuple[str, list[str], str | None]:
+    """(tool, pinned requirements, python requirement) from a tag's dependency files."""
+    if "Pipfile.lock" in tree:
+        lock = json.loads(tree["Pipfile.lock"])
+        reqs = [f"{n}{s['version']}" for n, s in sorted(lock.get("default", {}).items()) if "version" in s]
+        py = lock.get("_meta", {}).get("requires", {}).get("python_version")
+        if not py and "Pipfile" in tree:
+            m = re.search(r'python_version\s*=\s*"([^"]+)"', tree["Pipfile"])
+            py = m.group(1) if m else None
+        return "pipenv", reqs, (f"=={py}" if py else None)
+    if "uv.lock" in tree:
+        pkgs = _toml(tree["uv.lock"]).get("package", [])
+        proj = _toml(tree.get("pyproject.toml", "")).get("project", {})
+        name = proj.get("name")
+        reqs = [f"{p['name']}=={p['version']}" for p in pkgs if p.get("name") != name and "version" in p]
+        return "uv", reqs, proj.get("requires-python")
+    if "requirements.txt" in tree:
+        reqs = [l.strip() for l in tree["requirements.txt"].splitlines() if l.strip() and not l.startswith("#")]
+        return "pip", reqs, None
+    if "pyproject.toml" in tree:
+        proj = _toml(tree["pyproject.toml"]).get("project", {})
+        return "pip", list(proj.get("dependencies", [])), proj.get("requires-python")
+    raise Refusal("the tag has no Pipfile.lock, uv.lock, requirements.txt or pyproject.toml to install from")
+
+
+def _toml(text: str) -> dict:
+    if tomllib:
+        return tomllib.loads(text)
+    # Minimal fallback for uv.lock / pyproject on Python < 3.11: [[package]] name/version, [project].
+    out: dict = {"package": [], "project": {}}
+    cur = None
+    for line in text.splitlines():
+        s = line.strip()
+        if s == "[[package]]":
+            cur = {}
+            out["package"].append(cur)
+        elif s == "[project]":
+            cur = out["project"]
+        elif s.startswith("["):
+            cur = None
+        elif cur is not None:
+            m = re.match(r'^([A-Za-z_-]+)\s*=\s*"([^"]*)"', s)
+            if m:
+                cur[m.group(1)] = m.group(2)
+    return out
+
+
+def tag_tree(spec: Spec, tag: str) -> dict[str, str]:
+    files = {}
+    for f in ("Pipfile", "Pipfile.lock", "uv.lock", "pyproject.toml", "requirements.txt"):
+        t = show(spec, tag, f)
+        if t is not None:
+            files[f] = t
+    return files
+
+
+def python_version() -> tuple[int, int]:
+    p = run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True)
+    a, b = p.stdout.strip().split(".")
+    return int(a), int(b)
+
+
+def version_ok(have: tuple[int, int], req: str | None) -> bool:
+    """Checks a python requirement like '==3.11', '>=3.10', '>=3.10,<3.14' against major.minor."""
+    if not req:
+        return True
+    for part in req.split(","):
+        m = re.match(r"^\s*(==|>=|<=|>|<|~=|!=)?\s*(\d+)\.(\d+)", part)
+        if not m:
+            continue
+        op, want = m.group(1) or "==", (int(m.group(2)), int(m.group(3)))
+        if not {"==": have == want, ">=": have >= want, "<=": have <= want, ">": have > want,
+                "<": have < want, "~=": have >= want, "!=": have != want}[op]:
+            return False
+    return True
+
+
+def pg_major() -> int:
+    return int(psql("postgres", "SHOW server_version_num")) // 10000
+
+
+# ---- .env --------------------------------------------------------------------------------------
+
+def parse_env(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#") or "=" not in s:
+            continue
+        k, v = s.split("=", 1)
+        k = k.replace("export ", "").strip()
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            v = v[1:-1]
+        out[k] = v
+    return out
+
+
+def render_env(env: dict[str, str]) -> str:
+    lines = ["# Written by jhe-upgrade from the live .env and the stack's config; edit the stack, not this file."]
+    for k in sorted(env):
+        v = env[k]
+        needs_quotes = v != v.strip() or any(c in v for c in " #\"'$`\\")
+        lines.append(f"{k}={json.dumps(v) if needs_quotes else v}")
+    return "\n".join(lines) + "\n"
+
+
+def target_env(spec: Spec, tag: str) -> dict[str, str]:
+    """The .env the release `tag` runs with: that release's own .env if it was deployed before
+    (a rollback gets its old config back), else the live .env; then the stack's config on top."""
+    base_file = spec.release(tag) / ".env"
+    if not base_file.exists():
+        root = live_root(spec)
+        base_file = root / ".env" if root else None
+    base = parse_env(base_file.read_text()) if base_file and base_file.exists() else {}
+    env = {**base, "SITE_URL": spec.site_url, **spec.env, **spec.secret_env}
+    env.setdefault("DB_NAME", spec.db_name)
+    env.setdefault("DB_USER", spec.db_user)
+    if spec.raw.get("dbPassword"):
+        env["DB_PASSWORD"] = spec.raw["dbPassword"]
+    env.setdefault("DB_HOST", "localhost")
+    env.setdefault("DB_PORT", "5432")
+    return env
+
+
+def env_problems(spec: Spec, tag: str, env: dict[str, str]) -> list[str]:
+    problems = []
+    example_name, wanted = env_example(spec, tag)
+    for k, required in wanted.items():
+        if required and k not in env:
+            problems.append(
+                f"{tag} requires the environment variable {k} (see its {example_name}), which the server's .env "
+                f"and the stack's config do not set: `pulumi config set --path 'jhe:env.{k}' <value>` "
+                f"(or --secret --path 'jhe:secretEnv.{k}' for a secret)")
+    if spec.stage == "prod" and env.get("DEBUG", "") != "":
+        problems.append("DEBUG is set in the server's .env; JHE turns DEBUG on for any non-empty value "
+                        "(even \"False\"); on a prod stack remove it (jhe:env.DEBUG = \"\")")
+    if "SMTP_PORT" in env and not env["SMTP_PORT"].strip().isdigit():
+        problems.append(f"SMTP_PORT={env['SMTP_PORT']!r} in the server's .env crashes every manage.py command; "
+                        f"set jhe:env.SMTP_PORT to a port number or remove it")
+    if not env.get("SECRET_KEY"):
+        problems.append("SECRET_KEY is not set: without it every JHE worker invents its own and sessions break; "
+                        "`pulumi config set --secret --path 'jhe:secretEnv.SECRET_KEY' <value>`")
+    if not env.get("DB_NAME"):
+        problems.append("DB_NAME is empty: JHE would silently use the 'postgres' database")
+    return problems
+
+
+# ---- the maintenance window --------------------------------------------------------------------
+
+def service_active(spec: Spec) -> bool:
+    return run(["systemctl", "is-active", "--quiet", spec.service], check=False, quiet=True).returncode == 0
+
+
+def open_window(spec: Spec, state: dict) -> None:
+    """Maintenance page on, app stopped, database connections drained. Idempotent."""
+    if not state.get("window"):
+        state["window"] = {"opened": now(), "openedAt": time.time(), "id": os.urandom(6).hex()}
+        save_state(spec, state)
+    spec.maintenance_dir.mkdir(parents=True, exist_ok=True)
+    spec.maintenance_flag.touch()
+    if service_active(spec):
+        run(["systemctl", "stop", spec.service])
+    psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                     f"WHERE datname = {sql_literal(spec.db_name)} AND pid <> pg_backend_pid()")
+
+
+def close_window(spec: Spec, state: dict) -> float:
+    """Maintenance page off; returns the window's length in seconds (0 if none was open)."""
+    if spec.maintenance_flag.exists():
+        spec.maintenance_flag.unlink()
+    w = state.pop("window", None)
+    save_state(spec, state)
+    return round(time.time() - w["openedAt"], 2) if w else 0.0
+
+
+def start_service(spec: Spec) -> None:
+    run(["systemctl", "start", spec.service])
+
+
+# ---- backups -------------------------------------------------------------------------------------
+
+def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
+    db = db or spec.db_name
+    out = {}
+    for t in ("core_patient", "core_observation"):
+        if psql(db, f"SELECT to_regclass('public.{t}') IS NOT NULL") == "t":
+            out[t] = int(psql(db, f"SELECT count(*) FROM {t}"))
+    return out
+
+
+def take_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
+    """pg_dump -Fc of the (quiesced) database + sha256 + the config files, in a 0700 directory."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
+    spec.backup_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(spec.backup_dir, 0o700)
+    d.mkdir(mode=0o700)
+    t = time.monotonic()
+    dump = d / "db.dump"
+    fd = os.open(dump, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        p = subprocess.run(["runuser", "-u", "postgres", "--", "pg_dump", "-Fc", "-Z", "1", spec.db_name],
+                           stdout=f, stderr=subprocess.PIPE, cwd="/")
+    if p.returncode != 0:
+        raise RuntimeError(f"pg_dump failed: {p.stderr.decode()[-400:]}")
+    digest = sha256_file(dump)
+    write_private(d / "db.dump.sha256", f"{digest}  db.dump\n")
+    listing = run(["pg_restore", "--list", str(dump)], quiet=True)
+    entries = sum(1 for l in listing.stdout.splitlines() if l and not l.startswith(";"))
+    root = live_root(spec)
+    copied = []
+    for src, name in ((root / ".env" if root else None, "env"),
+                      (Path(f"/etc/nginx/sites-available/{spec.service}"), "nginx-site"),
+                      (Path(f"/etc/systemd/system/{spec.service}.service"), "systemd-unit")):
+        if src and src.exists():
+            shutil.copy2(src, d / name)
+            os.chmod(d / name, 0o600)
+            copied.append(name)
+    manifest = {
+        "id": d.name, "path": str(d), "from": frm, "to": to, "created": now(),
+        "database": spec.db_name, "dump": "db.dump", "sha256": digest, "bytes": dump.stat().st_size,
+        "tocEntries": entries, "rowCounts": row_counts(spec), "appliedMigrations": applied_migrations(spec),
+        "files": copied, "seconds": round(time.monotonic() - t, 2), "owner": spec.owner,
+    }
+    write_private(d / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log(f"backup {d} ({manifest['bytes']} bytes, sha256 {digest[:12]}…, {manifest['seconds']} s)")
+    return manifest
+
+
+def verify_backup(manifest: dict) -> None:
+    dump = Path(manifest["path"]) / manifest["dump"]
+    if not dump.exists() or sha256_file(dump) != manifest["sha256"]:
+        raise RuntimeError(f"backup {manifest['id']} fails its sha256 check: it changed after it was written")
+    run(["pg_restore", "--list", str(dump)], quiet=True)
+
+
+def restore_backup(spec: Spec, manifest: dict) -> str:
+    """Puts the database back to the backup. The database being replaced is kept, renamed, never
+    dropped. Returns the name it was kept under."""
+    verify_backup(manifest)
+    keep = f"{spec.db_name}_replaced_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d%H%M%S')}"[:63]
+    psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                     f"WHERE datname = {sql_literal(spec.db_name)} AND pid <> pg_backend_pid()")
+    psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep}"')
+    psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
+    p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", spec.db_name,
+             str(Path(manifest["path"]) / manifest["dump"])], user="postgres", cwd="/", check=False)
+    if p.returncode != 0:
+        raise RuntimeError(f"pg_restore failed ({p.stderr.strip()[-400:]}); the replaced database is kept as {keep}")
+    log(f"database restored from {manifest['id']}; the replaced one is kept as {keep}")
+    return keep
+
+
+# ---- releases ------------------------------------------------------------------------------------
+
+def release_ready(spec: Spec, tag: str) -> bool:
+    return (spec.release(tag) / ".jhe-release.json").exists()
+
+
+def build_release(spec: Spec, tag: str, env: dict[str, str]) -> dict:
+    """releases/<tag>: the tag's files, its venv with pinned dependencies, collected static files,
+    its .env, and `manage.py check` - all while the old release keeps serving."""
+    rel = spec.release(tag)
+    if release_ready(spec, tag):
+        info = json.loads((rel / ".jhe-release.json").read_text())
+        write_private(rel / ".env", render_env(env), spec.app_user, spec.app_group)
+        return info
+    t = time.monotonic()
+    spec.releases.mkdir(parents=True, exist_ok=True)
+    if rel.exists():  # a half-built leftover of an interrupted run: set it aside, never delete blindly
+        rel.rename(spec.releases / f".{tag}.incomplete-{int(time.time())}")
+    # Built in place (a venv cannot move), complete only once .jhe-release.json is written.
+    tmp = rel
+    tmp.mkdir()
+    archive = subprocess.run(["git", "-C", str(spec.repo), "archive", "--format=tar", tag], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    run(["chown", "-R", f"{spec.app_user}:{spec.app_group}", str(tmp)])
+    tool, reqs, _py = requirements_of(tag_tree(spec, tag))
+    run(["python3", "-m", "venv", str(tmp / "venv")], user=spec.app_user)
+    req_file = tmp / ".jhe-requirements.txt"
+    req_file.write_text("\n".join(reqs) + "\n")
+    shutil.chown(req_file, spec.app_user, spec.app_group)
+    pip = [str(tmp / "venv/bin/pip"), "install", "-q", "--disable-pip-version-check", "-r", str(req_file)]
+    if spec.wheelhouse:
+        pip += ["--no-index", "--find-links", spec.wheelhouse]
+    run(pip, user=spec.app_user, cwd=tmp, timeout=1800)
+    write_private(tmp / ".env", render_env(env), spec.app_user, spec.app_group)
+    py = str(tmp / "venv/bin/python")
+    run([py, "manage.py", "collectstatic", "--no-input", "-v", "0"], user=spec.app_user, cwd=tmp, timeout=600)
+    run([py, "manage.py", "check"], user=spec.app_user, cwd=tmp, timeout=300)
+    info = {"tag": tag, "built": now(), "installer": tool, "requirements": len(reqs), "seconds": round(time.monotonic() - t, 1)}
+    (tmp / ".jhe-release.json").write_text(json.dumps(info) + "\n")
+    log(f"release {tag} built in {info['seconds']} s ({tool}, {len(reqs)} packages)")
+    return info
+
+
+def switch_current(spec: Spec, tag: str) -> None:
+    tmp = spec.app_root / ".current.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(f"releases/{tag}", tmp)
+    os.replace(tmp, spec.current)  # atomic (rename(2)), like `mv -T`
+
+
+def prune_releases(spec: Spec, keep_tags: set[str]) -> list[str]:
+    rels = sorted((p for p in spec.releases.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for p in rels[spec.keep:]:
+        if p.name not in keep_tags:
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def health(spec: Spec, tag: str, timeout: float) -> dict:
+    """/health (must report `tag` where it reports a version), else /admin/ 200/302, straight at
+    gunicorn with the site's Host header (JHE derives ALLOWED_HOSTS from SITE_URL)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for path in ("/health", "/admin/"):
+            req = urllib.request.Request(f"http://127.0.0.1:8000{path}", headers={"Host": spec.site_host})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    body = r.read(4096).decode(errors="replace")
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code, body = e.code, e.read(2048).decode(errors="replace")
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+                last = f"{path}: {e}"
+                break  # not listening yet
+            if path == "/health":
+                if code == 404:
+                    continue  # older releases have no /health: fall back to /admin/
+                if code == 200:
+                    try:
+                        v = json.loads(body).get("version")
+                    except (ValueError, AttributeError):
+                        v = None
+                    if v and v != tag:
+                        last = f"/health reports version {v}, expected {tag}"
+                        break
+                    return {"ok": True, "check": "/health", "status": code, "version": v}
+                last = f"/health answered {code}"
+                if code >= 500:
+                    return {"ok": False, "check": "/health", "status": code, "detail": last}
+                break
+            if code in (200, 302):
+                return {"ok": True, "check": "/admin/", "status": code}
+            last = f"/admin/ answered {code}"
+            break
+        time.sleep(0.2)
+    return {"ok": False, "detail": last}
+
+
+def append_log(spec: Spec, entry: str) -> None:
+    new = not spec.log_file.exists()
+    with open(spec.log_file, "a") as f:
+        if new:
+            f.write("# JupyterHealth Exchange upgrade log\n\nWritten by jhe-upgrade, one entry per upgrade, rollback or recovery.\n")
+        f.write("\n" + entry)
+
+
+# ---- steps -----------------------------------------------------------------------------------------
+
+def step_status(spec: Spec) -> dict:
+    return {"current": current_version(spec), "layout": "releases" if spec.current.is_symlink() else
+            ("in-place" if (spec.app_root / ".git").exists() else "none"), "state": load_state(spec)}
+
+
+def step_plan(spec: Spec) -> dict:
+    """Read-only: what an upgrade to spec.version would do (for `pulumi preview`)."""
+    spec.need_version()
+    frm = current_version(spec)
+    to = spec.version
+    out = {"from": frm, "to": to}
+    if frm == to:
+        out["action"] = "none"
+        return out
+    if not (spec.repo / "HEAD").exists() or not tag_exists(spec, to):
+        if spec.repo_url.startswith("/") and Path(spec.repo_url).exists():
+            spec_repo = spec.repo_url
+        else:
+            out["action"] = "upgrade" if frm else "install"
+            out["note"] = f"tag {to} not fetched yet; preflight fetches it and lists the migrations"
+            return out
+    else:
+        spec_repo = str(spec.repo)
+    class _S:  # read from the upstream path directly, fetching nothing
+        repo = Path(spec_repo)
+    to_migs = tag_migrations(_S, to)  # type: ignore[arg-type]
+    apps = {m.split(".")[0] for m in to_migs}
+    applied = {m for m in applied_migrations(spec) if m.split(".")[0] in apps} if frm else set()
+    out["pendingMigrations"] = [m for m in to_migs if m not in applied]
+    out["migrationsToUndo"] = sorted(applied - set(to_migs))
+    out["action"] = ("rollback" if out["migrationsToUndo"] else "upgrade") if frm else "install"
+    ex_name, wanted = env_example(_S, to)  # type: ignore[arg-type]
+    _, had = env_example(_S, frm) if frm and tag_exists(_S, frm) else (None, {})  # type: ignore[arg-type]
+    root = live_root(spec)
+    live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
+    configured = set(live) | set(spec.env) | set(spec.secret_env) | {"SITE_URL"}
+    out["envAdded"] = [k for k in wanted if k not in had]
+    out["envMissingRequired"] = [k for k, req in wanted.items() if req and k not in configured]
+    return out
+
+
+def step_adopt(spec: Spec) -> dict:
+    """Adopt a server: create the releases layout. An in-place (runbook) install keeps serving while
+    its version is rebuilt as releases/<tag> with its own .env; the switch to it happens when the
+    unit and nginx site that point at `current` are installed (one restart)."""
+    take_lock(spec, "adopt")
+    for d in (spec.app_root, spec.releases):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.chown(spec.app_root, spec.app_user, spec.app_group)
+    shutil.chown(spec.releases, spec.app_user, spec.app_group)
+    spec.meta.mkdir(exist_ok=True)
+    os.chmod(spec.meta, 0o700)
+    ensure_repo(spec)
+    if spec.current.is_symlink():
+        release_lock(spec)
+        return {"adopted": False, "layout": "releases", "current": current_version(spec)}
+    if (spec.app_root / ".git").exists() and (spec.app_root / "manage.py").exists():
+        tag = current_version(spec)
+        if not tag or not TAG.match(tag):
+            raise Refusal(f"the in-place install at {spec.app_root} is not at a tag (git describe: {tag!r}); "
+                          f"check out the tag it runs, then run again")
+        # The in-place checkout's own remote is the source of truth for its history.
+        fetch_tags(spec)
+        if not tag_exists(spec, tag):
+            run(["git", "-C", str(spec.repo), "fetch", "-q", str(spec.app_root), f"refs/tags/{tag}:refs/tags/{tag}"])
+        env = parse_env((spec.app_root / ".env").read_text()) if (spec.app_root / ".env").exists() else {}
+        build_release(spec, tag, env)
+        switch_current(spec, tag)
+        state = load_state(spec)
+        state["adopted"] = {"from": str(spec.app_root), "version": tag, "at": now()}
+        save_state(spec, state)
+        append_log(spec, f"## Adopted {tag} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n\n"
+                         f"The in-place install in {spec.app_root} was rebuilt as releases/{tag} (same .env); "
+                         f"the unit and nginx site now serve `current`. The old checkout's files stay in place, untouched.\n")
+        release_lock(spec)
+        return {"adopted": True, "layout": "releases", "current": tag}
+    release_lock(spec)
+    return {"adopted": False, "layout": "none", "current": None}
+
+
+def step_preflight(spec: Spec) -> dict:
+    """Every refusal happens here, before any window opens; nothing serving is touched."""
+    spec.need_version()
+    take_lock(spec, f"upgrade to {spec.version}")
+    frm = current_version(spec)
+    to = spec.version
+    problems: list[str] = []
+    fetch_tags(spec)
+    if not tag_exists(spec, to):
+        tags = run(["git", "-C", str(spec.repo), "tag", "--sort=-v:refname"], quiet=True).stdout.split()[:8]
+        raise Refusal(f"jhe:version {to} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
+    tree = tag_tree(spec, to)
+    tool, reqs, py_req = requirements_of(tree)
+    have = python_version()
+    if not version_ok(have, py_req):
+        problems.append(f"{to} needs Python {py_req}; the server has {have[0]}.{have[1]} "
+                        f"(install it and set up the release with it, or choose another version)")
+    django = next((r.split("==", 1)[1] for r in reqs if r.lower().startswith("django==")), None)
+    if django and not re.match(r"^(4\.2|5\.\d+|6\.\d+)(\.|$)", django):
+        problems.append(f"{to} pins Django {django}; this program supports Django 4.2 and 5.x")
+    pg = pg_major()
+    if pg < 13:
+        problems.append(f"PostgreSQL {pg} is too old for JHE (13 or newer); upgrade PostgreSQL first")
+    if django and re.match(r"^(5\.|6\.)", django) and pg < 14:
+        problems.append(f"Django {django} needs PostgreSQL 14 or newer; the server has {pg}")
+    env = target_env(spec, to)
+    problems += env_problems(spec, to, env)
+    # Disk: the backup (about the database's size, compressed) plus a release, with headroom.
+    db_bytes = int(psql("postgres", f"SELECT coalesce(pg_database_size({sql_literal(spec.db_name)}), 0) "
+                                    f"FROM (SELECT 1) x LEFT JOIN pg_database d ON d.datname = {sql_literal(spec.db_name)}") or 0)
+    need = db_bytes + 300 * 1024 * 1024
+    spec.backup_dir.mkdir(parents=True, exist_ok=True)
+    free_backup = shutil.disk_usage(spec.backup_dir).free
+    free_app = shutil.disk_usage(spec.app_root).free
+    if min(free_backup, free_app) < need:
+        problems.append(f"not enough free disk: the backup and the release need about {need // 2**20} MiB, "
+                        f"{spec.backup_dir} has {free_backup // 2**20} MiB and {spec.app_root} {free_app // 2**20} MiB free")
+    if problems:
+        raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
+    applied = set(applied_migrations(spec))
+    pending = [m for m in tag_migrations(spec, to) if m not in applied]
+    state = load_state(spec)
+    state.setdefault("runs", {})
+    state["target"] = {"from": frm if frm != to else state.get("target", {}).get("from", frm), "to": to,
+                       "preflight": now(), "pending": pending}
+    save_state(spec, state)
+    return {"from": frm, "to": to, "pendingMigrations": pending, "pythonRequired": py_req,
+            "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
+            "databaseBytes": db_bytes}
+
+
+def _target(spec: Spec) -> tuple[dict, str | None, str]:
+    spec.need_version()
+    state = load_state(spec)
+    t = state.get("target") or {}
+    if t.get("to") != spec.version:
+        raise Refusal(f"no preflight recorded for {spec.version}; run `pulumi up` again (preflight runs first)")
+    return state, t.get("from"), spec.version
+
+
+def step_prepare(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    info = build_release(spec, to, target_env(spec, to))
+    return {"release": str(spec.release(to)), **info}
+
+
+def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
+    """The target already serves and no window is open: the upgrade steps have nothing to do."""
+    return current_version(spec) == to and not state.get("window") and service_active(spec)
+
+
+def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
+    """A verified backup taken inside the current window (writes are stopped), or a new one."""
+    w = state["window"]["id"]
+    b = state.get("backup")
+    if b and b.get("window") == w and b.get("from") == frm and b.get("to") == to:
+        verify_backup(b)
+        return b
+    b = take_backup(spec, state, frm or "none", to)
+    b["window"] = w
+    verify_backup(b)
+    state["backup"] = b
+    state.setdefault("backups", {})[f"{frm}->{to}"] = {k: b[k] for k in ("id", "path", "sha256", "created", "rowCounts", "appliedMigrations")}
+    save_state(spec, state)
+    return b
+
+
+def step_backup(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving"}
+    t = time.monotonic()
+    open_window(spec, state)
+    b = ensure_backup(spec, state, frm, to)
+    return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "seconds": round(time.monotonic() - t, 2)}
+
+
+def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: bool) -> str:
+    """Puts the old version back serving: code (`current`), database (from this window's backup when
+    migrations ran), service, maintenance off. Returns what was done, for the error message."""
+    done = []
+    if restore_db and state.get("backup"):
+        kept = restore_backup(spec, state["backup"])
+        done.append(f"database restored from backup {state['backup']['id']} (the failed one kept as {kept})")
+    if frm and release_ready(spec, frm):
+        if current_version(spec) != frm:
+            switch_current(spec, frm)
+            done.append(f"current -> releases/{frm}")
+        if service_active(spec):
+            run(["systemctl", "stop", spec.service])
+        start_service(spec)
+        h = health(spec, frm, spec.health_timeout)
+        done.append(f"{frm} serving again ({h.get('check')} {h.get('status')})" if h["ok"] else f"{frm} restarted but unhealthy: {h.get('detail')}")
+    seconds = close_window(spec, state)
+    done.append("maintenance page lifted")
+    append_log(spec, f"## Recovery: upgrade {frm} -> {spec.version} failed - {now()}\n\n"
+                     f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** {seconds} s\n\n"
+                     f"**What failed:** {reason}\n\n**What was restored:**\n" + "".join(f"- {d}\n" for d in done))
+    state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": done, "at": now()}
+    state.pop("target", None)
+    save_state(spec, state)
+    release_lock(spec)
+    return "; ".join(done)
+
+
+def step_migrate(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving", "applied": []}
+    open_window(spec, state)
+    ensure_backup(spec, state, frm, to)
+    before = set(applied_migrations(spec))
+    rel = spec.release(to)
+    t = time.monotonic()
+    p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
+            check=False, timeout=7200)
+    after = applied_migrations(spec)
+    applied = [m for m in after if m not in before]
+    if p.returncode != 0:
+        err = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        what = recover(spec, state, frm, f"`manage.py migrate` of {to} failed: {err}", restore_db=True)
+        raise Refusal(f"the migration of {to} failed ({err}); nothing was lost: {what}")
+    state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
+    save_state(spec, state)
+    return {"applied": applied, "seconds": state["migrated"]["seconds"]}
+
+
+def step_switch(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving"}
+    if not state.get("window"):
+        open_window(spec, state)
+    t = time.monotonic()
+    switch_current(spec, to)
+    if service_active(spec):
+        run(["systemctl", "stop", spec.service])
+    start_service(spec)
+    return {"current": to, "seconds": round(time.monotonic() - t, 2)}
+
+
+def step_health(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    h = health(spec, to, spec.health_timeout)
+    if not h["ok"]:
+        journal = run(["journalctl", "-u", spec.service, "-n", "5", "--no-pager", "-o", "cat"], check=False, quiet=True).stdout.strip()
+        migrated = bool((state.get("migrated") or {}).get("applied"))
+        reason = f"{to} failed its health check ({h.get('detail')})"
+        if not state.get("window"):
+            open_window(spec, state)
+        else:
+            run(["systemctl", "stop", spec.service], check=False)
+        what = recover(spec, state, frm, reason, restore_db=migrated)
+        raise Refusal(f"{reason}; reverted automatically: {what}" + (f"\nlast log lines of {spec.service}:\n{journal}" if journal else ""))
+    return h
+
+
+def step_finish(spec: Spec) -> dict:
+    spec.need_version()
+    state = load_state(spec)
+    t = state.get("target") or {}
+    to = spec.version
+    frm = t.get("from")
+    if t.get("to") != to:
+        return {"skipped": f"{to} already finished", "current": current_version(spec)}
+    seconds = close_window(spec, state)
+    smoke = smoke_test(spec)
+    if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
+        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
+        state.pop("target", None)
+        save_state(spec, state)
+        release_lock(spec)
+        return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
+    b = state.get("backup") or {}
+    migrated = (state.get("migrated") or {}).get("applied", [])
+    removed = prune_releases(spec, {to, frm} if frm else {to})
+    _, wanted = env_example(spec, to)
+    _, had = env_example(spec, frm) if frm and tag_exists(spec, frm) else (None, {})
+    env_added = [k for k in wanted if k not in had]
+    summary = {
+        "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
+        "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds")} if b else None,
+        "envAdded": env_added, "smoke": smoke, "releasesRemoved": removed, "finished": now(),
+    }
+    append_log(spec, "\n".join([
+        f"## Upgrade to {to} - {now()}", "",
+        f"**Performed by:** {spec.operator} (stack {spec.owner})",
+        f"**From:** {frm or 'nothing'}  **To:** {to}",
+        f"**Downtime:** {seconds} s (maintenance page shown)", "",
+        "**Changes:**",
+        f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
+        f"- Environment variables added by {to}: {', '.join(env_added) if env_added else 'none'}", "",
+        "**Rollback plan:**",
+        f"- Backup: {b.get('path', 'none')} (sha256 {b.get('sha256', '-')}, rows {json.dumps(b.get('rowCounts', {}))})",
+        f"- Set jhe:version back to {frm} and run `pulumi up`", "",
+        "**Verification:**",
+        *[f"- {k}: {v}" for k, v in smoke.items()], "",
+    ]))
+    state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
+    state["deployed"] = {"version": to, "previous": frm, "at": now()}
+    for k in ("target", "backup", "migrated"):
+        state.pop(k, None)
+    save_state(spec, state)
+    release_lock(spec)
+    return summary
+
+
+def smoke_test(spec: Spec) -> dict:
+    """Through nginx, as users reach it: /health and /admin/ with the site's Host header."""
+    out = {}
+    for path in ("/health", "/admin/"):
+        args = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                "--resolve", f"{spec.site_host}:443:127.0.0.1", "--resolve", f"{spec.site_host}:80:127.0.0.1",
+                f"{spec.site_url.rstrip('/')}{path}"]
+        p = run(args, check=False, quiet=True)
+        out[path] = p.stdout.strip() or f"error {p.returncode}"
+    return out
+
+
+def step_unlock(spec: Spec) -> dict:
+    try:
+        held = json.loads(spec.lock_file.read_text())
+    except FileNotFoundError:
+        return {"unlocked": False, "note": "no lock held"}
+    spec.lock_file.unlink()
+    return {"unlocked": True, "was": held}
+
+
+STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
+         "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
+         "health": step_health, "finish": step_finish, "unlock": step_unlock}
+
+
+def main(argv: list[str]) -> int:
+    global STEP
+    if len(argv) < 2 or argv[1] not in STEPS:
+        print(f"usage: {argv[0]} {{{'|'.join(STEPS)}}} < spec.json", file=sys.stderr)
+        return 2
+    STEP = argv[1]
+    if os.geteuid() != 0:
+        print(json.dumps({"ok": False, "error": "run as root (the program uses sudo when its SSH user is not root)"}))
+        return 1
+    try:
+        if "--spec-b64" in argv:  # `plan` only: the tool itself arrives on stdin, the spec (no secrets) here
+            import base64
+            spec = Spec(json.loads(base64.b64decode(argv[argv.index("--spec-b64") + 1])))
+        else:
+            spec = Spec(json.loads(sys.stdin.read() or "{}"))
+        result = STEPS[STEP](spec)
+        print(json.dumps({"ok": True, "step": STEP, "seconds": round(time.monotonic() - T0, 2), **(result or {})}, sort_keys=True))
+        return 0
+    except Refusal as e:
+        log(f"refused: {e}")
+        print(json.dumps({"ok": False, "step": STEP, "error": str(e)}))
+        print(f"\njhe-upgrade {STEP}: {e}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as e:
+        msg = f"{' '.join(map(str, e.cmd))} exited {e.returncode}: {(e.stderr or '').strip()[-800:]}"
+        log(msg)
+        print(json.dumps({"ok": False, "step": STEP, "error": msg}))
+        print(f"\njhe-upgrade {STEP} failed: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
