@@ -755,6 +755,16 @@ def step_preflight(spec: Spec) -> dict:
     """Every refusal happens here, before any window opens; nothing serving is touched."""
     spec.need_version()
     take_lock(spec, f"upgrade to {spec.version}")
+    try:
+        return _preflight(spec)
+    except Refusal:
+        state = load_state(spec)
+        if not state.get("window") and not state.get("target"):
+            release_lock(spec)  # refused before anything started: the server is free again
+        raise
+
+
+def _preflight(spec: Spec) -> dict:
     frm = current_version(spec)
     to = spec.version
     problems: list[str] = []

@@ -1,29 +1,69 @@
 #!/usr/bin/env bash
-# `npm run demo`: the project's main job. For now (the test server and the upgrade steps come next)
-# it shows the real engine running the real program: a preview of a staging-like stack, and the
-# refusal of a bad configuration before anything could reach a server.
+# `npm run demo`: the project's main job, end to end on this machine (as root).
+# Boots a local test server with JHE v1.0.0 installed the runbook's way, aims a stack at it, adopts
+# it, shows the preview of an upgrade to v1.1.0 (the plan), applies it, prints the outputs, and tears
+# everything down. Every command is the one an operator would type (`npm run pulumi -- ...`).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$JHE_ROOT"
-[[ -d node_modules ]] || npm ci
+[[ -x node_modules/.bin/tsc ]] || npm ci --no-audit --no-fund
 scripts/install-engine.sh
 npx --no-install tsc -p .
-export PULUMI_CONFIG_PASSPHRASE=demo-only
+
+name=demo
+stack=demo
+export PULUMI_CONFIG_PASSPHRASE=demo-only-passphrase
 export PULUMI_BACKEND_URL="file://$JHE_ROOT/.cache/demo-state"
 rm -rf "$JHE_ROOT/.cache/demo-state"; mkdir -p "$JHE_ROOT/.cache/demo-state"
-stack=demo
-trap 'pulumi stack rm "$stack" --yes --force >/dev/null 2>&1 || true; rm -f "Pulumi.$stack.yaml"' EXIT
+t_start=$(date +%s)
+cleanup() {
+  pulumi stack rm "$stack" --yes --force >/dev/null 2>&1 || true
+  rm -f "Pulumi.$stack.yaml"
+  testhost/testhost.sh down --name "$name" || true
+}
+trap cleanup EXIT
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+p() { echo "\$ npm run pulumi -- $*"; pulumi "$@"; }
+
+step "1. A server as the runbook's operator has it: JHE v1.0.0 checked out in /opt/jupyterhealth-exchange"
+info=$(testhost/testhost.sh up --name "$name" --legacy v1.0.0)
+get() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$info" "$1"; }
+echo "server $(get address), host key $(get hostKey | cut -c1-40)..., site $(get siteUrl)"
+
+step "2. A stack aimed at it (host key pinned, SSH key as a secret)"
 pulumi stack init "$stack" >/dev/null
-pulumi config set jhe:version v1.1.0 -s "$stack"
-pulumi config set jhe:host 192.0.2.10 -s "$stack"
-pulumi config set jhe:siteUrl https://jhe.example.org -s "$stack"
-pulumi config set jhe:sshHostKey "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGRlbW8ta2V5LW5vdC1hLXNlcnZlcg demo" -s "$stack"
-echo "not-a-real-key" | pulumi config set --secret jhe:sshPrivateKey -s "$stack"
-echo "== preview of a valid stack"
-pulumi preview -s "$stack" --non-interactive
-echo "== a prod stack with DEBUG=False and an unsafe tag is refused before anything runs"
-pulumi config set jhe:stage prod -s "$stack"
-pulumi config set --path 'jhe:env.DEBUG' False -s "$stack"
-pulumi config set jhe:version 'v1.1.0;reboot' -s "$stack"
-if pulumi preview -s "$stack" --non-interactive; then echo "demo: the bad config was accepted" >&2; exit 1; fi
-echo "demo: engine $(pulumi version), valid stack previewed, invalid stack refused before any step"
+p config set jhe:version v1.0.0 -s "$stack"
+p config set jhe:host "$(get address)" -s "$stack"
+p config set jhe:sshHostKey "$(get hostKey)" -s "$stack"
+p config set jhe:siteUrl "$(get siteUrl)" -s "$stack"
+p config set jhe:repoUrl /srv/jhe-upstream.git -s "$stack"
+p config set jhe:wheelhouse /srv/wheelhouse -s "$stack"
+echo "\$ npm run pulumi -- config set --secret jhe:sshPrivateKey -s $stack < key"
+pulumi config set --secret jhe:sshPrivateKey -s "$stack" < "$(get privateKeyPath)"
+
+step "3. First up: adopt the in-place install into releases/ (same version, one restart)"
+p up -s "$stack" --yes --non-interactive --suppress-progress
+
+step "4. Upgrade plan: set the version, read the preview"
+p config set jhe:version v1.1.0 -s "$stack"
+p preview -s "$stack" --non-interactive
+
+step "5. The upgrade"
+p up -s "$stack" --yes --non-interactive --suppress-progress --suppress-outputs
+p stack output -s "$stack" --json
+
+step "6. The server after it"
+testhost/testhost.sh ssh --name "$name" -- "readlink /opt/jupyterhealth-exchange/current; tail -n 22 /opt/jupyterhealth-exchange/UPGRADE_LOG.md"
+
+out=$(pulumi stack output -s "$stack" --json)
+summary=$(python3 -c '
+import json, sys
+o = json.loads(sys.argv[1]); b = o.get("backup") or {}
+print("demo: upgraded %s -> %s on a local test server; downtime %.2f s; migrations %s; backup %s (sha256 %s, %s)" % (
+    o["deployed"]["previous"], o["deployed"]["version"], o["downtimeSeconds"], ", ".join(o["migrationsApplied"]) or "none",
+    b.get("location"), (b.get("sha256") or "")[:12], ", ".join("%s=%s" % kv for kv in (b.get("rowCounts") or {}).items())))
+' "$out")
+step "7. Tear down"
+cleanup; trap - EXIT
+echo "(demo took $(( $(date +%s) - t_start )) s)"
+echo "$summary"

@@ -1,0 +1,40 @@
+// The program as a function of its validated config, so tests can build it many times (mocks).
+// index.ts reads the config and exports what this returns.
+import * as pulumi from "@pulumi/pulumi";
+import { BackupBucket } from "./backupBucket";
+import { JheConfig } from "./config";
+import { JheHost } from "./host";
+import { NginxSite } from "./nginx";
+import { readPlan } from "./plan";
+import { JheRelease } from "./release";
+import { SystemdService } from "./systemd";
+
+export function jheProgram(config: JheConfig) {
+    // 1. The server: SSH with a pinned host key, the host-side tool, the releases layout (adopting
+    //    an in-place install without downtime beyond one restart).
+    const host = new JheHost("server", { config });
+
+    // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
+    const service = new SystemdService("systemd", { host, config });
+    const site = new NginxSite("nginx", { host, config });
+
+    // 3. Off-host backup copies, when configured.
+    const bucket = config.backupBucket.mode === "create" ? new BackupBucket("backups", { name: config.backupBucket.name }) : undefined;
+
+    // 4. The upgrade itself, replaced whenever jhe:version changes: preflight, prepare the release,
+    //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
+    const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install] });
+
+    // 5. The plan (read-only, also at preview) and what happened.
+    const r = release.results;
+    return {
+        plan: readPlan(config),
+        deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
+        backup: r.backup.apply((b) => (b.backup ? { location: b.backup, sha256: b.sha256, rowCounts: b.rowCounts } : null)),
+        migrationsApplied: r.migrate.apply((m) => (m.applied as string[]) ?? []),
+        downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
+        stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
+        upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,
+        backupBucket: bucket?.bucketName ?? (config.backupBucket.mode === "existing" ? config.backupBucket.name : null),
+    };
+}

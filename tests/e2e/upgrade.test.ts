@@ -1,0 +1,166 @@
+// The forward upgrade on the real engine and a real server: adopt a runbook install, upgrade
+// v1.0.0 -> v1.1.0 -> v1.2.0 -> v2.0.0, refuse v1.2.0 without its env var (changing nothing), keep
+// secrets out of every log, re-run as a no-op, and destroy without touching the server.
+import * as assert from "assert";
+import * as fs from "fs";
+import * as path from "path";
+import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
+import { namesWithOp, stepOps } from "../helpers/engine";
+import { projectStack, removeStack, serverFingerprint, STATE_DIR } from "../helpers/stack";
+import { down, HostInfo, leftovers, query, request, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+
+const APP = "/opt/jupyterhealth-exchange";
+const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
+
+describe("upgrade (real engine, real server)", function () {
+    this.timeout(900_000);
+    let h: HostInfo;
+    let stack: Stack;
+    let seeded: { patients: number; observations: string };
+
+    before(async function () {
+        h = await up("e2eup", { legacy: "v1.0.0", patients: 40, observations: 3000 });
+        stack = await projectStack(h, "v1.0.0");
+        seeded = {
+            patients: (await tableFingerprint(h, "core_patient")).rows,
+            observations: (await tableFingerprint(h, "core_observation")).checksum,
+        };
+    });
+    after(async function () {
+        if (stack) await removeStack(stack);
+        if (h) {
+            await down(h.name);
+            assert.deepStrictEqual(await leftovers(h), []);
+        }
+    });
+
+    async function health(): Promise<string | undefined> {
+        const r = await request(h, "GET", "/health");
+        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
+    }
+
+    it("adopts the runbook's in-place install with no data loss and serves the same version from releases/", async function () {
+        const obsBefore = await tableFingerprint(h, "core_observation");
+        const res = await stack.up();
+        assert.strictEqual(res.summary.result, "succeeded");
+        assert.strictEqual(res.outputs.deployed.value.version, "v1.0.0");
+        assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.0.0");
+        assert.deepStrictEqual(await tableFingerprint(h, "core_observation"), obsBefore);
+        assert.strictEqual(await health(), "v1.0.0");
+        // The old checkout is left as it was (nothing deleted), the unit now runs `current`.
+        await sshOk(h, `test -d ${APP}/.git && test -f ${APP}/.env && grep -q '${APP}/current/venv/bin/gunicorn' /etc/systemd/system/jhe.service`);
+        assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Adopted v1\.0\.0/);
+    });
+
+    it("a version change previews as replacements of exactly the versioned steps, with the plan", async function () {
+        await stack.setConfig("jhe:version", { value: "v1.1.0" });
+        const events: EngineEvent[] = [];
+        const pre = await stack.preview({ onEvent: (e) => events.push(e), diff: true });
+        assert.deepStrictEqual(namesWithOp(events, "replace"), VERSIONED);
+        for (const untouched of ["unit", "site", "maintenance-page", "host-tool", "adopt"]) {
+            const ops = [...stepOps(events)].find(([urn]) => urn.endsWith(`::${untouched}`))?.[1];
+            assert.deepStrictEqual(ops, ["same"], `${untouched}: ${ops}`);
+        }
+        assert.match(pre.stdout, /pendingMigrations\s*:\s*\[\s*\+?\s*\[0\]: "core\.0002_observation_source"\s*\+?\s*\[1\]: "core\.0003_backfill_source"/);
+        assert.match(pre.stdout, /envAdded\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
+        assert.match(pre.stdout, /action\s*:\s*"none" => "upgrade"/);
+    });
+
+    it("up v1.1.0: backs up, migrates, restarts, passes the health gate, and reports it", async function () {
+        const counts = { patients: (await tableFingerprint(h, "core_patient")).rows, observations: (await tableFingerprint(h, "core_observation")).rows };
+        const res = await stack.up();
+        const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
+        assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
+        assert.deepStrictEqual(o.migrationsApplied, ["core.0002_observation_source", "core.0003_backfill_source"]);
+        assert.deepStrictEqual(o.backup.rowCounts, { core_patient: counts.patients, core_observation: counts.observations });
+        const onServer = await sshOk(h, `sha256sum ${o.backup.location}/db.dump; stat -c '%a' ${o.backup.location} ${o.backup.location}/db.dump`);
+        assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
+        assert.match(onServer, /\n700\n600\n$/);
+        assert.ok(o.downtimeSeconds > 0 && o.downtimeSeconds < 60, `downtime ${o.downtimeSeconds}`);
+        for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
+        assert.strictEqual(await health(), "v1.1.0");
+        const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source = 'device'");
+        assert.strictEqual(Number(n), counts.observations);
+        const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
+        assert.match(log, /## Upgrade to v1\.1\.0 - .*\n\n\*\*Performed by:\*\* root from [0-9.]+ \(stack organization\/jhe\//);
+        assert.match(log, /\*\*From:\*\* v1\.0\.0 {2}\*\*To:\*\* v1\.1\.0/);
+        assert.match(log, /Migrations applied: core\.0002_observation_source, core\.0003_backfill_source/);
+        assert.match(log, /Environment variables added by v1\.1\.0: JHE_FEATURE_X/);
+        assert.match(log, new RegExp(`Backup: ${o.backup.location} \\(sha256 ${o.backup.sha256}`));
+        assert.match(log, /- \/health: 200\n- \/admin\/: 302/);
+    });
+
+    it("v1.2.0 without its required env var is refused in preflight, naming it; nothing on the server changes", async function () {
+        const before = await serverFingerprint(h);
+        await stack.setConfig("jhe:version", { value: "v1.2.0" });
+        await assert.rejects(stack.up(), (e: Error) => {
+            assert.match(e.message, /v1\.2\.0 requires the environment variable JHE_INSTANCE_NAME/);
+            assert.match(e.message, /pulumi config set --path 'jhe:env\.JHE_INSTANCE_NAME'/);
+            return true;
+        });
+        assert.deepStrictEqual(await serverFingerprint(h), before);
+        assert.strictEqual(await health(), "v1.1.0");
+    });
+
+    it("with the variable (and a secret) set, v1.2.0 upgrades; no secret appears in any output, state, log or process list", async function () {
+        const token = `tok-${Math.random().toString(36).slice(2)}-Zq9`;
+        await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Test Hospital" }, true);
+        await stack.setConfig("jhe:secretEnv.JHE_API_TOKEN", { value: token, secret: true }, true);
+        const key = fs.readFileSync(h.privateKeyPath, "utf8").split("\n").filter((l) => l && !l.startsWith("-----"));
+        // Sample the server's process list while the upgrade runs.
+        let sampling = true;
+        const ps: string[] = [];
+        const sampler = (async () => {
+            for (let i = 0; sampling && i < 600; i++) {
+                const r = await ssh(h, "ps -eo args --no-headers");
+                ps.push(r.stdout);
+                await new Promise((res) => setTimeout(res, 100));
+            }
+        })();
+        const events: string[] = [];
+        let text = "";
+        const pre = await stack.preview({ diff: true });
+        const res = await stack.up({ onOutput: (o) => (text += o), onEvent: (e) => events.push(JSON.stringify(e)), logVerbosity: 5, logToStdErr: true, debug: true });
+        sampling = false;
+        await sampler;
+        assert.strictEqual(res.outputs.deployed.value.version, "v1.2.0");
+        assert.strictEqual(await health(), "v1.2.0");
+        assert.match(await sshOk(h, `cat ${APP}/current/.env`), new RegExp(`JHE_API_TOKEN=${token}`), "the secret reached the server's .env");
+        const stateFiles = fs.readdirSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe"))
+            .map((f) => fs.readFileSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe", f), "utf8"));
+        const places: Record<string, string> = {
+            preview: pre.stdout + pre.stderr, up: text + res.stdout + res.stderr, events: events.join("\n"),
+            state: stateFiles.join("\n"), processes: ps.join("\n"),
+        };
+        assert.ok(ps.length > 3, `process list sampled ${ps.length} times`);
+        for (const [where, content] of Object.entries(places)) {
+            assert.ok(!content.includes(token), `the secret env value appears in ${where}`);
+            for (const line of key) assert.ok(!content.includes(line), `a line of the SSH private key appears in ${where}`);
+        }
+    });
+
+    it("v2.0.0: Pipfile -> pyproject + uv.lock and the renamed env example are handled", async function () {
+        await stack.setConfig("jhe:version", { value: "v2.0.0" });
+        const res = await stack.up();
+        assert.strictEqual(res.outputs.deployed.value.version, "v2.0.0");
+        assert.strictEqual(await health(), "v2.0.0");
+        assert.match(await sshOk(h, `${APP}/current/venv/bin/python -c 'import django; print(django.get_version())'`), /^5\.2\.19/);
+        const obs = { subject: { reference: "Patient/1" }, code: { coding: [{ code: "8867-4" }] }, valueQuantity: { value: 70 } };
+        assert.strictEqual((await request(h, "POST", "/FHIR/R5/Observation", obs)).status, 201);
+        assert.strictEqual((await tableFingerprint(h, "core_patient")).rows, seeded.patients);
+    });
+
+    it("running up again with no change does nothing: the preview shows no changes", async function () {
+        const events: EngineEvent[] = [];
+        await stack.preview({ onEvent: (e) => events.push(e) });
+        const changed = [...stepOps(events)].filter(([, ops]) => ops.some((op) => op !== "same"));
+        assert.deepStrictEqual(changed, []);
+    });
+
+    it("destroy leaves the server, its database and its backups untouched", async function () {
+        const before = await serverFingerprint(h);
+        await stack.destroy();
+        assert.deepStrictEqual(await serverFingerprint(h), before);
+        assert.strictEqual(await health(), "v2.0.0");
+    });
+});

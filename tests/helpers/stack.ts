@@ -1,0 +1,64 @@
+// Stacks of this project (the real program, compiled in bin/) aimed at a test server, driven through
+// the Automation API with the project's own engine.
+import * as crypto from "crypto";
+import * as fs from "fs";
+import * as path from "path";
+import { ConfigMap, LocalWorkspace, Stack } from "@pulumi/pulumi/automation";
+import { engineEnv, pulumiCommand, ROOT } from "./engine";
+import { HostInfo, sshOk, query } from "./testhost";
+
+export const STATE_DIR = path.join(ROOT, ".cache", "e2e-state");
+
+/** The stack config that aims the program at a test server (the legacy layout's names are defaults). */
+export function hostConfig(h: HostInfo, version: string): ConfigMap {
+    return {
+        "jhe:version": { value: version },
+        "jhe:host": { value: h.address },
+        "jhe:sshHostKey": { value: h.hostKey },
+        "jhe:sshPrivateKey": { value: fs.readFileSync(h.privateKeyPath, "utf8"), secret: true },
+        "jhe:siteUrl": { value: h.siteUrl ?? `https://${h.name}.jhe.test` },
+        "jhe:repoUrl": { value: h.upstreamRepo },
+        "jhe:wheelhouse": { value: h.wheelhouse },
+        "jhe:healthTimeoutSeconds": { value: "20" },
+    };
+}
+
+/** A fresh stack of the project for test server `h`; its Pulumi.<stack>.yaml is removed by `remove`. */
+export async function projectStack(h: HostInfo, version: string, extra: ConfigMap = {}): Promise<Stack> {
+    const stackName = `t-${h.name}-${crypto.randomBytes(3).toString("hex")}`;
+    const stack = await LocalWorkspace.createStack(
+        { stackName, workDir: ROOT },
+        { envVars: engineEnv(STATE_DIR), pulumiCommand: await pulumiCommand() },
+    );
+    await stack.setAllConfig({ ...hostConfig(h, version), ...extra });
+    return stack;
+}
+
+export async function removeStack(stack: Stack): Promise<void> {
+    await stack.workspace.removeStack(stack.name, { force: true }).catch(() => undefined);
+    fs.rmSync(path.join(ROOT, `Pulumi.${stack.name}.yaml`), { force: true });
+}
+
+const APP = "/opt/jupyterhealth-exchange";
+
+/**
+ * Everything about the server an upgrade may change: code serving, config files, service state,
+ * the database's tables and migrations, the log. Equal before/after means nothing changed.
+ */
+export async function serverFingerprint(h: HostInfo): Promise<Record<string, unknown>> {
+    const files = await sshOk(
+        h,
+        `cd ${APP}; readlink current || echo no-current; ls releases 2>/dev/null | tr '\\n' ' '; echo
+         for f in current/.env .env UPGRADE_LOG.md /etc/systemd/system/jhe.service /etc/nginx/sites-available/jhe; do
+           [ -e "$f" ] && sha256sum "$f" || echo "absent $f"; done
+         systemctl is-active jhe; ls /backups/jhe 2>/dev/null | tr '\\n' ' '; echo
+         test -e /var/lib/jhe-upgrade/jhe/maintenance-on && echo maintenance-on || echo maintenance-off`,
+    );
+    const tables: Record<string, unknown> = {};
+    for (const t of ["core_patient", "core_observation", "django_migrations"]) {
+        const [r] = await query<{ n: string; c: string }>(
+            h, `SELECT count(*) AS n, md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))) AS c FROM ${t} x`);
+        tables[t] = `${r.n}:${r.c}`;
+    }
+    return { files, tables };
+}
