@@ -69,6 +69,14 @@ WantedBy=multi-user.target
 `;
 }
 
+/**
+ * `systemd-analyze verify` for a unit file, passing when its only complaint is that the program does
+ * not exist yet (a bare server gets its first release after the unit).
+ */
+export function verifyUnit(unitPath: string): string {
+    return `! systemd-analyze verify ${quote([unitPath])} 2>&1 | grep -v -e 'is not executable: No such file or directory' | grep .`;
+}
+
 export interface SystemdServiceArgs {
     host: JheHost;
     config: JheConfig;
@@ -93,7 +101,7 @@ export class SystemdService extends pulumi.ComponentResource {
                 create: installFile(config.ssh.user, {
                     path: this.unitPath,
                     mode: "0644",
-                    validate: `systemd-analyze verify ${quote([this.unitPath])}`,
+                    validate: verifyUnit(this.unitPath),
                     onChange:
                         `systemctl daemon-reload; systemctl enable -q ${svc}; ` +
                         // A running service (e.g. an adopted in-place install) moves to the new unit now;

@@ -1,0 +1,128 @@
+// Command builders and rendered files, checked without a server: quoting (fuzzed with shell
+// metacharacters, run for real by /bin/sh here), file installation with validation and rollback,
+// and the unit/site as systemd and nginx would read them.
+import * as assert from "assert";
+import { spawnSync } from "child_process";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { quote } from "shell-quote";
+import { installFile, installTool, privileged, toolStep } from "../../components/commands";
+import { renderSite } from "../../components/nginx";
+import { planCommand } from "../../components/plan";
+import { renderUnit, verifyUnit } from "../../components/systemd";
+
+const sh = (cmd: string, stdin = "") => spawnSync("/bin/sh", ["-c", cmd], { input: stdin, encoding: "utf8" });
+
+const NASTY = [
+    "plain", "with space", "it's", 'dq"', "$(touch CANARY)", "`touch CANARY`", "a;touch CANARY", "a|touch CANARY",
+    "a&&touch CANARY", "new\nline touch CANARY", "back\\slash", "*", "~root", "-n", "--help", "émoji ✓ 日本",
+    "x".repeat(5000), "'; touch CANARY; '", "$HOME", "${IFS}touch${IFS}CANARY",
+];
+
+describe("command builders", function () {
+    let dir: string;
+    beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), "jhe-cmd-"))));
+    afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+    it("privileged() passes any script text through intact and executes nothing of it (fuzz)", function () {
+        for (const v of NASTY) {
+            const canary = path.join(dir, "CANARY");
+            const r = sh(`cd ${quote([dir])} && ${privileged("root", `printf %s ${quote([v])}`)}`);
+            assert.strictEqual(r.status, 0, r.stderr);
+            assert.strictEqual(r.stdout, v);
+            assert.ok(!fs.existsSync(canary), `canary created by ${JSON.stringify(v.slice(0, 30))}`);
+        }
+    });
+
+    it("privileged() goes through password-less sudo for other users and fails fast with a clear message", function () {
+        const cmd = privileged("deploy", "id -u");
+        assert.match(cmd, /sudo -n true/);
+        assert.match(cmd, /sudo -n sh -c 'id -u'/);
+        assert.match(cmd, /the SSH user deploy needs password-less sudo/);
+        assert.strictEqual(privileged("root", "id -u"), "sh -c 'id -u'");
+    });
+
+    it("toolStep() only knows the tool's steps; installTool() writes the tool atomically", function () {
+        assert.match(toolStep("root", "preflight"), /exec python3 \/usr\/local\/lib\/jhe-upgrade\/jhe_upgrade\.py preflight/);
+        assert.throws(() => toolStep("root", "rm -rf /" as never), /unknown step/);
+        assert.match(installTool("root"), /\.tmp.*mv -f/s);
+        assert.throws(() => planCommand("root", "abc;reboot"), /base64/);
+    });
+
+    it("installFile() installs, reports no change on a second run, and keeps the old file when validation fails", function () {
+        const target = path.join(dir, "etc", "site.conf");
+        const ok = (v: string) => installFile("root", { path: target, mode: "0640", validate: v, onChange: `echo changed >> ${quote([dir])}/log` });
+        let r = sh(ok("grep -q good " + quote([target])), "good v1\n");
+        assert.strictEqual(r.status, 0, r.stderr);
+        assert.strictEqual(r.stdout.trim(), '{"changed":true}');
+        assert.strictEqual(fs.readFileSync(target, "utf8"), "good v1\n");
+        assert.strictEqual((fs.statSync(target).mode & 0o777).toString(8), "640");
+        r = sh(ok("grep -q good " + quote([target])), "good v1\n");
+        assert.strictEqual(r.stdout.trim(), '{"changed":false}');
+        r = sh(ok("grep -q good " + quote([target])), "bad v2\n");
+        assert.notStrictEqual(r.status, 0);
+        assert.match(r.stderr, /does not validate, the previous file was kept/);
+        assert.strictEqual(fs.readFileSync(target, "utf8"), "good v1\n");
+        assert.strictEqual(fs.readFileSync(path.join(dir, "log"), "utf8"), "changed\n", "onChange ran once");
+    });
+
+    it("installFile() puts the previous file back when applying the new one fails", function () {
+        const target = path.join(dir, "unit");
+        fs.writeFileSync(target, "old\n");
+        const r = sh(installFile("root", { path: target, mode: "0644", onChange: `grep -q old ${quote([target])}` }), "new\n");
+        assert.notStrictEqual(r.status, 0);
+        assert.match(r.stderr, /the previous file is back in place/);
+        assert.strictEqual(fs.readFileSync(target, "utf8"), "old\n");
+    });
+
+    it("installFile() refuses unsafe paths and modes", function () {
+        for (const p of ["relative", "/etc/../root", "/tmp/a b", "/tmp/$(x)", "/tmp/a;b", "/tmp/'q"]) {
+            assert.throws(() => installFile("root", { path: p, mode: "0644" }), /unsafe path/, p);
+        }
+        assert.throws(() => installFile("root", { path: "/tmp/x", mode: "777; rm" }), /bad mode/);
+    });
+});
+
+describe("rendered unit and site", function () {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jhe-render-"));
+    after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const unitArgs = { appRoot: "/opt/jupyterhealth-exchange", appUser: "jheapp", appGroup: "www-data", serviceName: "jhe" };
+
+    it("the unit runs gunicorn from `current` as the app user, hardened", function () {
+        const u = renderUnit(unitArgs);
+        assert.match(u, /^User=jheapp$/m);
+        assert.match(u, /^WorkingDirectory=\/opt\/jupyterhealth-exchange\/current$/m);
+        assert.match(u, /^ExecStart=\/opt\/jupyterhealth-exchange\/current\/venv\/bin\/gunicorn jhe\.wsgi:application --bind 127\.0\.0\.1:8000/m);
+        for (const h of ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "CapabilityBoundingSet="]) {
+            assert.ok(u.split("\n").includes(h), h);
+        }
+    });
+
+    it("systemd-analyze verifies the unit and rates its exposure low", function () {
+        const file = path.join(dir, "jhe.service");
+        fs.writeFileSync(file, renderUnit(unitArgs));
+        const v = sh(verifyUnit(file));
+        assert.strictEqual(v.status, 0, v.stdout + v.stderr);
+        const sec = spawnSync("systemd-analyze", ["security", "--offline=true", file], { encoding: "utf8" });
+        const m = /Overall exposure level for jhe\.service: ([\d.]+)/.exec(sec.stdout + sec.stderr);
+        assert.ok(m, sec.stdout + sec.stderr);
+        assert.ok(Number(m![1]) <= 2.0, `exposure ${m![1]}`);
+    });
+
+    it("verifyUnit() fails on a broken unit", function () {
+        const file = path.join(dir, "broken.service");
+        fs.writeFileSync(file, "[Service]\nExecStart=relative/path\nType=nonsense\n");
+        assert.notStrictEqual(sh(verifyUnit(file)).status, 0);
+    });
+
+    it("the site has TLS >= 1.2, HSTS, static files from `current` and a maintenance switch", function () {
+        const s = renderSite({ appRoot: "/opt/jupyterhealth-exchange", serviceName: "jhe", serverName: "jhe.example.org", tlsCertificate: "/etc/ssl/jhe/jhe.crt", tlsKey: "/etc/ssl/jhe/jhe.key" });
+        assert.match(s, /ssl_protocols TLSv1\.2 TLSv1\.3;/);
+        assert.match(s, /Strict-Transport-Security/);
+        assert.match(s, /alias \/opt\/jupyterhealth-exchange\/current\/staticfiles\/;/);
+        assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/maintenance-on\) \{\s*return 503;/);
+        assert.match(s, /return 301 https:\/\/\$host\$request_uri;/);
+        assert.match(s, /server_name jhe\.example\.org;/);
+    });
+});

@@ -1,0 +1,165 @@
+// The resource graph with Pulumi mocks: which resources exist, their triggers, the dependsOn chain
+// (captured with a stack transformation, since mocks do not see dependsOn), and what a version change
+// replaces. Fast; the real engine and server are tested in tests/e2e.
+import * as assert from "assert";
+import * as pulumi from "@pulumi/pulumi";
+import { validateConfig } from "../../components/config";
+import { jheProgram } from "../../components/program";
+import { RELEASE_STEPS } from "../../components/release";
+
+interface Seen {
+    type: string;
+    name: string;
+    inputs: Record<string, unknown>;
+    dependsOn: string[];
+    parent?: string;
+    retainOnDelete?: boolean;
+    protect?: boolean;
+}
+
+const HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 host";
+
+function resolve<T>(o: pulumi.Input<T> | undefined): Promise<T | undefined> {
+    return new Promise((res) => (o === undefined ? res(undefined) : pulumi.output(o).apply((v) => res(v as T))));
+}
+
+/** Builds the program under mocks with `raw` config and returns every resource registered. */
+async function build(raw: Record<string, unknown>): Promise<{ resources: Seen[]; outputs: Record<string, unknown> }> {
+    process.env.JHE_UPGRADE_OFFLINE_PLAN = "1";
+    const resources: Seen[] = [];
+    const byUrnName = new Map<pulumi.Resource, string>();
+    await pulumi.runtime.setMocks(
+        {
+            newResource: (args) => ({ id: `${args.name}-id`, state: { ...args.inputs, stdout: '{"ok":true,"seconds":1}' } }),
+            call: (args) => args.inputs,
+        },
+        "jhe",
+        "unit",
+        false,
+        "organization",
+    );
+    const config = validateConfig(
+        {
+            version: "v1.1.0", host: "10.1.2.3", sshHostKey: HOST_KEY, siteUrl: "https://jhe.example.org", ...raw,
+        },
+        { sshPrivateKey: pulumi.secret("-----BEGIN KEY-----\nabc\n-----END KEY-----"), secretEnv: pulumi.secret({ SECRET_KEY: "s" } as Record<string, string>), secretEnvNames: ["SECRET_KEY"] },
+    );
+    let outputs: Record<string, unknown> = {};
+    await pulumi.runtime.runInPulumiStack(async () => {
+        pulumi.runtime.registerStackTransformation((args) => {
+            byUrnName.set(args.resource, args.name);
+            resources.push({
+                type: args.type,
+                name: args.name,
+                inputs: args.props as Record<string, unknown>,
+                dependsOn: [],
+                parent: args.opts.parent ? byUrnName.get(args.opts.parent) : undefined,
+                retainOnDelete: args.opts.retainOnDelete,
+                protect: args.opts.protect,
+            });
+            const deps = args.opts.dependsOn;
+            const list = Array.isArray(deps) ? deps : deps ? [deps] : [];
+            resources[resources.length - 1].dependsOn = (list as pulumi.Resource[]).map((r) => byUrnName.get(r) ?? "?");
+            return undefined;
+        });
+        outputs = jheProgram(config) as unknown as Record<string, unknown>;
+        return outputs;
+    });
+    return { resources, outputs };
+}
+
+const named = (rs: Seen[], n: string) => {
+    const r = rs.find((x) => x.name === n);
+    assert.ok(r, `resource ${n} exists`);
+    return r!;
+};
+
+describe("program graph (mocks)", function () {
+    it("has one component per concern, with the command steps parented under them", async function () {
+        const { resources } = await build({});
+        const types = resources.map((r) => `${r.type}::${r.name}`);
+        for (const t of [
+            "jhe:upgrade:JheHost::server", "jhe:upgrade:SystemdService::systemd", "jhe:upgrade:NginxSite::nginx", "jhe:upgrade:JheRelease::jhe",
+            "command:remote:Command::host-tool", "command:remote:Command::adopt", "command:remote:Command::unit",
+            "command:remote:Command::site", "command:remote:Command::maintenance-page",
+        ]) assert.ok(types.includes(t), `${t} in ${types.join(", ")}`);
+        for (const [step] of RELEASE_STEPS) assert.strictEqual(named(resources, step).parent, "jhe");
+        assert.strictEqual(named(resources, "unit").parent, "systemd");
+        assert.strictEqual(named(resources, "site").parent, "nginx");
+        assert.ok(!resources.some((r) => r.type.startsWith("aws:")), "no AWS resources when jhe:backupBucket is off");
+    });
+
+    it("chains the versioned steps in the runbook's order after the unit and the site", async function () {
+        const { resources } = await build({});
+        const names = RELEASE_STEPS.map(([n]) => n);
+        assert.deepStrictEqual(named(resources, names[0]).dependsOn.sort(), ["site", "unit"]);
+        for (let i = 1; i < names.length; i++) assert.deepStrictEqual(named(resources, names[i]).dependsOn, [names[i - 1]]);
+        assert.deepStrictEqual(named(resources, "adopt").dependsOn, ["host-tool"]);
+        assert.deepStrictEqual(named(resources, "unit").dependsOn, ["host-tool", "adopt"]);
+    });
+
+    it("puts the target version in every versioned step's triggers, and only there", async function () {
+        const a = await build({ version: "v1.1.0" });
+        const b = await build({ version: "v1.2.0" });
+        for (const r of a.resources.filter((x) => x.type === "command:remote:Command")) {
+            const ta = JSON.stringify(await resolve(r.inputs.triggers));
+            const tb = JSON.stringify(await resolve(named(b.resources, r.name).inputs.triggers));
+            const versioned = RELEASE_STEPS.some(([n]) => n === r.name);
+            assert.strictEqual(ta !== tb, versioned, `${r.name}: triggers ${ta} vs ${tb}`);
+            if (versioned) assert.ok(ta.includes("v1.1.0"));
+        }
+    });
+
+    it("re-runs the steps that write .env when a setting changes, and no other", async function () {
+        const a = await build({ env: { JHE_FEATURE_X: "on" } });
+        const b = await build({ env: { JHE_FEATURE_X: "off" } });
+        const changed: string[] = [];
+        for (const [n] of RELEASE_STEPS) {
+            const ta = JSON.stringify(await resolve(named(a.resources, n).inputs.triggers));
+            const tb = JSON.stringify(await resolve(named(b.resources, n).inputs.triggers));
+            if (ta !== tb) changed.push(n);
+        }
+        assert.deepStrictEqual(changed, ["preflight", "prepare-release"]);
+    });
+
+    it("connects with the pinned host key and the secret key, and sends secrets only on stdin", async function () {
+        const { resources } = await build({});
+        const pre = named(resources, "preflight");
+        const conn = (await resolve(pre.inputs.connection)) as Record<string, unknown>;
+        assert.strictEqual(conn.hostKey, HOST_KEY);
+        assert.strictEqual(conn.host, "10.1.2.3");
+        assert.match(String(await resolve(pre.inputs.create)), /python3 \/usr\/local\/lib\/jhe-upgrade\/jhe_upgrade\.py preflight/);
+        const stdin = JSON.parse(String(await resolve(pre.inputs.stdin)));
+        assert.strictEqual(stdin.secretEnv.SECRET_KEY, "s");
+        assert.strictEqual(stdin.version, "v1.1.0");
+        // Steps that do not write .env do not get the secrets at all.
+        const backup = JSON.parse(String(await resolve(named(resources, "backup").inputs.stdin)));
+        assert.strictEqual(backup.secretEnv, undefined);
+        assert.strictEqual(named(resources, "preflight").inputs.logging, "stderr");
+        for (const r of resources.filter((x) => x.type === "command:remote:Command")) {
+            assert.ok(!String(await resolve(r.inputs.create)).includes("BEGIN KEY"), `${r.name}: no key on a command line`);
+        }
+    });
+
+    it("makes the backup bucket private, encrypted, versioned, TLS-only and kept on destroy", async function () {
+        const { resources } = await build({ backupBucket: "create:jhe-backups-test" });
+        const aws = resources.filter((r) => r.type.startsWith("aws:s3"));
+        assert.deepStrictEqual(aws.map((r) => r.type).sort(), [
+            "aws:s3/bucket:Bucket", "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+            "aws:s3/bucketPolicy:BucketPolicy", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+            "aws:s3/bucketVersioning:BucketVersioning",
+        ]);
+        for (const r of aws) assert.ok(r.retainOnDelete && r.protect, `${r.type} retained and protected`);
+        const bucket = aws.find((r) => r.type === "aws:s3/bucket:Bucket")!;
+        assert.strictEqual(bucket.inputs.bucket, "jhe-backups-test");
+        assert.strictEqual(bucket.inputs.forceDestroy, false);
+        const pab = aws.find((r) => r.type.includes("PublicAccessBlock"))!.inputs;
+        for (const k of ["blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"]) assert.strictEqual(pab[k], true);
+        const ver = (await resolve(aws.find((r) => r.type.includes("Versioning"))!.inputs.versioningConfiguration)) as { status: string };
+        assert.strictEqual(ver.status, "Enabled");
+        const policy = JSON.parse(String(await resolve(aws.find((r) => r.type.includes("BucketPolicy"))!.inputs.policy)));
+        assert.deepStrictEqual(policy.Statement[0].Condition, { Bool: { "aws:SecureTransport": "false" } });
+        assert.strictEqual(policy.Statement[0].Effect, "Deny");
+    });
+});
