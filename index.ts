@@ -31,6 +31,7 @@ export const plan = outputs.plan;
 export const deployed = outputs.deployed;
 export const backup = outputs.backup;
 export const migrationsApplied = outputs.migrationsApplied;
+export const rollback = outputs.rollback;
 export const downtimeSeconds = outputs.downtimeSeconds;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;

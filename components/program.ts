@@ -32,6 +32,7 @@ export function jheProgram(config: JheConfig) {
         deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
         backup: r.backup.apply((b) => (b.backup ? { location: b.backup, sha256: b.sha256, rowCounts: b.rowCounts } : null)),
         migrationsApplied: r.migrate.apply((m) => (m.applied as string[]) ?? []),
+        rollback: r.finish.apply((f) => (f.rollback as Record<string, unknown> | undefined) ?? null),
         downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
         upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,

@@ -499,17 +499,18 @@ def take_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     """pg_dump -Fc of the (quiesced) database + sha256 + the config files, in a 0700 directory."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
+    # Only root and the database's owner (postgres, who writes and restores the dump) get in.
     spec.backup_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(spec.backup_dir, 0o700)
+    shutil.chown(spec.backup_dir, "root", "postgres")
+    os.chmod(spec.backup_dir, 0o710)
     d.mkdir(mode=0o700)
+    shutil.chown(d, "postgres", "postgres")
     t = time.monotonic()
     dump = d / "db.dump"
-    fd = os.open(dump, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        p = subprocess.run(["runuser", "-u", "postgres", "--", "pg_dump", "-Fc", "-Z", "1", spec.db_name],
-                           stdout=f, stderr=subprocess.PIPE, cwd="/")
+    p = run(["pg_dump", "-Fc", "-Z", "1", "-f", str(dump), spec.db_name], user="postgres", cwd="/", check=False)
     if p.returncode != 0:
-        raise RuntimeError(f"pg_dump failed: {p.stderr.decode()[-400:]}")
+        raise RuntimeError(f"pg_dump failed: {p.stderr.strip()[-400:]}")
+    os.chmod(dump, 0o600)
     digest = sha256_file(dump)
     write_private(d / "db.dump.sha256", f"{digest}  db.dump\n")
     listing = run(["pg_restore", "--list", str(dump)], quiet=True)
@@ -549,11 +550,18 @@ def restore_backup(spec: Spec, manifest: dict) -> str:
     psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                      f"WHERE datname = {sql_literal(spec.db_name)} AND pid <> pg_backend_pid()")
     psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep}"')
-    psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
-    p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", spec.db_name,
-             str(Path(manifest["path"]) / manifest["dump"])], user="postgres", cwd="/", check=False)
-    if p.returncode != 0:
-        raise RuntimeError(f"pg_restore failed ({p.stderr.strip()[-400:]}); the replaced database is kept as {keep}")
+    try:
+        psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
+        p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", spec.db_name,
+                 str(Path(manifest["path"]) / manifest["dump"])], user="postgres", cwd="/", check=False)
+        if p.returncode != 0:
+            raise RuntimeError(f"pg_restore failed: {p.stderr.strip()[-400:]}")
+    except Exception:
+        # Put the database that was there back under its name; the half-restored one holds nothing
+        # the backup does not, so it goes.
+        psql("postgres", f'DROP DATABASE IF EXISTS "{spec.db_name}"', check=False)
+        psql("postgres", f'ALTER DATABASE "{keep}" RENAME TO "{spec.db_name}"')
+        raise
     log(f"database restored from {manifest['id']}; the replaced one is kept as {keep}")
     return keep
 
@@ -701,7 +709,15 @@ def step_plan(spec: Spec) -> dict:
     applied = {m for m in applied_migrations(spec) if m.split(".")[0] in apps} if frm else set()
     out["pendingMigrations"] = [m for m in to_migs if m not in applied]
     out["migrationsToUndo"] = sorted(applied - set(to_migs))
-    out["action"] = ("rollback" if out["migrationsToUndo"] else "upgrade") if frm else "install"
+    backwards = bool(out["migrationsToUndo"]) or version_key(to) < version_key(frm)
+    out["action"] = ("rollback" if backwards else "upgrade") if frm else "install"
+    if out["migrationsToUndo"]:
+        b = latest_backup_from(load_state(spec), to)
+        out["restoreFrom"] = b["id"] if b else None
+        out["summary"] = (f"rollback {frm} -> {to}: restore backup {b['id']} and replay the rows written since"
+                          if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
+    elif frm:
+        out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if out["pendingMigrations"] else " (code only, the database stays as it is)")
     ex_name, wanted = env_example(_S, to)  # type: ignore[arg-type]
     _, had = env_example(_S, frm) if frm and tag_exists(_S, frm) else (None, {})  # type: ignore[arg-type]
     root = live_root(spec)
@@ -751,13 +767,34 @@ def step_adopt(spec: Spec) -> dict:
     return {"adopted": False, "layout": "none", "current": None}
 
 
+def version_key(tag: str | None) -> tuple:
+    return tuple(int(x) for x in re.findall(r"\d+", tag or ""))
+
+
+def is_noop(spec: Spec, state: dict) -> bool:
+    """The target already serves, nothing is under way: the versioned steps have nothing to do."""
+    t = state.get("target") or {}
+    return (current_version(spec) == spec.version and spec.current.is_symlink() and not state.get("window")
+            and t.get("to") in (None, spec.version) and not (t.get("to") == spec.version and t.get("from") != spec.version)
+            and service_active(spec))
+
+
+def latest_backup_from(state: dict, tag: str) -> dict | None:
+    """The newest backup taken when leaving `tag` (the database as `tag` had it), if still on disk."""
+    cands = [b for k, b in (state.get("backups") or {}).items() if k.split("->")[0] == tag]
+    cands = [b for b in cands if (Path(b["path"]) / "db.dump").exists()]
+    return max(cands, key=lambda b: b["created"]) if cands else None
+
+
 def step_preflight(spec: Spec) -> dict:
     """Every refusal happens here, before any window opens; nothing serving is touched."""
     spec.need_version()
+    if is_noop(spec, load_state(spec)):
+        return {"from": spec.version, "to": spec.version, "noop": True}
     take_lock(spec, f"upgrade to {spec.version}")
     try:
         return _preflight(spec)
-    except Refusal:
+    except Exception:
         state = load_state(spec)
         if not state.get("window") and not state.get("target"):
             release_lock(spec)  # refused before anything started: the server is free again
@@ -801,13 +838,38 @@ def _preflight(spec: Spec) -> dict:
     if problems:
         raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
     applied = set(applied_migrations(spec))
-    pending = [m for m in tag_migrations(spec, to) if m not in applied]
+    to_migs = tag_migrations(spec, to)
+    apps = {m.split(".")[0] for m in to_migs}
+    pending = [m for m in to_migs if m not in applied]
+    extra = sorted(m for m in applied if m.split(".")[0] in apps and m not in set(to_migs))
     state = load_state(spec)
-    state.setdefault("runs", {})
-    state["target"] = {"from": frm if frm != to else state.get("target", {}).get("from", frm), "to": to,
-                       "preflight": now(), "pending": pending}
+    prior = state.get("target") or {}
+    if prior.get("to") == to and prior.get("from") not in (None, to):
+        frm = prior["from"]  # a re-run after an interruption continues the same move
+        kind = prior.get("kind", "upgrade")
+        restore_from = prior.get("restoreFrom")
+    elif extra and pending:
+        raise Refusal(f"{frm} -> {to} is a move across branches: the database has migrations {to} does not know "
+                      f"({', '.join(extra)}) and lacks some it needs ({', '.join(pending)}). Roll back to a version "
+                      f"both descend from first, then upgrade")
+    elif extra:
+        kind = "rollback"
+        b = latest_backup_from(state, to)
+        if not b:
+            known = sorted({k.split('->')[0] for k in (state.get('backups') or {})})
+            raise Refusal(f"rolling back {frm} -> {to} needs the database as {to} had it, and this server has no backup "
+                          f"taken when leaving {to}. Versions that can be rolled back to here: {', '.join(known) or 'none'}; "
+                          f"go through one of them, or restore by hand")
+        verify_backup(b)
+        restore_from = b
+    else:
+        kind = "upgrade"
+        restore_from = None
+    state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
+                       "undo": extra, "restoreFrom": restore_from}
     save_state(spec, state)
-    return {"from": frm, "to": to, "pendingMigrations": pending, "pythonRequired": py_req,
+    return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
+            "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
             "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
             "databaseBytes": db_bytes}
 
@@ -816,20 +878,39 @@ def _target(spec: Spec) -> tuple[dict, str | None, str]:
     spec.need_version()
     state = load_state(spec)
     t = state.get("target") or {}
-    if t.get("to") != spec.version:
+    if t.get("to") != spec.version and not is_noop(spec, state):
         raise Refusal(f"no preflight recorded for {spec.version}; run `pulumi up` again (preflight runs first)")
-    return state, t.get("from"), spec.version
+    return state, t.get("from", spec.version), spec.version
 
 
 def step_prepare(spec: Spec) -> dict:
     state, frm, to = _target(spec)
+    if is_noop(spec, state):
+        # Same version: only the .env can have changed (config); apply it with a restart if it did.
+        env_file = spec.release(to) / ".env"
+        old = env_file.read_text() if env_file.exists() else None
+        build_release(spec, to, target_env(spec, to))
+        if old == env_file.read_text():
+            return {"release": str(spec.release(to)), "configChanged": False}
+        t = time.monotonic()
+        run(["systemctl", "restart", spec.service])
+        h = health(spec, to, spec.health_timeout)
+        if not h["ok"]:
+            write_private(env_file, old or "", spec.app_user, spec.app_group)
+            run(["systemctl", "restart", spec.service])
+            raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); "
+                          f"the previous .env is back and {to} restarted with it")
+        append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
+                         f"**Downtime:** restart, {round(time.monotonic() - t, 2)} s\n")
+        return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2)}
     info = build_release(spec, to, target_env(spec, to))
     return {"release": str(spec.release(to)), **info}
 
 
 def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
     """The target already serves and no window is open: the upgrade steps have nothing to do."""
-    return current_version(spec) == to and not state.get("window") and service_active(spec)
+    return is_noop(spec, state) or (current_version(spec) == to and not state.get("window") and service_active(spec)
+                                    and (state.get("target") or {}).get("from") == to)
 
 
 def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
@@ -843,7 +924,7 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     b["window"] = w
     verify_backup(b)
     state["backup"] = b
-    state.setdefault("backups", {})[f"{frm}->{to}"] = {k: b[k] for k in ("id", "path", "sha256", "created", "rowCounts", "appliedMigrations")}
+    state.setdefault("backups", {})[f"{frm}->{to}"] = {k: b[k] for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations")}
     save_state(spec, state)
     return b
 
@@ -876,11 +957,13 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
         done.append(f"{frm} serving again ({h.get('check')} {h.get('status')})" if h["ok"] else f"{frm} restarted but unhealthy: {h.get('detail')}")
     seconds = close_window(spec, state)
     done.append("maintenance page lifted")
-    append_log(spec, f"## Recovery: upgrade {frm} -> {spec.version} failed - {now()}\n\n"
+    kind = (state.get("target") or {}).get("kind", "upgrade")
+    append_log(spec, f"## Recovery: {kind} {frm} -> {spec.version} failed - {now()}\n\n"
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** {seconds} s\n\n"
                      f"**What failed:** {reason}\n\n**What was restored:**\n" + "".join(f"- {d}\n" for d in done))
     state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": done, "at": now()}
-    state.pop("target", None)
+    for k in ("target", "migrated", "rollback", "dbTouched"):
+        state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
     return "; ".join(done)
@@ -892,9 +975,13 @@ def step_migrate(spec: Spec) -> dict:
         return {"skipped": f"{to} already serving", "applied": []}
     open_window(spec, state)
     ensure_backup(spec, state, frm, to)
+    if (state.get("target") or {}).get("kind") == "rollback":
+        return rollback_database(spec, state, frm, to)
     before = set(applied_migrations(spec))
     rel = spec.release(to)
     t = time.monotonic()
+    state["dbTouched"] = True
+    save_state(spec, state)
     p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
             check=False, timeout=7200)
     after = applied_migrations(spec)
@@ -906,6 +993,134 @@ def step_migrate(spec: Spec) -> dict:
     state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
     save_state(spec, state)
     return {"applied": applied, "seconds": state["migrated"]["seconds"]}
+
+
+SKIP_REPLAY = {"django_migrations", "django_content_type", "auth_permission", "django_session"}
+
+
+def _q(name: str) -> str:
+    if not re.match(r"^[a-z_][a-z0-9_]*$", name):
+        raise RuntimeError(f"unexpected identifier {name!r}")
+    return f'"{name}"'
+
+
+def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None = None, cols: str | None = None,
+          to_file: Path | None = None) -> None:
+    """COPY rows of `query` in src_db into dst_db.table(cols), or as CSV into to_file."""
+    out = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", src_db,
+                            "-c", f"\\copy ({query}) TO STDOUT" + (" WITH CSV HEADER" if to_file else "")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    if to_file:
+        fd = os.open(to_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(out.stdout, f)
+        rc_in = 0
+        err_in = b""
+    else:
+        p = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dst_db,
+                            "-c", f"\\copy {table} ({cols}) FROM STDIN"], stdin=out.stdout, capture_output=True, cwd="/")
+        rc_in, err_in = p.returncode, p.stderr
+    out.stdout.close()
+    err_out = out.stderr.read()
+    if out.wait() != 0 or rc_in != 0:
+        raise RuntimeError((err_in or err_out).decode(errors="replace").strip()[-400:])
+
+
+def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path) -> dict:
+    """Rows written to src_db (the newer version's database) after dst_db's backup was taken are
+    inserted into dst_db where its schema allows; what cannot be inserted, and rows changed or deleted
+    since, are exported as CSV to export_dir. Never silently dropped."""
+    tables = [t for t in psql(dst_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines()
+              if t and t not in SKIP_REPLAY]
+    src_tables = set(psql(src_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").splitlines())
+    # Parents before children (foreign keys).
+    edges = [l.split("|") for l in psql(dst_db, "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
+                                                 "WHERE contype = 'f' AND connamespace = 'public'::regnamespace").splitlines() if l]
+    order: list[str] = []
+    pending_t = set(tables)
+    while pending_t:
+        ready = sorted(t for t in pending_t if not any(c == t and p in pending_t and p != t for c, p in edges))
+        if not ready:
+            ready = sorted(pending_t)  # a cycle: take them as they come, failures are exported
+        for t in ready:
+            order.append(t)
+            pending_t.discard(t)
+    replayed: dict[str, int] = {}
+    exported: dict[str, int] = {}
+    notes: list[str] = []
+    for t in order:
+        if t not in src_tables:
+            continue
+        pk = psql(dst_db, f"SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                          f"AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'public.{t}'::regclass AND i.indisprimary")
+        if not pk or "\n" in pk:
+            notes.append(f"{t}: no single-column primary key, not compared")
+            continue
+        cols_of = lambda db: psql(db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                                      f"AND table_name = '{t}' AND is_generated = 'NEVER' ORDER BY ordinal_position").splitlines()
+        dst_cols, src_cols = cols_of(dst_db), set(cols_of(src_db))
+        common = [c for c in dst_cols if c in src_cols]
+        required = set(psql(dst_db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                                    f"AND table_name = '{t}' AND is_nullable = 'NO' AND column_default IS NULL "
+                                    f"AND is_identity = 'NO'").splitlines())
+        collist = ",".join(_q(c) for c in common)
+        maxid = psql(dst_db, f"SELECT coalesce(max({_q(pk)})::text, '') FROM {_q(t)}")
+        cond = f"{_q(pk)} > {sql_literal(maxid)}" if maxid else "true"
+        n_new = int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE {cond}"))
+        if n_new:
+            export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            missing = sorted(required - set(common))
+            try:
+                if missing:
+                    raise RuntimeError(f"{t} in the older schema requires {', '.join(missing)}, which the newer rows lack")
+                _copy(src_db, f"SELECT {collist} FROM {_q(t)} WHERE {cond} ORDER BY {_q(pk)}", dst_db, _q(t), collist)
+                replayed[t] = n_new
+                psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{pk}') AS s, "
+                             f"max({_q(pk)}) AS m FROM {_q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
+            except RuntimeError as e:
+                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {cond} ORDER BY {_q(pk)}", to_file=export_dir / f"{t}.new-rows.csv")
+                exported[f"{t}.new-rows"] = n_new
+                notes.append(f"{t}: {n_new} newer rows exported, not inserted ({e})")
+        if maxid:
+            # Rows that existed before and were changed or deleted since: exported, for a person to judge.
+            h = lambda db: dict(l.split("|", 1) for l in psql(db, f"SELECT {_q(pk)}, md5(ROW({collist})::text) FROM {_q(t)} "
+                                                                  f"WHERE {_q(pk)} <= {sql_literal(maxid)}").splitlines() if l)
+            old, new = h(dst_db), h(src_db)
+            changed = [k for k, v in new.items() if k in old and old[k] != v]
+            deleted = [k for k in old if k not in new]
+            if changed or deleted:
+                export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if changed:
+                ids = ",".join(sql_literal(k) for k in changed)
+                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {_q(pk)}::text IN ({ids})", to_file=export_dir / f"{t}.changed-rows.csv")
+                exported[f"{t}.changed-rows"] = len(changed)
+            if deleted:
+                ids = ",".join(sql_literal(k) for k in deleted)
+                _copy(dst_db, f"SELECT * FROM {_q(t)} WHERE {_q(pk)}::text IN ({ids})", to_file=export_dir / f"{t}.deleted-since.csv")
+                exported[f"{t}.deleted-since"] = len(deleted)
+    return {"rowsReplayed": replayed, "rowsExported": exported, "exportDir": str(export_dir) if exported else None, "notes": notes}
+
+
+def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
+    """B -> A: the database back to A's pre-upgrade backup, then the rows written since replayed.
+    B's database is kept (renamed) and dumped; nothing is deleted."""
+    t0 = time.monotonic()
+    pre = state["target"]["restoreFrom"]
+    kept = restore_backup(spec, pre)
+    try:
+        state["dbTouched"] = True
+        save_state(spec, state)
+        stats = replay_rows(spec, kept, spec.db_name, Path(state["backup"]["path"]) / "rollback-export")
+    except Exception as e:  # put B's database back as it was, then B serves again
+        failed = f"{spec.db_name}_rollback_failed_{int(time.time())}"[:63]
+        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{failed}"')
+        psql("postgres", f'ALTER DATABASE "{kept}" RENAME TO "{spec.db_name}"')
+        what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=False)
+        raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}")
+    state["rollback"] = {"restoredFrom": pre["id"], "keptDatabase": kept, **stats, "seconds": round(time.monotonic() - t0, 2)}
+    state["migrated"] = {"to": to, "applied": [], "undone": state["target"].get("undo", [])}
+    save_state(spec, state)
+    return {"applied": [], "rollback": state["rollback"]}
 
 
 def step_switch(spec: Spec) -> dict:
@@ -927,7 +1142,7 @@ def step_health(spec: Spec) -> dict:
     h = health(spec, to, spec.health_timeout)
     if not h["ok"]:
         journal = run(["journalctl", "-u", spec.service, "-n", "5", "--no-pager", "-o", "cat"], check=False, quiet=True).stdout.strip()
-        migrated = bool((state.get("migrated") or {}).get("applied"))
+        migrated = bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback"))
         reason = f"{to} failed its health check ({h.get('detail')})"
         if not state.get("window"):
             open_window(spec, state)
@@ -956,6 +1171,8 @@ def step_finish(spec: Spec) -> dict:
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
     b = state.get("backup") or {}
     migrated = (state.get("migrated") or {}).get("applied", [])
+    kind = (state.get("target") or {}).get("kind", "upgrade")
+    rb = state.get("rollback")
     removed = prune_releases(spec, {to, frm} if frm else {to})
     _, wanted = env_example(spec, to)
     _, had = env_example(spec, frm) if frm and tag_exists(spec, frm) else (None, {})
@@ -963,13 +1180,23 @@ def step_finish(spec: Spec) -> dict:
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds")} if b else None,
-        "envAdded": env_added, "smoke": smoke, "releasesRemoved": removed, "finished": now(),
+        "envAdded": env_added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
+        "rollback": rb,
     }
+    rb_lines = [] if not rb else [
+        "**Rollback:**",
+        f"- Database restored from {rb['restoredFrom']} (taken when leaving {to}); {frm}'s database kept as {rb['keptDatabase']}",
+        f"- Migrations undone: {', '.join(state['target'].get('undo') or []) or 'none'}",
+        f"- Rows written since, replayed: {json.dumps(rb['rowsReplayed'])}",
+        f"- Rows exported for review (not replayable): {json.dumps(rb['rowsExported'])}" + (f" in {rb['exportDir']}" if rb.get("exportDir") else ""),
+        "",
+    ]
     append_log(spec, "\n".join([
-        f"## Upgrade to {to} - {now()}", "",
+        f"## {'Rollback' if kind == 'rollback' or version_key(to) < version_key(frm) else 'Upgrade'} to {to} - {now()}", "",
         f"**Performed by:** {spec.operator} (stack {spec.owner})",
         f"**From:** {frm or 'nothing'}  **To:** {to}",
         f"**Downtime:** {seconds} s (maintenance page shown)", "",
+        *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
         f"- Environment variables added by {to}: {', '.join(env_added) if env_added else 'none'}", "",
@@ -981,7 +1208,7 @@ def step_finish(spec: Spec) -> dict:
     ]))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
-    for k in ("target", "backup", "migrated"):
+    for k in ("target", "backup", "migrated", "rollback"):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
@@ -1009,6 +1236,19 @@ def step_unlock(spec: Spec) -> dict:
     return {"unlocked": True, "was": held}
 
 
+def safety_net(spec: Spec, reason: str) -> str:
+    """After an unforeseen failure inside a window: the old version serves again (a known version
+    always serves), the database restored if this window changed it."""
+    state = load_state(spec)
+    if not state.get("window"):
+        return ""
+    frm = (state.get("target") or {}).get("from")
+    try:
+        return "Recovered: " + recover(spec, state, frm, reason, restore_db=bool(state.get("dbTouched")))
+    except Exception as e:  # noqa: BLE001 - report, never mask the first failure
+        return f"Automatic recovery failed too ({type(e).__name__}: {e}); the maintenance page stays up."
+
+
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
          "health": step_health, "finish": step_finish, "unlock": step_unlock}
@@ -1023,6 +1263,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print(json.dumps({"ok": False, "error": "run as root (the program uses sudo when its SSH user is not root)"}))
         return 1
+    spec = None
     try:
         if "--spec-b64" in argv:  # `plan` only: the tool itself arrives on stdin, the spec (no secrets) here
             import base64
@@ -1040,6 +1281,16 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as e:
         msg = f"{' '.join(map(str, e.cmd))} exited {e.returncode}: {(e.stderr or '').strip()[-800:]}"
         log(msg)
+        print(json.dumps({"ok": False, "step": STEP, "error": msg}))
+        print(f"\njhe-upgrade {STEP} failed: {msg}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug or an unforeseen server state: say so plainly, with the trace
+        import traceback
+        traceback.print_exc(file=sys.stderr)
+        msg = f"unexpected {type(e).__name__}: {e}."
+        if spec is not None and STEP in ("backup", "migrate", "switch", "health", "finish"):
+            msg += " " + safety_net(spec, f"{STEP} failed: {type(e).__name__}: {e}")
+        msg += " Run `pulumi up` again after checking the message above (the steps converge from whatever state the server is in)"
         print(json.dumps({"ok": False, "step": STEP, "error": msg}))
         print(f"\njhe-upgrade {STEP} failed: {msg}", file=sys.stderr)
         return 1

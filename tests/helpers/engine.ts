@@ -18,6 +18,7 @@ export function engineEnv(stateDir: string): Record<string, string> {
         PULUMI_CONFIG_PASSPHRASE: PASSPHRASE,
         PULUMI_SKIP_UPDATE_CHECK: "true",
         PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION: "true",
+        JHE_UPGRADE_OFFLINE_PLAN: "0",
     };
 }
 

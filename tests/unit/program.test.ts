@@ -25,7 +25,6 @@ function resolve<T>(o: pulumi.Input<T> | undefined): Promise<T | undefined> {
 
 /** Builds the program under mocks with `raw` config and returns every resource registered. */
 async function build(raw: Record<string, unknown>): Promise<{ resources: Seen[]; outputs: Record<string, unknown> }> {
-    process.env.JHE_UPGRADE_OFFLINE_PLAN = "1";
     const resources: Seen[] = [];
     const byUrnName = new Map<pulumi.Resource, string>();
     await pulumi.runtime.setMocks(
@@ -75,6 +74,10 @@ const named = (rs: Seen[], n: string) => {
 };
 
 describe("program graph (mocks)", function () {
+    // readPlan() would SSH to the (fake) server; the mocks build the graph only.
+    before(() => (process.env.JHE_UPGRADE_OFFLINE_PLAN = "1"));
+    after(() => delete process.env.JHE_UPGRADE_OFFLINE_PLAN);
+
     it("has one component per concern, with the command steps parented under them", async function () {
         const { resources } = await build({});
         const types = resources.map((r) => `${r.type}::${r.name}`);
