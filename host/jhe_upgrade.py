@@ -987,7 +987,7 @@ def step_migrate(spec: Spec) -> dict:
     after = applied_migrations(spec)
     applied = [m for m in after if m not in before]
     if p.returncode != 0:
-        err = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        err = error_summary(p.stderr)
         what = recover(spec, state, frm, f"`manage.py migrate` of {to} failed: {err}", restore_db=True)
         raise Refusal(f"the migration of {to} failed ({err}); nothing was lost: {what}")
     state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
@@ -1121,6 +1121,16 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
     state["migrated"] = {"to": to, "applied": [], "undone": state["target"].get("undo", [])}
     save_state(spec, state)
     return {"applied": [], "rollback": state["rollback"]}
+
+
+def error_summary(stderr: str) -> str:
+    """The exception line of a Python traceback (plus PostgreSQL's DETAIL), else the last line."""
+    lines = [l.strip() for l in stderr.strip().splitlines() if l.strip()]
+    exc = [l for l in lines if re.match(r"^[\w.]+(Error|Exception|Warning)\b.*:", l)]
+    detail = [l for l in lines if l.startswith("DETAIL:")]
+    if exc:
+        return exc[-1] + (f" {detail[-1]}" if detail and detail[-1] not in exc[-1] else "")
+    return lines[-1] if lines else "(no output)"
 
 
 def step_switch(spec: Spec) -> dict:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `npm run demo`: the project's main job, end to end on this machine (as root).
 # Boots a local test server with JHE v1.0.0 installed the runbook's way, aims a stack at it, adopts
-# it, shows the preview of an upgrade to v1.1.0 (the plan), applies it, prints the outputs, and tears
-# everything down. Every command is the one an operator would type (`npm run pulumi -- ...`).
+# it, shows the preview of an upgrade to v1.1.0 (the plan), applies it, prints the outputs, writes
+# observations as users would, rolls back by setting the version back, shows that those observations
+# survived, and tears everything down. Every command is the one an operator would type (`npm run pulumi -- ...`).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$JHE_ROOT"
@@ -56,14 +57,39 @@ step "6. The server after it"
 testhost/testhost.sh ssh --name "$name" -- "readlink /opt/jupyterhealth-exchange/current; tail -n 22 /opt/jupyterhealth-exchange/UPGRADE_LOG.md"
 
 out=$(pulumi stack output -s "$stack" --json)
-summary=$(python3 -c '
+up_summary=$(python3 -c '
 import json, sys
 o = json.loads(sys.argv[1]); b = o.get("backup") or {}
-print("demo: upgraded %s -> %s on a local test server; downtime %.2f s; migrations %s; backup %s (sha256 %s, %s)" % (
+print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, rows %s)" % (
     o["deployed"]["previous"], o["deployed"]["version"], o["downtimeSeconds"], ", ".join(o["migrationsApplied"]) or "none",
     b.get("location"), (b.get("sha256") or "")[:12], ", ".join("%s=%s" % kv for kv in (b.get("rowCounts") or {}).items())))
 ' "$out")
-step "7. Tear down"
+
+step "7. Users keep writing on v1.1.0: 20 observations through nginx"
+site=$(get siteUrl); host=${site#https://}
+ids=()
+for i in $(seq 1 20); do
+  body='{"subject":{"reference":"Patient/'$(( 1 + i % 5 ))'"},"code":{"coding":[{"code":"demo-'$i'"}]},"valueQuantity":{"value":'$i'}}'
+  id=$(curl -sk --max-time 10 --resolve "$host:443:$(get address)" -X POST -H 'Content-Type: application/json' -d "$body" \
+       "$site/fhir/r5/Observation" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  ids+=("$id")
+done
+echo "acknowledged observation ids: ${ids[*]}"
+
+step "8. Roll back: set the version back, read the plan, apply"
+p config set jhe:version v1.0.0 -s "$stack"
+p preview -s "$stack" --non-interactive --suppress-outputs
+pulumi stack output -s "$stack" --json >/dev/null
+p up -s "$stack" --yes --non-interactive --suppress-progress --suppress-outputs
+p stack output rollback -s "$stack" --json
+survived=$(testhost/testhost.sh ssh --name "$name" -- "cd /tmp && sudo -u postgres psql -tAc \"SELECT count(*) FROM core_observation WHERE id IN ($(IFS=,; echo "${ids[*]}"))\" jhe_production" | tr -d '[:space:]')
+version=$(curl -sk --max-time 10 --resolve "$host:443:$(get address)" "$site/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
+rb_downtime=$(pulumi stack output downtimeSeconds -s "$stack")
+echo "serving $version; $survived of ${#ids[@]} observations written on v1.1.0 are in the database"
+[[ $version == v1.0.0 && $survived == "${#ids[@]}" ]] || { echo "demo: the rollback lost data or did not serve v1.0.0" >&2; exit 1; }
+summary="demo: $up_summary; rolled back to v1.0.0 (downtime $rb_downtime s); $survived/${#ids[@]} observations written in between survived"
+
+step "9. Tear down"
 cleanup; trap - EXIT
 echo "(demo took $(( $(date +%s) - t_start )) s)"
 echo "$summary"

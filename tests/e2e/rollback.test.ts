@@ -1,0 +1,151 @@
+// Rollback by reverting jhe:version, and automatic recovery from failed upgrades, on the real engine
+// and a real server, with observations written between the upgrade and the rollback.
+import * as assert from "assert";
+import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
+import { namesWithOp } from "../helpers/engine";
+import { projectStack, removeStack, serverFingerprint } from "../helpers/stack";
+import { down, HostInfo, leftovers, query, request, sshOk, tableFingerprint, up } from "../helpers/testhost";
+
+const APP = "/opt/jupyterhealth-exchange";
+
+describe("rollback and recovery (real engine, real server)", function () {
+    this.timeout(900_000);
+    let h: HostInfo;
+    let stack: Stack;
+
+    before(async function () {
+        h = await up("e2erb", { legacy: "v1.0.0", patients: 30, observations: 2000 });
+        stack = await projectStack(h, "v1.0.0");
+        await stack.up();
+    });
+    after(async function () {
+        if (stack) await removeStack(stack);
+        if (h) {
+            await down(h.name);
+            assert.deepStrictEqual(await leftovers(h), []);
+        }
+    });
+
+    const health = async () => {
+        const r = await request(h, "GET", "/health");
+        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
+    };
+    /** Posts observations through nginx (as users do) and returns the acknowledged ids. */
+    async function post(n: number, fhirPath = "/fhir/r5/Observation"): Promise<number[]> {
+        const ids: number[] = [];
+        for (let i = 0; i < n; i++) {
+            const r = await request(h, "POST", fhirPath, {
+                subject: { reference: `Patient/${1 + (i % 5)}` }, code: { coding: [{ code: `W-${Date.now()}-${i}` }] }, valueQuantity: { value: i },
+            });
+            assert.strictEqual(r.status, 201, r.body);
+            ids.push(Number(JSON.parse(r.body).id));
+        }
+        return ids;
+    }
+    async function missing(ids: number[]): Promise<number[]> {
+        const rows = await query<{ id: string }>(h, "SELECT id FROM core_observation WHERE id = ANY($1::bigint[])", [ids]);
+        const have = new Set(rows.map((r) => Number(r.id)));
+        return ids.filter((i) => !have.has(i));
+    }
+    const setVersion = (v: string) => stack.setConfig("jhe:version", { value: v });
+
+    it("reverting the version rolls back: database to its pre-upgrade state plus the rows written since, code and config restored", async function () {
+        await setVersion("v1.1.0");
+        await stack.up();
+        assert.strictEqual(await health(), "v1.1.0");
+        const written = await post(12);
+        await setVersion("v1.0.0");
+        const events: EngineEvent[] = [];
+        const pre = await stack.preview({ onEvent: (e) => events.push(e) });
+        assert.deepStrictEqual(namesWithOp(events, "replace"), ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"]);
+        assert.match(pre.stdout, /summary\s*:.*"rollback v1\.1\.0 -> v1\.0\.0: restore backup \S+-v1\.0\.0-to-v1\.1\.0 and replay the rows written since"/);
+        const t0 = Date.now();
+        const res = await stack.up();
+        const rto = (Date.now() - t0) / 1000;
+        assert.strictEqual(await health(), "v1.0.0");
+        assert.deepStrictEqual(await missing(written), [], "every observation written after the upgrade survived");
+        const rb = res.outputs.rollback.value;
+        assert.deepStrictEqual(rb.rowsReplayed, { core_observation: 12 });
+        assert.deepStrictEqual(rb.rowsExported, {});
+        const applied = (await query<{ name: string }>(h, "SELECT name FROM django_migrations WHERE app = 'core' ORDER BY name")).map((r) => r.name);
+        assert.deepStrictEqual(applied, ["0001_initial"]);
+        const cols = await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'source'");
+        assert.strictEqual(cols.length, 0, "v1.1.0's column is gone with the restore");
+        assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.0.0");
+        await sshOk(h, `! grep -q JHE_FEATURE_X ${APP}/current/.env`);
+        // v1.1.0's database is kept, never dropped.
+        const dbs = await query<{ datname: string }>(h, "SELECT datname FROM pg_database WHERE datname = $1", [rb.keptDatabase]);
+        assert.strictEqual(dbs.length, 1);
+        const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
+        assert.match(log, /## Rollback to v1\.0\.0 .*\n\n\*\*Performed by:.*\n\*\*From:\*\* v1\.1\.0 {2}\*\*To:\*\* v1\.0\.0/);
+        assert.match(log, /Rows written since, replayed: \{"core_observation": 12\}/);
+        console.log(`      rollback v1.1.0 -> v1.0.0: pulumi up ${rto.toFixed(1)} s, downtime ${res.outputs.downtimeSeconds.value} s`);
+    });
+
+    it("a rollback across an upgrade that ran no migrations keeps the database as it is", async function () {
+        await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Test Hospital" }, true);
+        for (const v of ["v1.1.0", "v1.2.0", "v2.0.0"]) {
+            await setVersion(v);
+            await stack.up();
+        }
+        const written = await post(5, "/FHIR/R5/Observation");
+        const before = await tableFingerprint(h, "core_observation");
+        await setVersion("v1.2.0");
+        const res = await stack.up();
+        assert.strictEqual(await health(), "v1.2.0");
+        assert.strictEqual(res.outputs.rollback.value, null, "no database rollback");
+        assert.deepStrictEqual(await tableFingerprint(h, "core_observation"), before);
+        assert.deepStrictEqual(await missing(written), []);
+        assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Rollback to v1\.2\.0/);
+    });
+
+    it("v1.3.0's migration fails part-way: restored automatically, v1.2.0 serves, tables as before", async function () {
+        const before = { obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") };
+        const mig = await tableFingerprint(h, "django_migrations");
+        await setVersion("v1.3.0");
+        await assert.rejects(stack.up(), (e: Error) => {
+            assert.match(e.message, /the migration of v1\.3\.0 failed \(.*(IntegrityError|unique).*\); nothing was lost: database restored from backup \S+-v1\.2\.0-to-v1\.3\.0/);
+            assert.match(e.message, /v1\.2\.0 serving again/);
+            return true;
+        });
+        assert.strictEqual(await health(), "v1.2.0");
+        assert.deepStrictEqual({ obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") }, before);
+        assert.deepStrictEqual(await tableFingerprint(h, "django_migrations"), mig);
+        const cols = await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'unit'");
+        assert.strictEqual(cols.length, 0, "the half-applied column is gone");
+        assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Recovery: upgrade v1\.2\.0 -> v1\.3\.0 failed/);
+    });
+
+    it("after the recovery, setting the old version back is a no-op on the server", async function () {
+        const before = await serverFingerprint(h);
+        await setVersion("v1.2.0");
+        await stack.up();
+        assert.deepStrictEqual(await serverFingerprint(h), before);
+    });
+
+    it("v1.4.0 fails its health check: code, config and database reverted automatically", async function () {
+        const before = { obs: await tableFingerprint(h, "core_observation"), mig: await tableFingerprint(h, "django_migrations") };
+        await setVersion("v1.4.0");
+        await assert.rejects(stack.up(), (e: Error) => {
+            assert.match(e.message, /v1\.4\.0 failed its health check \(\/health answered 500\); reverted automatically: database restored from backup/);
+            return true;
+        });
+        assert.strictEqual(await health(), "v1.2.0");
+        assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.2.0");
+        assert.deepStrictEqual({ obs: await tableFingerprint(h, "core_observation"), mig: await tableFingerprint(h, "django_migrations") }, before);
+        const email = await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_patient' AND column_name = 'email'");
+        assert.strictEqual(email.length, 0);
+    });
+
+    it("then a good version upgrades normally, and rolling back two steps (to v1.0.0) works", async function () {
+        await setVersion("v2.0.0");
+        await stack.up();
+        assert.strictEqual(await health(), "v2.0.0");
+        const written = await post(4, "/FHIR/R5/Observation");
+        await setVersion("v1.0.0");
+        const res = await stack.up();
+        assert.strictEqual(await health(), "v1.0.0");
+        assert.deepStrictEqual(await missing(written), []);
+        assert.match(res.outputs.rollback.value.restoredFrom, /-v1\.0\.0-to-v1\.1\.0$/);
+    });
+});
