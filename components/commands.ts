@@ -3,11 +3,62 @@
 // Values never include secrets: those travel on stdin.
 import { quote } from "shell-quote";
 
+const SAFE_PATH = /^\/(?:[A-Za-z0-9._@-]+\/?)+$/;
+
 /** Where the host-side tool lives on the server. */
 export const TOOL_DIR = "/usr/local/lib/jhe-upgrade";
 export const TOOL_PATH = `${TOOL_DIR}/jhe_upgrade.py`;
 
-export const STEPS = ["status", "plan", "adopt", "preflight", "prepare", "backup", "migrate", "switch", "health", "finish", "unlock"] as const;
+export const STEPS = ["status", "plan", "adopt", "preflight", "prepare", "backup", "migrate", "switch", "health", "finish", "unlock", "superuser"] as const;
+
+/** Debian packages a JHE server needs (the app's Python packages come from its lock file). */
+export const SYSTEM_PACKAGES = ["python3", "python3-venv", "postgresql", "nginx", "git", "openssl", "curl", "ca-certificates"];
+
+/**
+ * Installs the Debian packages that are missing, and only those: with all present it does nothing
+ * (and needs no network). Prints {"installed":[...]}.
+ */
+export function ensurePackages(sshUser: string, packages: string[] = SYSTEM_PACKAGES): string {
+    for (const p of packages) if (!/^[a-z0-9][a-z0-9.+-]+$/.test(p)) throw new Error(`bad package name ${p}`);
+    return privileged(
+        sshUser,
+        [
+            "set -eu",
+            `missing=""`,
+            `for p in ${quote(packages)}; do`,
+            `  dpkg-query -W -f='\${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"`,
+            `  [ "$p" != nginx ] || ! dpkg-query -W -f='\${Status}' nginx-light nginx-core nginx-full 2>/dev/null | grep -q 'install ok installed' || missing=$(echo "$missing" | sed 's/ nginx$//')`,
+            `done`,
+            `if [ -n "$missing" ]; then`,
+            `  echo "jhe-upgrade: installing$missing" >&2`,
+            `  export DEBIAN_FRONTEND=noninteractive`,
+            `  apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends $missing >&2`,
+            `fi`,
+            `printf '{"installed":"%s"}\n' "$(echo $missing)"`,
+        ].join("\n"),
+    );
+}
+
+/** A self-signed certificate for test stacks, made once (kept if the files exist). */
+export function selfSignedCert(sshUser: string, certPath: string, keyPath: string, hostName: string): string {
+    for (const p of [certPath, keyPath]) if (!SAFE_PATH.test(p) || p.split("/").includes("..")) throw new Error(`unsafe path ${p}`);
+    if (!/^[A-Za-z0-9.-]+$/.test(hostName)) throw new Error(`bad host name ${hostName}`);
+    const c = quote([certPath]);
+    const k = quote([keyPath]);
+    return privileged(
+        sshUser,
+        [
+            "set -eu",
+            `if [ -s ${c} ] && [ -s ${k} ]; then echo '{"generated":false}'; exit 0; fi`,
+            `install -d -m 0755 "$(dirname ${c})"; install -d -m 0700 "$(dirname ${k})"`,
+            `umask 077`,
+            `openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj ${quote([`/CN=${hostName}`])} ` +
+                `-addext ${quote([`subjectAltName=DNS:${hostName}`])} -keyout ${k} -out ${c} 2>/dev/null`,
+            `chmod 0644 ${c}; chmod 0600 ${k}`,
+            `echo '{"generated":true}'`,
+        ].join("\n"),
+    );
+}
 export type Step = (typeof STEPS)[number];
 
 /** Runs `script` as root: directly for root, else through password-less sudo (failing fast, clearly). */
@@ -52,8 +103,6 @@ export interface InstallFileArgs {
     /** Command run only when the file's content changed (and validated). */
     onChange?: string;
 }
-
-const SAFE_PATH = /^\/(?:[A-Za-z0-9._@-]+\/?)+$/;
 
 /**
  * Installs a file from stdin when its content differs; validates it (keeping the previous file

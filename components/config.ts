@@ -40,7 +40,9 @@ export interface JheConfig {
     secretEnv: pulumi.Output<Record<string, string>>;
     /** Names of the secret .env settings (the names are not secret, their values are). */
     secretEnvNames: string[];
-    tls: { certificate: string; key: string };
+    tls: { certificate: string; key: string; selfSigned: boolean };
+    /** An optional Django superuser made from config (password a secret). */
+    admin?: { user: string; email: string; password: pulumi.Output<string> };
     /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
     wheelhouse?: string;
     healthTimeoutSeconds: number;
@@ -143,6 +145,7 @@ export interface SecretInputs {
     secretEnv?: pulumi.Output<Record<string, string>>;
     /** Names in secretEnv, read without revealing values (the keys of the config object). */
     secretEnvNames?: string[];
+    adminPassword?: pulumi.Output<string>;
     /** The secretEnv values, only to check their shape; no message ever includes one. */
     secretEnvValues?: Record<string, unknown>;
 }
@@ -185,6 +188,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds",
+        "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -289,10 +293,25 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         }
     }
 
+    const selfSignedRaw = raw.tlsSelfSigned;
+    if (selfSignedRaw !== undefined && !["true", "false", true, false].includes(selfSignedRaw as string | boolean)) {
+        p.push(`jhe:tlsSelfSigned must be true or false (got ${JSON.stringify(selfSignedRaw)})`);
+    }
     const tls = {
         certificate: str(raw, "tlsCertificate", p, false, DEFAULTS.tlsCertificate),
         key: str(raw, "tlsKey", p, false, DEFAULTS.tlsKey),
+        selfSigned: selfSignedRaw === true || selfSignedRaw === "true",
     };
+    if (tls.selfSigned && stage === "prod") p.push("jhe:tlsSelfSigned is for test stacks; a prod stack needs a real certificate (jhe:tlsCertificate, jhe:tlsKey)");
+    const adminUser = str(raw, "adminUser", p, false, "");
+    const adminEmail = str(raw, "adminEmail", p, false, "");
+    let admin: JheConfig["admin"];
+    if (adminUser) {
+        checked(p, "adminUser", adminUser, rx(/^[A-Za-z0-9@.+_-]{1,150}$/, "must be a Django user name (letters, digits, @ . + - _)"));
+        if (adminEmail) checked(p, "adminEmail", adminEmail, rx(/^[^\s@]+@[^\s@]+\.[^\s@]+$/, "must be an e-mail address"));
+        if (!secrets.adminPassword) p.push("jhe:adminPassword is required with jhe:adminUser: `pulumi config set --secret jhe:adminPassword`");
+        else admin = { user: adminUser, email: adminEmail, password: secrets.adminPassword };
+    }
     checked(p, "tlsCertificate", tls.certificate, checkPath);
     checked(p, "tlsKey", tls.key, checkPath);
     const wheelhouse = str(raw, "wheelhouse", p, false, "") || undefined;
@@ -321,6 +340,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         secretEnv: secrets.secretEnv ?? pulumi.output({} as Record<string, string>),
         secretEnvNames,
         tls,
+        admin,
         wheelhouse,
         healthTimeoutSeconds,
         backupBucket,
@@ -334,23 +354,26 @@ export function loadConfig(): JheConfig {
     const plainKeys = [
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
+        "adminUser", "adminEmail",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");
     raw.keepReleases = cfg.get("keepReleases");
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
+    raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
     raw.env = cfg.getObject("env");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {
         const [ns, key] = full.split(":");
-        if (ns === "jhe" && !(key in raw) && !["sshPrivateKey", "dbPassword", "secretEnv"].includes(key)) raw[key] = all[full];
+        if (ns === "jhe" && !(key in raw) && !["sshPrivateKey", "dbPassword", "secretEnv", "adminPassword"].includes(key)) raw[key] = all[full];
     }
     const secretEnvObj = cfg.getSecretObject<Record<string, string>>("secretEnv");
     const secretEnvValues = JSON.parse(all["jhe:secretEnv"] ?? "{}") as Record<string, unknown>;
     return validateConfig(raw, {
         sshPrivateKey: cfg.getSecret("sshPrivateKey"),
         dbPassword: cfg.getSecret("dbPassword"),
+        adminPassword: cfg.get("adminPassword") ? cfg.getSecret("adminPassword") : undefined,
         secretEnv: secretEnvObj ? secretEnvObj.apply((o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, String(v)]))) : undefined,
         secretEnvNames: Object.keys(secretEnvValues),
         secretEnvValues,

@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
-import { installTool, Step, toolStep } from "./commands";
+import { ensurePackages, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
 
 /** The host-side tool's source, shipped with the program. */
@@ -69,6 +69,7 @@ export class JheHost extends pulumi.ComponentResource {
     /** The tool's spec without and with the .env settings and secrets. */
     public readonly spec: pulumi.Output<string>;
     public readonly specWithEnv: pulumi.Output<string>;
+    public readonly packages: command.remote.Command;
     public readonly tool: command.remote.Command;
     public readonly adopt: command.remote.Command;
     /** Everything that must exist before the server's files are managed. */
@@ -89,6 +90,12 @@ export class JheHost extends pulumi.ComponentResource {
         };
         this.spec = toolSpec(c, false);
         this.specWithEnv = toolSpec(c, true);
+        // Debian packages JHE needs: installs only what is missing (nothing, with no network, when all are there).
+        this.packages = new command.remote.Command(
+            "system-packages",
+            { connection: this.connection, create: ensurePackages(c.ssh.user), triggers: SYSTEM_PACKAGES, logging: "stderr" },
+            { parent: this },
+        );
         const source = toolSource();
         this.tool = new command.remote.Command(
             "host-tool",
@@ -99,7 +106,7 @@ export class JheHost extends pulumi.ComponentResource {
                 triggers: [sha256(source)],
                 logging: "stderr",
             },
-            { parent: this },
+            { parent: this, dependsOn: [this.packages] },
         );
         // Adoption runs once per server layout (it aims at no version): nothing on a server already in releases/.
         this.adopt = new command.remote.Command(
@@ -113,7 +120,7 @@ export class JheHost extends pulumi.ComponentResource {
             },
             { parent: this, dependsOn: [this.tool] },
         );
-        this.ready = [this.tool, this.adopt];
+        this.ready = [this.packages, this.tool, this.adopt];
         this.registerOutputs({ host: c.ssh.host });
     }
 

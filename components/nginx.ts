@@ -3,7 +3,7 @@
 // it is never left in place.
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
-import { installFile } from "./commands";
+import { installFile, selfSignedCert } from "./commands";
 import { JheConfig } from "./config";
 import { JheHost } from "./host";
 
@@ -112,6 +112,19 @@ export class NginxSite extends pulumi.ComponentResource {
             },
             { parent: this, dependsOn: host.ready },
         );
+        const deps: pulumi.Resource[] = [page];
+        if (config.tls.selfSigned) {
+            deps.push(new command.remote.Command(
+                "self-signed-cert",
+                {
+                    connection: host.connection,
+                    create: selfSignedCert(config.ssh.user, config.tls.certificate, config.tls.key, new URL(config.siteUrl).hostname),
+                    triggers: [config.tls.certificate, config.tls.key],
+                    logging: "stderr",
+                },
+                { parent: this, dependsOn: host.ready },
+            ));
+        }
         const enabled = `/etc/nginx/sites-enabled/${l.serviceName}`;
         this.install = new command.remote.Command(
             "site",
@@ -127,7 +140,7 @@ export class NginxSite extends pulumi.ComponentResource {
                 triggers: [site],
                 logging: "stderr",
             },
-            { parent: this, dependsOn: [page] },
+            { parent: this, dependsOn: deps },
         );
         this.registerOutputs({ sitePath: this.sitePath });
     }

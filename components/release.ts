@@ -4,7 +4,8 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { JheConfig } from "./config";
-import { JheHost, sha256 } from "./host";
+import { toolStep } from "./commands";
+import { baseSpec, JheHost, sha256 } from "./host";
 
 export interface JheReleaseArgs {
     host: JheHost;
@@ -61,6 +62,21 @@ export class JheRelease extends pulumi.ComponentResource {
         }
         this.steps = steps;
         this.results = results;
+        // 8. The optional Django superuser, once the release serves (re-run when its settings change).
+        if (config.admin) {
+            const a = config.admin;
+            new command.remote.Command(
+                "admin-user",
+                {
+                    connection: host.connection,
+                    create: toolStep(config.ssh.user, "superuser"),
+                    stdin: pulumi.secret(a.password.apply((pw) => JSON.stringify({ ...baseSpec(config), adminUser: a.user, adminEmail: a.email, adminPassword: pw }))),
+                    triggers: [a.user, a.email, a.password.apply((pw) => sha256(pw).slice(0, 16))],
+                    logging: "stderr",
+                },
+                { parent: this, dependsOn: [steps.finish] },
+            );
+        }
         this.registerOutputs({});
     }
 }

@@ -449,6 +449,9 @@ def env_problems(spec: Spec, tag: str, env: dict[str, str]) -> list[str]:
                         "`pulumi config set --secret --path 'jhe:secretEnv.SECRET_KEY' <value>`")
     if not env.get("DB_NAME"):
         problems.append("DB_NAME is empty: JHE would silently use the 'postgres' database")
+    if not env.get("DB_PASSWORD") and not env.get("DB_HOST", "").startswith("/"):
+        problems.append("DB_PASSWORD is not set (neither in the server's .env nor in the stack): "
+                        "`pulumi config set --secret jhe:dbPassword <password>`")
     return problems
 
 
@@ -728,11 +731,48 @@ def step_plan(spec: Spec) -> dict:
     return out
 
 
+def ensure_user(spec: Spec) -> list[str]:
+    """The app's group and system user (a bare server has neither)."""
+    done = []
+    if run(["getent", "group", spec.app_group], check=False, quiet=True).returncode != 0:
+        run(["groupadd", "--system", spec.app_group])
+        done.append(f"group {spec.app_group}")
+    try:
+        pwd.getpwnam(spec.app_user)
+    except KeyError:
+        run(["useradd", "--system", "--gid", spec.app_group, "--home-dir", f"/home/{spec.app_user}", "--create-home",
+             "--shell", "/usr/sbin/nologin", spec.app_user])
+        done.append(f"user {spec.app_user}")
+    return done
+
+
+def ensure_database(spec: Spec) -> list[str]:
+    """The database role and the database it owns (a password, if configured, is set by `prepare`)."""
+    done = []
+    if psql("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(spec.db_user)}") != "1":
+        psql("postgres", f'CREATE ROLE "{spec.db_user}" LOGIN')
+        done.append(f"role {spec.db_user}")
+    if psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(spec.db_name)}") != "1":
+        psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
+        done.append(f"database {spec.db_name}")
+    return done
+
+
+def set_db_password(spec: Spec) -> None:
+    """Sets the role's password from the stack's secret, over stdin (never on a command line)."""
+    pw = spec.raw.get("dbPassword")
+    if not pw:
+        return
+    run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", cwd="/", quiet=True,
+        input=f'ALTER ROLE "{spec.db_user}" PASSWORD {sql_literal(pw)};\n')
+
+
 def step_adopt(spec: Spec) -> dict:
     """Adopt a server: create the releases layout. An in-place (runbook) install keeps serving while
     its version is rebuilt as releases/<tag> with its own .env; the switch to it happens when the
     unit and nginx site that point at `current` are installed (one restart)."""
     take_lock(spec, "adopt")
+    provisioned = ensure_user(spec) + ensure_database(spec)
     for d in (spec.app_root, spec.releases):
         d.mkdir(parents=True, exist_ok=True)
     shutil.chown(spec.app_root, spec.app_user, spec.app_group)
@@ -742,7 +782,7 @@ def step_adopt(spec: Spec) -> dict:
     ensure_repo(spec)
     if spec.current.is_symlink():
         release_lock(spec)
-        return {"adopted": False, "layout": "releases", "current": current_version(spec)}
+        return {"adopted": False, "layout": "releases", "current": current_version(spec), "provisioned": provisioned}
     if (spec.app_root / ".git").exists() and (spec.app_root / "manage.py").exists():
         tag = current_version(spec)
         if not tag or not TAG.match(tag):
@@ -764,7 +804,7 @@ def step_adopt(spec: Spec) -> dict:
         release_lock(spec)
         return {"adopted": True, "layout": "releases", "current": tag}
     release_lock(spec)
-    return {"adopted": False, "layout": "none", "current": None}
+    return {"adopted": False, "layout": "none", "current": None, "provisioned": provisioned}
 
 
 def version_key(tag: str | None) -> tuple:
@@ -863,7 +903,7 @@ def _preflight(spec: Spec) -> dict:
         verify_backup(b)
         restore_from = b
     else:
-        kind = "upgrade"
+        kind = "upgrade" if frm else "install"
         restore_from = None
     state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
                        "undo": extra, "restoreFrom": restore_from}
@@ -903,6 +943,7 @@ def step_prepare(spec: Spec) -> dict:
         append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
                          f"**Downtime:** restart, {round(time.monotonic() - t, 2)} s\n")
         return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2)}
+    set_db_password(spec)
     info = build_release(spec, to, target_env(spec, to))
     return {"release": str(spec.release(to)), **info}
 
@@ -1202,7 +1243,8 @@ def step_finish(spec: Spec) -> dict:
         "",
     ]
     append_log(spec, "\n".join([
-        f"## {'Rollback' if kind == 'rollback' or version_key(to) < version_key(frm) else 'Upgrade'} to {to} - {now()}", "",
+        f"## {'Install' if not frm else 'Rollback' if kind == 'rollback' or version_key(to) < version_key(frm) else 'Upgrade'} "
+        f"{'of' if not frm else 'to'} {to} - {now()}", "",
         f"**Performed by:** {spec.operator} (stack {spec.owner})",
         f"**From:** {frm or 'nothing'}  **To:** {to}",
         f"**Downtime:** {seconds} s (maintenance page shown)", "",
@@ -1237,6 +1279,23 @@ def smoke_test(spec: Spec) -> dict:
     return out
 
 
+def step_superuser(spec: Spec) -> dict:
+    """A Django superuser from the stack's config (password a secret), created once; an existing one
+    gets the configured password."""
+    user, email, password = spec.raw.get("adminUser"), spec.raw.get("adminEmail") or "", spec.raw.get("adminPassword")
+    if not user or not password:
+        raise Refusal("jhe:adminUser and the secret jhe:adminPassword are both needed for a superuser")
+    rel = spec.current.resolve()
+    env = {**os.environ, "DJANGO_SUPERUSER_USERNAME": user, "DJANGO_SUPERUSER_EMAIL": email, "DJANGO_SUPERUSER_PASSWORD": password}
+    code = ("import os; from django.contrib.auth import get_user_model; U = get_user_model(); "
+            "u, made = U.objects.get_or_create(username=os.environ['DJANGO_SUPERUSER_USERNAME'], "
+            "defaults={'email': os.environ['DJANGO_SUPERUSER_EMAIL']}); u.is_staff = u.is_superuser = True; "
+            "u.set_password(os.environ['DJANGO_SUPERUSER_PASSWORD']); u.save(); print('created' if made else 'updated')")
+    p = run(["runuser", "-u", spec.app_user, "--preserve-environment", "--", str(rel / "venv/bin/python"), "manage.py", "shell", "-c", code],
+            cwd=rel, env=env, quiet=True)
+    return {"superuser": user, "result": p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "?"}
+
+
 def step_unlock(spec: Spec) -> dict:
     try:
         held = json.loads(spec.lock_file.read_text())
@@ -1261,7 +1320,7 @@ def safety_net(spec: Spec, reason: str) -> str:
 
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
-         "health": step_health, "finish": step_finish, "unlock": step_unlock}
+         "health": step_health, "finish": step_finish, "unlock": step_unlock, "superuser": step_superuser}
 
 
 def main(argv: list[str]) -> int:

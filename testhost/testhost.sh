@@ -8,7 +8,8 @@
 #   testhost.sh ssh    [--name N] [-- command ...]
 #
 # Every boot starts from a pristine overlay of the cached root filesystem (--volatile=overlay), with
-# per-instance SSH host key (pinned), client key, address and PostgreSQL password. `down` leaves no
+# per-instance SSH host key (pinned), client key, address and PostgreSQL password. The client key logs
+# in as root, as `deploy` (password-less sudo) and as `needpw` (sudo asks for a password). `down` leaves no
 # process, mount, cgroup, network namespace or veth behind.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -174,6 +175,20 @@ up)
   { printf 'pw=%q\n' "$(cat "$inst/pg_password")"
     echo 'echo "ALTER ROLE postgres PASSWORD '"'"'$pw'"'"';" | sudo -u postgres psql -q -v ON_ERROR_STOP=1 >/dev/null'
   } | remote "cd / && bash -s" || { do_down "$name"; die "could not set the PostgreSQL password"; }
+  # Two more SSH users with the same key, for tests of non-root operation: `deploy` has password-less
+  # sudo, `needpw`'s sudo asks for a password (the program must fail fast, not hang).
+  remote "cd / && bash -s" >/dev/null 2>&1 <<'USERS' || { do_down "$name"; die "could not create the test users"; }
+set -e
+for u in deploy needpw; do
+  useradd -m -s /bin/bash "$u"
+  install -d -m 0700 -o "$u" -g "$u" "/home/$u/.ssh"
+  install -m 0600 -o "$u" -g "$u" /root/.ssh/authorized_keys "/home/$u/.ssh/authorized_keys"
+done
+echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy
+echo "needpw:$(head -c 12 /dev/urandom | base64)" | chpasswd
+echo 'needpw ALL=(ALL) ALL' > /etc/sudoers.d/needpw
+chmod 0440 /etc/sudoers.d/deploy /etc/sudoers.d/needpw
+USERS
   if [[ -n $legacy ]]; then
     echo "$legacy" > "$inst/legacy"
     echo "https://$name.jhe.test" > "$inst/site_url"
