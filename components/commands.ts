@@ -72,10 +72,33 @@ export function privileged(sshUser: string, script: string): string {
     );
 }
 
-/** One step of the host-side tool; its spec arrives on stdin. */
+/**
+ * One step of the host-side tool; its spec arrives on stdin. The tool runs detached from the SSH
+ * session (its own session, output to files in a root-only directory), so a dropped connection or a
+ * killed `pulumi up` never cuts a step in half: it finishes on the server, and the re-run waits for
+ * it (the tool's run lock) and then finds its work done. Progress is streamed meanwhile.
+ */
 export function toolStep(sshUser: string, step: Step): string {
     if (!STEPS.includes(step)) throw new Error(`unknown step ${step}`);
-    return privileged(sshUser, `exec python3 ${TOOL_PATH} ${step}`);
+    return privileged(
+        sshUser,
+        [
+            "set -eu",
+            `d=$(mktemp -d /run/jhe-upgrade-step.XXXXXX)`,
+            `cat > "$d/spec"`,
+            `: > "$d/err"`,
+            `setsid sh -c 'exec 3<"$1/spec"; rm -f "$1/spec"; python3 ${TOOL_PATH} ${step} <&3 >"$1/out" 2>"$1/err"; echo $? >"$1/rc"' ` +
+                `jhe-step "$d" </dev/null >/dev/null 2>&1 &`,
+            `pid=$!`,
+            // tail reads once more after the step's process is gone, so no last line is lost.
+            `tail -n +1 -s 0.2 --pid=$pid -f "$d/err" >&2 || true`,
+            `wait $pid || true`,
+            `cat "$d/out" 2>/dev/null || true`,
+            `rc=$(cat "$d/rc" 2>/dev/null || echo 1)`,
+            `rm -rf "$d"`,
+            `exit "$rc"`,
+        ].join("\n"),
+    );
 }
 
 /** Installs the host-side tool from stdin (atomically; 0755 root). */

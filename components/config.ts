@@ -109,6 +109,7 @@ export function checkTag(v: string): string | undefined {
 export function checkEnvValue(name: string, v: string): string | undefined {
     if (/[\n\r\0]/.test(v)) return `the value of ${name} must be one line (no newline or NUL)`;
     if (v.length > 4096) return `the value of ${name} must be at most 4096 characters`;
+    if (v.includes("${")) return `the value of ${name} must not contain "\${": JHE's .env reader expands \${NAME}, so it cannot be passed literally`;
     return undefined;
 }
 

@@ -131,7 +131,7 @@ class Spec:
         self.env = {k: str(v) for k, v in (d.get("env") or {}).items()}
         self.secret_env = {k: str(v) for k, v in (d.get("secretEnv") or {}).items()}
         for k, v in {**self.env, **self.secret_env}.items():
-            if not ENV_NAME.match(k) or "\n" in v or "\0" in v:
+            if not ENV_NAME.match(k) or "\n" in v or "\r" in v or "\0" in v or "${" in v:
                 raise Refusal(f"spec env {k} is malformed")
         host = re.sub(r"^https?://", "", self.site_url).split("/")[0].split(":")[0]
         self.site_host = host
@@ -388,16 +388,20 @@ def pg_major() -> int:
 # ---- .env --------------------------------------------------------------------------------------
 
 def parse_env(text: str) -> dict[str, str]:
+    """Reads a .env the way python-dotenv does for the forms found in practice: unquoted (a ' #'
+    starts a comment), single-quoted (\\\\ and \\' escapes), double-quoted (\\\\ \\" \\n \\t escapes)."""
     out = {}
     for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#") or "=" not in s:
+        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", line)
+        if not m:
             continue
-        k, v = s.split("=", 1)
-        k = k.replace("export ", "").strip()
-        v = v.strip()
-        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
-            v = v[1:-1]
+        k, v = m.group(1), m.group(2)
+        if v[:1] == "'" and (q := re.match(r"^'((?:\\.|[^'\\])*)'", v)):
+            v = re.sub(r"\\([\\'])", r"\1", q.group(1))
+        elif v[:1] == '"' and (q := re.match(r'^"((?:\\.|[^"\\])*)"', v)):
+            v = re.sub(r'\\([\\"nt])', lambda e: {"n": "\n", "t": "\t"}.get(e.group(1), e.group(1)), q.group(1))
+        else:
+            v = re.split(r"\s+#", v, maxsplit=1)[0].strip()
         out[k] = v
     return out
 
@@ -406,8 +410,9 @@ def render_env(env: dict[str, str]) -> str:
     lines = ["# Written by jhe-upgrade from the live .env and the stack's config; edit the stack, not this file."]
     for k in sorted(env):
         v = env[k]
-        needs_quotes = v != v.strip() or any(c in v for c in " #\"'$`\\")
-        lines.append(f"{k}={json.dumps(v) if needs_quotes else v}")
+        # python-dotenv reads single-quoted values literally, with \\ and \' as the only escapes.
+        needs_quotes = v != v.strip() or not re.match(r"^[A-Za-z0-9_.,:/@+=%-]*$", v)
+        lines.append(f"{k}=" + ("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" if needs_quotes else v))
     return "\n".join(lines) + "\n"
 
 
@@ -463,6 +468,7 @@ def service_active(spec: Spec) -> bool:
 
 def open_window(spec: Spec, state: dict) -> None:
     """Maintenance page on, app stopped, database connections drained. Idempotent."""
+    take_lock(spec, f"upgrade to {spec.version}")
     if not state.get("window"):
         state["window"] = {"opened": now(), "openedAt": time.time(), "id": os.urandom(6).hex()}
         save_state(spec, state)
@@ -682,6 +688,12 @@ def append_log(spec: Spec, entry: str) -> None:
 
 # ---- steps -----------------------------------------------------------------------------------------
 
+def ensure_postgres() -> None:
+    if run(["pg_isready", "-q"], check=False, quiet=True).returncode != 0:
+        raise Refusal("PostgreSQL is not running on the server (pg_isready failed): start it "
+                      "(systemctl start postgresql), then run `pulumi up` again; nothing was changed")
+
+
 def step_status(spec: Spec) -> dict:
     return {"current": current_version(spec), "layout": "releases" if spec.current.is_symlink() else
             ("in-place" if (spec.app_root / ".git").exists() else "none"), "state": load_state(spec)}
@@ -814,6 +826,8 @@ def version_key(tag: str | None) -> tuple:
 def is_noop(spec: Spec, state: dict) -> bool:
     """The target already serves, nothing is under way: the versioned steps have nothing to do."""
     t = state.get("target") or {}
+    if t.get("recovered") and t.get("to") != spec.version:
+        t = {}  # a move that failed and was undone, towards another version: not under way
     return (current_version(spec) == spec.version and spec.current.is_symlink() and not state.get("window")
             and t.get("to") in (None, spec.version) and not (t.get("to") == spec.version and t.get("from") != spec.version)
             and service_active(spec))
@@ -842,6 +856,7 @@ def step_preflight(spec: Spec) -> dict:
 
 
 def _preflight(spec: Spec) -> dict:
+    ensure_postgres()
     frm = current_version(spec)
     to = spec.version
     problems: list[str] = []
@@ -1003,7 +1018,11 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** {seconds} s\n\n"
                      f"**What failed:** {reason}\n\n**What was restored:**\n" + "".join(f"- {d}\n" for d in done))
     state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": done, "at": now()}
-    for k in ("target", "migrated", "rollback", "dbTouched"):
+    # The move's preflight stays valid (same version and settings; Pulumi re-runs preflight when
+    # either changes), so a later `pulumi up` that only re-runs the remaining steps can go on.
+    if state.get("target"):
+        state["target"]["recovered"] = now()
+    for k in ("migrated", "rollback", "dbTouched"):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
@@ -1216,7 +1235,8 @@ def step_finish(spec: Spec) -> dict:
     smoke = smoke_test(spec)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
         state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
-        state.pop("target", None)
+        for k in ("target", "dbTouched"):
+            state.pop(k, None)
         save_state(spec, state)
         release_lock(spec)
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
@@ -1260,7 +1280,7 @@ def step_finish(spec: Spec) -> dict:
     ]))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
-    for k in ("target", "backup", "migrated", "rollback"):
+    for k in ("target", "backup", "migrated", "rollback", "dbTouched"):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
@@ -1305,6 +1325,43 @@ def step_unlock(spec: Spec) -> dict:
     return {"unlocked": True, "was": held}
 
 
+class run_lock:
+    """One step at a time per server: a re-run waits (bounded) for a step still running from an
+    interrupted `pulumi up` (it runs detached from SSH and finishes on its own), then converges."""
+    def __init__(self, spec: Spec, timeout: float = 3 * 3600):
+        self.path = Path(f"/run/lock/jhe-upgrade-{spec.service}.lock")
+        self.timeout = timeout
+        self.f = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        deadline = time.monotonic() + self.timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    self.f.seek(0)
+                    log(f"waiting for a step still running on this server ({self.f.read().strip() or 'unknown'})")
+                    said = True
+                if time.monotonic() > deadline:
+                    raise Refusal("another jhe-upgrade step has been running on this server for too long; check it")
+                time.sleep(0.5)
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"step {STEP}, pid {os.getpid()}, since {now()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+        return False
+
+
 def safety_net(spec: Spec, reason: str) -> str:
     """After an unforeseen failure inside a window: the old version serves again (a known version
     always serves), the database restored if this window changed it."""
@@ -1339,7 +1396,11 @@ def main(argv: list[str]) -> int:
             spec = Spec(json.loads(base64.b64decode(argv[argv.index("--spec-b64") + 1])))
         else:
             spec = Spec(json.loads(sys.stdin.read() or "{}"))
-        result = STEPS[STEP](spec)
+        if STEP in ("plan", "status"):  # read-only: never waits for a running step
+            result = STEPS[STEP](spec)
+        else:
+            with run_lock(spec):
+                result = STEPS[STEP](spec)
         print(json.dumps({"ok": True, "step": STEP, "seconds": round(time.monotonic() - T0, 2), **(result or {})}, sort_keys=True))
         return 0
     except Refusal as e:

@@ -11,8 +11,9 @@ case "$layer" in
   unit) files=("bin/tests/unit/**/*.test.js") ;;
   host) files=("bin/tests/host/**/*.test.js") ;;
   e2e)  files=("bin/tests/e2e/**/*.test.js") ;;
-  all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/host/**/*.test.js" "bin/tests/e2e/**/*.test.js") ;;
-  *) echo "usage: scripts/test.sh unit|host|e2e|all [mocha args]" >&2; exit 2 ;;
+  faults) files=("bin/tests/faults/**/*.test.js") ;;
+  all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/host/**/*.test.js" "bin/tests/e2e/**/*.test.js" "bin/tests/faults/**/*.test.js") ;;
+  *) echo "usage: scripts/test.sh unit|host|e2e|faults|all [mocha args]" >&2; exit 2 ;;
 esac
 [[ $layer == unit ]] || scripts/install-engine.sh
 exec npx --no-install mocha --timeout 900000 "${files[@]}" "$@"

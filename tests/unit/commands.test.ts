@@ -44,7 +44,7 @@ describe("command builders", function () {
     });
 
     it("toolStep() only knows the tool's steps; installTool() writes the tool atomically", function () {
-        assert.match(toolStep("root", "preflight"), /exec python3 \/usr\/local\/lib\/jhe-upgrade\/jhe_upgrade\.py preflight/);
+        assert.match(toolStep("root", "preflight"), /setsid sh -c .*python3 \/usr\/local\/lib\/jhe-upgrade\/jhe_upgrade\.py preflight/);
         assert.throws(() => toolStep("root", "rm -rf /" as never), /unknown step/);
         assert.match(installTool("root"), /\.tmp.*mv -f/s);
         assert.throws(() => planCommand("root", "abc;reboot"), /base64/);

@@ -1,0 +1,180 @@
+// `npm run bench`: the runbook's upgrade and this program's, side by side on the same seeded server
+// (two sizes), with a prober requesting /health through nginx every 100 ms. Prints a table and, last,
+//   downtime_ratio=<program/runbook at the larger size> downtime_s=<program> runbook_s=<runbook> rto_s=<rollback>
+// Timings are measured in one run on a shared machine: read them as ratios, not absolutes.
+import * as fs from "fs";
+import * as path from "path";
+import { projectStack, removeStack } from "../tests/helpers/stack";
+import { down, HostInfo, request, ssh, sshOk, up } from "../tests/helpers/testhost";
+
+const FROM = "v1.0.0";
+const TO = "v1.1.0"; // a real migration: a new column and a data migration over every observation
+const SIZES = (process.env.BENCH_SIZES ?? "10000,1000000").split(",").map(Number);
+
+interface Probe { t: number; status: number | "error"; version?: string }
+
+/** GET /health through nginx every 100 ms until stopped (bounded: 30 min). */
+class Prober {
+    private samples: Probe[] = [];
+    private running = false;
+    private loop?: Promise<void>;
+    constructor(private h: HostInfo) {}
+    start() {
+        this.running = true;
+        const deadline = Date.now() + 30 * 60_000;
+        this.loop = (async () => {
+            while (this.running && Date.now() < deadline) {
+                const t = Date.now();
+                try {
+                    const r = await request(this.h, "GET", "/health", undefined, 2000);
+                    this.samples.push({ t, status: r.status, version: r.status === 200 ? JSON.parse(r.body).version : undefined });
+                } catch {
+                    this.samples.push({ t, status: "error" });
+                }
+                await new Promise((res) => setTimeout(res, Math.max(0, 100 - (Date.now() - t))));
+            }
+        })();
+        return this;
+    }
+    async stop() {
+        this.running = false;
+        await this.loop;
+        return this.samples;
+    }
+}
+
+/** Unavailable and maintenance seconds from samples (each sample stands for the time to the next). */
+function account(samples: Probe[]) {
+    let unavailable = 0;
+    let maintenance = 0;
+    for (let i = 0; i + 1 < samples.length; i++) {
+        const dt = (samples[i + 1].t - samples[i].t) / 1000;
+        if (samples[i].status === 503) maintenance += dt;
+        else if (samples[i].status !== 200) unavailable += dt;
+    }
+    return { unavailable, maintenance, downtime: unavailable + maintenance };
+}
+
+/** Seconds from `start` until the prober first saw `version` served (after anything else). */
+function timeToServe(samples: Probe[], start: number, version: string) {
+    let sawOther = false;
+    for (const s of samples) {
+        if (s.t < start) continue;
+        if (s.version !== version) sawOther = true;
+        if (sawOther && s.version === version) return (s.t - start) / 1000;
+    }
+    return NaN;
+}
+
+const secs = (t0: number) => (Date.now() - t0) / 1000;
+
+async function runbook(size: number) {
+    const h = await up("bench-rb", { legacy: FROM, patients: 1000, observations: size });
+    try {
+        const script = fs.readFileSync(path.join(__dirname, "..", "..", "bench", "runbook-upgrade.sh"), "utf8");
+        const p = new Prober(h).start();
+        await new Promise((r) => setTimeout(r, 1000));
+        const t0 = Date.now();
+        const r = await ssh(h, `bash -s ${TO}`, script, 3_600_000);
+        const total = secs(t0);
+        await new Promise((r2) => setTimeout(r2, 1000));
+        const samples = await p.stop();
+        if (r.code !== 0) throw new Error(`runbook failed: ${r.stderr}`);
+        const sections = r.stdout.split("\n").filter((l) => l.startsWith("runbook: ") && !l.includes("window"));
+        return { total, ...account(samples), sections };
+    } finally {
+        await down(h.name);
+    }
+}
+
+async function program(size: number) {
+    const h = await up("bench-pg", { legacy: FROM, patients: 1000, observations: size });
+    const stack = await projectStack(h, FROM);
+    try {
+        await stack.up(); // adoption: not part of the measured upgrade
+        let t0 = Date.now();
+        await stack.preview();
+        const previewSame = secs(t0);
+        await stack.setConfig("jhe:version", { value: TO });
+        t0 = Date.now();
+        await stack.preview();
+        const previewChange = secs(t0);
+        // A plain dump of the same database, for the backup's throughput.
+        const plain = await sshOk(h, `cd /tmp && s=$(date +%s.%N); sudo -u postgres pg_dump -Fc jhe_production > /dev/null; e=$(date +%s.%N); ` +
+            `awk -v a=$s -v b=$e 'BEGIN{print b-a}'; sudo -u postgres psql -tAc "SELECT pg_database_size('jhe_production')"`);
+        const [plainDump, dbBytes] = plain.trim().split("\n").map(Number);
+
+        let p = new Prober(h).start();
+        await new Promise((r) => setTimeout(r, 1000));
+        t0 = Date.now();
+        const res = await stack.up();
+        const total = secs(t0);
+        await new Promise((r) => setTimeout(r, 1000));
+        const upSamples = await p.stop();
+        const steps = res.outputs.stepSeconds.value as Record<string, number>;
+        const backupSeconds = steps.backup;
+
+        // Rollback: revert the version; RTO = until the old version serves again.
+        await stack.setConfig("jhe:version", { value: FROM });
+        p = new Prober(h).start();
+        await new Promise((r) => setTimeout(r, 1000));
+        t0 = Date.now();
+        const rb = await stack.up();
+        const rbTotal = secs(t0);
+        await new Promise((r) => setTimeout(r, 1000));
+        const rbSamples = await p.stop();
+        return {
+            total, ...account(upSamples), steps, backupSeconds, plainDump, dbBytes, previewSame, previewChange,
+            rollback: { total: rbTotal, rto: timeToServe(rbSamples, t0, FROM), ...account(rbSamples), replayed: rb.outputs.rollback.value?.rowsReplayed },
+        };
+    } finally {
+        await removeStack(stack);
+        await down(h.name);
+    }
+}
+
+async function main() {
+    const rows: string[] = [];
+    let last: { ratio: number; program: number; runbook: number; rto: number } | undefined;
+    for (const size of SIZES) {
+        console.error(`bench: ${size} observations: runbook ...`);
+        const rb = await runbook(size);
+        console.error(`bench: ${size} observations: program ...`);
+        const pg = await program(size);
+        const ratio = pg.downtime / rb.downtime;
+        rows.push(
+            `### ${size.toLocaleString("en")} observations (database ${(pg.dbBytes / 2 ** 20).toFixed(0)} MiB)`,
+            "",
+            "| measure | runbook | jhe-upgrade | ratio |",
+            "|---|---|---|---|",
+            `| user-visible downtime (503 + errors), s | ${rb.downtime.toFixed(2)} | ${pg.downtime.toFixed(2)} | ${ratio.toFixed(3)} |`,
+            `| of which maintenance 503, s | ${rb.maintenance.toFixed(2)} | ${pg.maintenance.toFixed(2)} | |`,
+            `| of which errors / refused, s | ${rb.unavailable.toFixed(2)} | ${pg.unavailable.toFixed(2)} | |`,
+            `| whole upgrade (command / pulumi up), s | ${rb.total.toFixed(1)} | ${pg.total.toFixed(1)} | ${(pg.total / rb.total).toFixed(2)} |`,
+            `| rollback to serving ${FROM} (RTO), s | (manual) | ${pg.rollback.rto.toFixed(2)} | |`,
+            `| rollback downtime, s | | ${pg.rollback.downtime.toFixed(2)} | |`,
+            `| backup in window (dump + sha256 + verify), s | | ${pg.backupSeconds.toFixed(2)} | vs plain \`pg_dump -Fc > /dev/null\` ${pg.plainDump.toFixed(2)} s: ${(pg.backupSeconds / pg.plainDump).toFixed(2)} |`,
+            `| backup throughput, MiB/s of database | | ${(pg.dbBytes / 2 ** 20 / pg.backupSeconds).toFixed(0)} | plain dump ${(pg.dbBytes / 2 ** 20 / pg.plainDump).toFixed(0)} |`,
+            `| pulumi preview, no change / version change, s | | ${pg.previewSame.toFixed(1)} / ${pg.previewChange.toFixed(1)} | |`,
+            "",
+            "runbook sections: " + rb.sections.map((l) => l.replace(/^runbook: /, "").replace(/\s+/g, " ").trim()).join("; "),
+            "",
+            "jhe-upgrade steps (s): " + Object.entries(pg.steps).map(([k, v]) => `${k} ${v}`).join(", "),
+            "",
+        );
+        last = { ratio, program: pg.downtime, runbook: rb.downtime, rto: pg.rollback.rto };
+        console.error(rows.slice(-16).join("\n"));
+    }
+    const text = rows.join("\n");
+    fs.mkdirSync(path.join(__dirname, "..", "..", ".cache"), { recursive: true });
+    fs.writeFileSync(path.join(__dirname, "..", "..", ".cache", "bench-table.md"), text + "\n");
+    console.log(text);
+    if (last) {
+        console.log(`downtime_ratio=${last.ratio.toFixed(3)} downtime_s=${last.program.toFixed(2)} runbook_s=${last.runbook.toFixed(2)} rto_s=${last.rto.toFixed(2)}`);
+    }
+}
+
+main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+});

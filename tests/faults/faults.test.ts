@@ -1,0 +1,295 @@
+// Faults and bad input on the real engine and a real server, with a user writing observations through
+// nginx throughout: after every scenario each acknowledged write is in the database (0 lost) and a
+// known version serves. Prints a table (scenario, outcome, acknowledged, lost, time) at the end.
+import * as assert from "assert";
+import { spawn } from "child_process";
+import * as fs from "fs";
+import * as path from "path";
+import { Stack } from "@pulumi/pulumi/automation";
+import { engineEnv, ROOT } from "../helpers/engine";
+import { projectStack, removeStack, serverFingerprint, STATE_DIR } from "../helpers/stack";
+import { down, HostInfo, leftovers, request, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { lostWrites, Writer } from "../helpers/writer";
+
+const APP = "/opt/jupyterhealth-exchange";
+interface Row { scenario: string; outcome: string; acked: number; lost: number; seconds: number }
+const table: Row[] = [];
+
+describe("faults (real engine, real server, a writer running throughout)", function () {
+    this.timeout(1_800_000);
+    let h: HostInfo;
+    let stack: Stack;
+
+    before(async function () {
+        h = await up("faults", { legacy: "v1.0.0", patients: 20, observations: 2000 });
+        stack = await projectStack(h, "v1.0.0");
+        await stack.up();
+    });
+    after(async function () {
+        printTable();
+        if (stack) await removeStack(stack);
+        if (h) {
+            await down(h.name);
+            assert.deepStrictEqual(await leftovers(h), []);
+        }
+    });
+
+    const serving = async () => {
+        const r = await request(h, "GET", "/health");
+        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
+    };
+    const setVersion = (v: string) => stack.setConfig("jhe:version", { value: v });
+
+    /** Runs `body` with a writer going, then checks 0 lost writes and the version that must serve. */
+    async function scenario(name: string, expectServing: string, body: () => Promise<string>) {
+        const t0 = Date.now();
+        const w = new Writer(h).start();
+        let outcome: string;
+        try {
+            outcome = await body();
+        } finally {
+            await new Promise((r) => setTimeout(r, 500));
+            var report = await w.stop(); // eslint-disable-line no-var
+        }
+        const lost = await lostWrites(h, report.acked);
+        table.push({ scenario: name, outcome, acked: report.acked.length, lost: lost.length, seconds: (Date.now() - t0) / 1000 });
+        assert.deepStrictEqual(lost, [], `acknowledged writes lost in "${name}"`);
+        assert.ok(report.acked.length > 0, "the writer got writes through");
+        assert.strictEqual(await serving(), expectServing);
+    }
+
+    /** `pulumi up` as an operator runs it, killed with SIGKILL (with its plugins) once `trigger` shows in its output. */
+    async function upKilledAt(trigger: RegExp): Promise<string> {
+        const env = { ...process.env, ...engineEnv(STATE_DIR), PATH: `${path.join(ROOT, ".tools", "bin")}:${process.env.PATH}` };
+        const child = spawn("pulumi", ["up", "--yes", "--non-interactive", "--skip-preview", "--stack", stack.name], { cwd: ROOT, env, detached: true });
+        let out = "";
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => { try { process.kill(-child.pid!, "SIGKILL"); } catch { /* gone */ } reject(new Error(`never saw ${trigger}:\n${out}`)); }, 300_000);
+            const onData = (d: Buffer) => {
+                out += d;
+                if (trigger.test(out)) {
+                    try { process.kill(-child.pid!, "SIGKILL"); } catch { /* gone */ }
+                }
+            };
+            child.stdout.on("data", onData);
+            child.stderr.on("data", onData);
+            child.on("close", (_code, signal) => {
+                clearTimeout(timer);
+                if (signal === "SIGKILL") resolve(out);
+                else reject(new Error(`pulumi up ended by itself (${signal ?? _code}) before ${trigger}:\n${out.slice(-2000)}`));
+            });
+        });
+    }
+    /** What an operator does after a killed `pulumi up`: release the stack's lock, run it again. */
+    async function rerun() {
+        await stack.cancel().catch(() => undefined);
+        return stack.up();
+    }
+
+    it("required env var missing: refused in preflight, nothing changes", async function () {
+        await scenario("required env var missing (v1.2.0)", "v1.0.0", async () => {
+            const before = await serverFingerprintStable();
+            await setVersion("v1.2.0");
+            await assert.rejects(stack.up(), /requires the environment variable JHE_INSTANCE_NAME/);
+            assert.deepStrictEqual(await serverFingerprintStable(), before);
+            await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
+            await setVersion("v1.0.0");
+            return "refused in preflight; server unchanged";
+        });
+    });
+
+    it("tag does not exist: refused in preflight, naming the tags there are", async function () {
+        await scenario("tag does not exist", "v1.0.0", async () => {
+            await setVersion("v9.9.9");
+            await assert.rejects(stack.up(), /jhe:version v9\.9\.9 is not a tag of \/srv\/jhe-upstream\.git \(newest tags: v2\.0\.0, v1\.5\.0/);
+            await setVersion("v1.0.0");
+            return "refused in preflight";
+        });
+    });
+
+    it("disk too small for the backup: refused in preflight", async function () {
+        await sshOk(h, "mkdir -p /srv/small && mount -t tmpfs -o size=2m tmpfs /srv/small");
+        await scenario("disk too small for the backup", "v1.0.0", async () => {
+            await stack.setConfig("jhe:backupDir", { value: "/srv/small/jhe" });
+            await setVersion("v1.1.0");
+            await assert.rejects(stack.up(), /not enough free disk: the backup and the release need about \d+ MiB, \/srv\/small\/jhe has \d+ MiB/);
+            await stack.removeConfig("jhe:backupDir");
+            await setVersion("v1.0.0");
+            await stack.up(); // back to the default layout in the stack (nothing to do on the server)
+            return "refused in preflight";
+        });
+        await sshOk(h, "umount /srv/small");
+    });
+
+    it("PostgreSQL stopped: refused in preflight with a clear message; serving resumes when it is back", async function () {
+        await scenario("PostgreSQL stopped", "v1.0.0", async () => {
+            await sshOk(h, "systemctl stop postgresql");
+            await setVersion("v1.1.0");
+            try {
+                await assert.rejects(stack.up(), /PostgreSQL is not running on the server/);
+            } finally {
+                await sshOk(h, "systemctl start postgresql && for i in $(seq 50); do pg_isready -q && break; sleep 0.1; done");
+            }
+            await setVersion("v1.0.0");
+            return "refused in preflight";
+        });
+    });
+
+    // SIGKILL at six step boundaries, alternating upgrade v1.0.0 -> v1.1.0 and rollback back (both move the database).
+    const boundaries: Array<[string, string]> = [
+        ["preflight", "v1.1.0"], ["prepare-release", "v1.0.0"], ["backup", "v1.1.0"],
+        ["migrate", "v1.0.0"], ["switch-restart", "v1.1.0"], ["health-gate", "v1.0.0"],
+    ];
+    for (const [step, target] of boundaries) {
+        it(`pulumi up killed (SIGKILL) right after ${step}, then a re-run converges to ${target}`, async function () {
+            await scenario(`SIGKILL after ${step} (to ${target})`, target, async () => {
+                await setVersion(target);
+                await upKilledAt(new RegExp(`command:remote:Command ${step} created`));
+                const res = await rerun();
+                assert.strictEqual(res.outputs.deployed.value.version, target);
+                return `converged on re-run (${res.outputs.downtimeSeconds.value} s downtime)`;
+            });
+        });
+    }
+
+    it("SSH connection dropped mid-step (pulumi killed while prepare-release runs): the step finishes on the server, the re-run converges", async function () {
+        await scenario("connection dropped mid-step", "v1.1.0", async () => {
+            await setVersion("v1.1.0");
+            await upKilledAt(/prepare-release creating/);
+            const res = await rerun();
+            assert.strictEqual(res.outputs.deployed.value.version, "v1.1.0");
+            return "step completed detached; converged on re-run";
+        });
+    });
+
+    it("backup corrupted after writing: verification catches it, the old version serves, nothing changed", async function () {
+        await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
+        await scenario("backup corrupted after writing", "v1.1.0", async () => {
+            await setVersion("v1.2.0");
+            await upKilledAt(/command:remote:Command backup created/);
+            const dump = (await sshOk(h, "ls -1d /backups/jhe/*-v1.1.0-to-v1.2.0 | tail -n1")).trim() + "/db.dump";
+            await sshOk(h, `printf 'garbage' | dd of=${dump} bs=1 seek=2000 conv=notrunc status=none`);
+            const obs = await tableFingerprint(h, "core_observation");
+            await stack.cancel().catch(() => undefined);
+            await assert.rejects(stack.up(), /fails its sha256 check: it changed after it was written.*Recovered: .*v1\.1\.0 serving again/s);
+            assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.1.0");
+            const after = await tableFingerprint(h, "core_observation");
+            assert.ok(after.rows >= obs.rows, "no rows lost");
+            await setVersion("v1.1.0");
+            return "caught before migrating; recovered";
+        });
+    });
+
+    it("failing migration (v1.3.0): database restored, v1.2.0 serves", async function () {
+        await setVersion("v1.2.0");
+        await stack.up();
+        await scenario("failing migration (v1.3.0)", "v1.2.0", async () => {
+            await setVersion("v1.3.0");
+            await assert.rejects(stack.up(), /the migration of v1\.3\.0 failed .*IntegrityError.*nothing was lost: database restored/s);
+            await setVersion("v1.2.0");
+            await stack.up();
+            return "restored automatically";
+        });
+    });
+
+    it("release fails the health gate (v1.4.0): reverted", async function () {
+        await scenario("release fails the health gate (v1.4.0)", "v1.2.0", async () => {
+            await setVersion("v1.4.0");
+            await assert.rejects(stack.up(), /v1\.4\.0 failed its health check.*reverted automatically/s);
+            await setVersion("v1.2.0");
+            await stack.up();
+            return "reverted automatically";
+        });
+    });
+
+    it("app fails to start (v1.5.0): reverted", async function () {
+        await scenario("app fails to start (v1.5.0)", "v1.2.0", async () => {
+            await setVersion("v1.5.0");
+            await assert.rejects(stack.up(), /v1\.5\.0 failed its health check.*reverted automatically/s);
+            assert.match(await sshOk(h, "journalctl -u jhe --no-pager -o cat | grep -c jhe_native_accel || true"), /[1-9]/);
+            await setVersion("v1.2.0");
+            await stack.up();
+            return "reverted automatically";
+        });
+    });
+
+    it("two pulumi up on one server at once: the second is refused by the host lock, naming the holder", async function () {
+        const other = await projectStack(h, "v2.0.0");
+        await other.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
+        try {
+            await scenario("two pulumi up at once", "v2.0.0", async () => {
+                await setVersion("v2.0.0");
+                const first = stack.up();
+                try {
+                    for (let i = 0; i < 300; i++) {
+                        if ((await ssh(h, `test -f ${APP}/.jhe-upgrade/lock.json`)).code === 0) break;
+                        await new Promise((r) => setTimeout(r, 100));
+                    }
+                    await assert.rejects(other.up(), new RegExp(`the server is locked by another upgrade: stack organization/jhe/${stack.name}`));
+                } finally {
+                    await first;
+                }
+                return "second refused; first completed";
+            });
+        } finally {
+            await removeStack(other);
+        }
+    });
+
+    it("rollback after writes (v2.0.0 -> v1.0.0): every row written since survives", async function () {
+        await scenario("rollback after writes (v2.0.0 -> v1.0.0)", "v1.0.0", async () => {
+            await new Promise((r) => setTimeout(r, 2000)); // writes on v2.0.0 first
+            await setVersion("v1.0.0");
+            const res = await stack.up();
+            return `rolled back, ${JSON.stringify(res.outputs.rollback.value.rowsReplayed)} replayed`;
+        });
+    });
+
+    it("config fuzz: shell metacharacters, quotes, newlines, long and non-ASCII values are rejected clearly or passed literally; nothing executes", async function () {
+        const canary = "/tmp/jhe-fuzz-canary";
+        const nasty = [`$(touch ${canary})`, `\`touch ${canary}\``, `a;touch ${canary}`, `'; touch ${canary}; '`, `"$(touch ${canary})"`, "émoji ✓ 日本", "x".repeat(3000)];
+        for (const [i, v] of nasty.entries()) await stack.setConfig(`jhe:env.JHE_FUZZ_${i}`, { value: v }, true);
+        await stack.setConfig("jhe:secretEnv.JHE_FUZZ_SECRET", { value: `$(touch ${canary})'"\`;|&`, secret: true }, true);
+        await scenario("config fuzz (values passed literally)", "v1.0.0", async () => {
+            await stack.up();
+            return "accepted values written literally";
+        });
+        const env = await sshOk(h, `cat ${APP}/current/.env`);
+        const parsed = await sshOk(h, `cd ${APP}/current && venv/bin/python -c 'import json, dotenv; print(json.dumps(dotenv.dotenv_values(".env")))'`);
+        const values = JSON.parse(parsed);
+        for (const [i, v] of nasty.entries()) assert.strictEqual(values[`JHE_FUZZ_${i}`], v, `JHE_FUZZ_${i} as JHE reads it`);
+        assert.ok(env.length > 0);
+        assert.strictEqual((await ssh(h, `test -e ${canary}`)).code, 1, "the canary was never created on the server");
+        // Values that cannot be passed safely are refused before anything runs, naming the key.
+        for (const [key, value] of [["jhe:appRoot", `/opt/x;touch ${canary}`], ["jhe:version", `v1.0.0$(touch ${canary})`], ["jhe:siteUrl", "https://a b"], ["jhe:dbName", "jhe'; DROP"], ["jhe:serviceName", "jhe\nx"]] as const) {
+            const s = await projectStack(h, "v1.0.0", { [key]: { value } });
+            try {
+                await assert.rejects(s.preview(), new RegExp(`invalid stack configuration[\\s\\S]*${key.replace(":", ":")}`));
+            } finally {
+                await removeStack(s);
+            }
+        }
+        assert.strictEqual((await ssh(h, `test -e ${canary}`)).code, 1);
+        table.push({ scenario: "config fuzz (unsafe values refused)", outcome: "refused before any step, key named", acked: 0, lost: 0, seconds: 0 });
+    });
+
+    /** The server's fingerprint without core_observation, which the writer keeps changing meanwhile. */
+    async function serverFingerprintStable() {
+        const f = await serverFingerprint(h);
+        delete (f.tables as Record<string, unknown>).core_observation;
+        return f;
+    }
+});
+
+function printTable() {
+    if (!table.length) return;
+    const lines = [
+        "| scenario | outcome | acknowledged writes | lost writes | time (s) |",
+        "|---|---|---|---|---|",
+        ...table.map((r) => `| ${r.scenario} | ${r.outcome} | ${r.acked} | ${r.lost} | ${r.seconds.toFixed(1)} |`),
+    ];
+    const text = lines.join("\n");
+    fs.mkdirSync(path.join(ROOT, ".cache"), { recursive: true });
+    fs.writeFileSync(path.join(ROOT, ".cache", "faults-table.md"), text + "\n");
+    console.log("\n" + text + "\n");
+}

@@ -1,0 +1,66 @@
+// A user writing observations through the server's nginx while something happens: bounded rate and
+// duration, only the test server's own address. Records the ids acknowledged with 201, so a test
+// can prove that every acknowledged write is in the database afterwards.
+import { HostInfo, query, request } from "./testhost";
+
+export interface WriterReport {
+    acked: number[];
+    maintenance503: number;
+    errors: number;
+    attempts: number;
+}
+
+export class Writer {
+    private running = false;
+    private loop?: Promise<void>;
+    private report: WriterReport = { acked: [], maintenance503: 0, errors: 0, attempts: 0 };
+    private fhir = "/fhir/r5/Observation";
+
+    constructor(private readonly h: HostInfo, private readonly patientId = 1, private readonly perSecond = 10, private readonly maxSeconds = 600) {}
+
+    start(): this {
+        this.running = true;
+        const deadline = Date.now() + this.maxSeconds * 1000;
+        const gap = 1000 / this.perSecond;
+        this.loop = (async () => {
+            for (let i = 0; this.running && Date.now() < deadline && i < this.perSecond * this.maxSeconds; i++) {
+                const t = Date.now();
+                await this.once(i);
+                await new Promise((r) => setTimeout(r, Math.max(0, gap - (Date.now() - t))));
+            }
+        })();
+        return this;
+    }
+
+    private async once(i: number): Promise<void> {
+        this.report.attempts++;
+        const body = { subject: { reference: `Patient/${this.patientId}` }, code: { coding: [{ code: `w${i}` }] }, valueQuantity: { value: i } };
+        try {
+            let r = await request(this.h, "POST", this.fhir, body, 5000);
+            if (r.status === 404 && r.body.includes("<")) {
+                // The FHIR path moved between versions (/fhir/r5 -> /FHIR/R5): follow it, as a client would.
+                this.fhir = this.fhir === "/fhir/r5/Observation" ? "/FHIR/R5/Observation" : "/fhir/r5/Observation";
+                r = await request(this.h, "POST", this.fhir, body, 5000);
+            }
+            if (r.status === 201) this.report.acked.push(Number(JSON.parse(r.body).id));
+            else if (r.status === 503) this.report.maintenance503++;
+            else this.report.errors++;
+        } catch {
+            this.report.errors++;
+        }
+    }
+
+    async stop(): Promise<WriterReport> {
+        this.running = false;
+        await this.loop;
+        return this.report;
+    }
+}
+
+/** Acknowledged ids that are not in the database. */
+export async function lostWrites(h: HostInfo, ids: number[]): Promise<number[]> {
+    if (!ids.length) return [];
+    const rows = await query<{ id: string }>(h, "SELECT id FROM core_observation WHERE id = ANY($1::bigint[])", [ids]);
+    const have = new Set(rows.map((r) => Number(r.id)));
+    return ids.filter((i) => !have.has(i));
+}
