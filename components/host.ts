@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
-import { ensurePackages, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
+import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
 
 /** The host-side tool's source, shipped with the program. */
@@ -122,6 +122,15 @@ export class JheHost extends pulumi.ComponentResource {
         );
         this.ready = [this.packages, this.tool, this.adopt];
         this.registerOutputs({ host: c.ssh.host });
+    }
+
+    /** A file on the server with this content: installed when it differs, validated, applied (commands.installFile). */
+    public file(name: string, content: string, args: InstallFileArgs, opts: pulumi.CustomResourceOptions): command.remote.Command {
+        return new command.remote.Command(
+            name,
+            { connection: this.connection, create: installFile(this.config.ssh.user, args), stdin: content, triggers: [content], logging: "stderr" },
+            opts,
+        );
     }
 
     /** A step of the host tool as a command resource: replaced whenever `triggers` change. */

@@ -3,7 +3,7 @@
 // it is never left in place.
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
-import { installFile, selfSignedCert } from "./commands";
+import { selfSignedCert } from "./commands";
 import { JheConfig } from "./config";
 import { JheHost } from "./host";
 
@@ -101,17 +101,8 @@ export class NginxSite extends pulumi.ComponentResource {
             tlsKey: config.tls.key,
         });
         this.sitePath = `/etc/nginx/sites-available/${l.serviceName}`;
-        const page = new command.remote.Command(
-            "maintenance-page",
-            {
-                connection: host.connection,
-                create: installFile(config.ssh.user, { path: `${maintenanceDir(l.serviceName)}/maintenance.html`, mode: "0644" }),
-                stdin: MAINTENANCE_PAGE,
-                triggers: [MAINTENANCE_PAGE],
-                logging: "stderr",
-            },
-            { parent: this, dependsOn: host.ready },
-        );
+        const page = host.file("maintenance-page", MAINTENANCE_PAGE,
+            { path: `${maintenanceDir(l.serviceName)}/maintenance.html`, mode: "0644" }, { parent: this, dependsOn: host.ready });
         const deps: pulumi.Resource[] = [page];
         if (config.tls.selfSigned) {
             deps.push(new command.remote.Command(
@@ -126,22 +117,12 @@ export class NginxSite extends pulumi.ComponentResource {
             ));
         }
         const enabled = `/etc/nginx/sites-enabled/${l.serviceName}`;
-        this.install = new command.remote.Command(
-            "site",
-            {
-                connection: host.connection,
-                create: installFile(config.ssh.user, {
-                    path: this.sitePath,
-                    mode: "0644",
-                    validate: `ln -sfn ${this.sitePath} ${enabled} && nginx -t -q`,
-                    onChange: `ln -sfn ${this.sitePath} ${enabled}; systemctl reload nginx`,
-                }),
-                stdin: site,
-                triggers: [site],
-                logging: "stderr",
-            },
-            { parent: this, dependsOn: deps },
-        );
+        this.install = host.file("site", site, {
+            path: this.sitePath,
+            mode: "0644",
+            validate: `ln -sfn ${this.sitePath} ${enabled} && nginx -t -q`,
+            onChange: `ln -sfn ${this.sitePath} ${enabled}; systemctl reload nginx`,
+        }, { parent: this, dependsOn: deps });
         this.registerOutputs({ sitePath: this.sitePath });
     }
 }

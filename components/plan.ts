@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { Client } from "ssh2";
 import { privileged } from "./commands";
 import { JheConfig } from "./config";
-import { toolSource } from "./host";
+import { baseSpec, toolSource } from "./host";
 
 export interface Plan {
     from?: string | null;
@@ -76,17 +76,7 @@ export function planCommand(sshUser: string, specB64: string): string {
 
 export function readPlan(config: JheConfig): pulumi.Output<Plan> {
     const spec = {
-        version: config.version,
-        stage: config.stage,
-        appRoot: config.layout.appRoot,
-        appUser: config.layout.appUser,
-        appGroup: config.layout.appGroup,
-        serviceName: config.layout.serviceName,
-        backupDir: config.layout.backupDir,
-        repoUrl: config.repoUrl,
-        siteUrl: config.siteUrl,
-        dbName: config.db.name,
-        dbUser: config.db.user,
+        ...baseSpec(config),
         env: config.env,
         // Names only: the plan says which variables are configured, never their values.
         secretEnv: Object.fromEntries(config.secretEnvNames.map((k) => [k, ""])),

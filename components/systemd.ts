@@ -4,7 +4,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { quote } from "shell-quote";
-import { installFile } from "./commands";
 import { JheConfig } from "./config";
 import { JheHost } from "./host";
 
@@ -94,26 +93,16 @@ export class SystemdService extends pulumi.ComponentResource {
         this.unitPath = `/etc/systemd/system/${l.serviceName}.service`;
         const svc = quote([l.serviceName]);
         const current = quote([`${l.appRoot.replace(/\/$/, "")}/current`]);
-        this.install = new command.remote.Command(
-            "unit",
-            {
-                connection: host.connection,
-                create: installFile(config.ssh.user, {
-                    path: this.unitPath,
-                    mode: "0644",
-                    validate: verifyUnit(this.unitPath),
-                    onChange:
-                        `systemctl daemon-reload; systemctl enable -q ${svc}; ` +
-                        // A running service (e.g. an adopted in-place install) moves to the new unit now;
-                        // a bare server starts once a release exists.
-                        `if systemctl is-active -q ${svc}; then systemctl restart ${svc}; elif [ -e ${current} ]; then systemctl start ${svc}; fi`,
-                }),
-                stdin: unit,
-                triggers: [unit],
-                logging: "stderr",
-            },
-            { parent: this, dependsOn: host.ready },
-        );
+        this.install = host.file("unit", unit, {
+            path: this.unitPath,
+            mode: "0644",
+            validate: verifyUnit(this.unitPath),
+            onChange:
+                `systemctl daemon-reload; systemctl enable -q ${svc}; ` +
+                // A running service (e.g. an adopted in-place install) moves to the new unit now;
+                // a bare server starts once a release exists.
+                `if systemctl is-active -q ${svc}; then systemctl restart ${svc}; elif [ -e ${current} ]; then systemctl start ${svc}; fi`,
+        }, { parent: this, dependsOn: host.ready });
         this.registerOutputs({ unitPath: this.unitPath });
     }
 }

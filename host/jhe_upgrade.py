@@ -508,6 +508,10 @@ def take_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     """pg_dump -Fc of the (quiesced) database + sha256 + the config files, in a 0700 directory."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
+    n = 1
+    while d.exists():  # two backups in one second (a re-run): never reuse a directory
+        n += 1
+        d = spec.backup_dir / f"{stamp}-{frm}-to-{to}-{n}"
     # Only root and the database's owner (postgres, who writes and restores the dump) get in.
     spec.backup_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(spec.backup_dir, "root", "postgres")
@@ -973,7 +977,7 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     """A verified backup taken inside the current window (writes are stopped), or a new one."""
     w = state["window"]["id"]
     b = state.get("backup")
-    if b and b.get("window") == w and b.get("from") == frm and b.get("to") == to:
+    if b and b.get("window") == w and b.get("from") == (frm or "none") and b.get("to") == to:
         verify_backup(b)
         return b
     b = take_backup(spec, state, frm or "none", to)

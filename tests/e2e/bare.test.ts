@@ -3,8 +3,8 @@
 import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { stepOps } from "../helpers/engine";
-import { projectStack, removeStack } from "../helpers/stack";
-import { down, HostInfo, leftovers, query, request, ssh, sshOk, up } from "../helpers/testhost";
+import { projectStack, removeStack, teardown } from "../helpers/stack";
+import { HostInfo, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 
@@ -24,17 +24,10 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         h = await up("e2ebare");
     });
     after(async function () {
-        if (stack) await removeStack(stack);
-        if (h) {
-            await down(h.name);
-            assert.deepStrictEqual(await leftovers(h), []);
-        }
+        await teardown(stack, h);
     });
 
-    const health = async () => {
-        const r = await request(h, "GET", "/health");
-        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
-    };
+    const health = () => servingVersion(h);
 
     it("fails fast, changing nothing, when the SSH user's sudo wants a password", async function () {
         const s = await projectStack({ ...h, user: "needpw" }, "v1.0.0", { "jhe:sshUser": { value: "needpw" }, ...secretConfig() });

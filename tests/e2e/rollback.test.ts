@@ -3,8 +3,8 @@
 import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp } from "../helpers/engine";
-import { projectStack, removeStack, serverFingerprint } from "../helpers/stack";
-import { down, HostInfo, leftovers, query, request, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { projectStack, serverFingerprint, teardown } from "../helpers/stack";
+import { HostInfo, query, request, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 
@@ -19,17 +19,10 @@ describe("rollback and recovery (real engine, real server)", function () {
         await stack.up();
     });
     after(async function () {
-        if (stack) await removeStack(stack);
-        if (h) {
-            await down(h.name);
-            assert.deepStrictEqual(await leftovers(h), []);
-        }
+        await teardown(stack, h);
     });
 
-    const health = async () => {
-        const r = await request(h, "GET", "/health");
-        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
-    };
+    const health = () => servingVersion(h);
     /** Posts observations through nginx (as users do) and returns the acknowledged ids. */
     async function post(n: number, fhirPath = "/fhir/r5/Observation"): Promise<number[]> {
         const ids: number[] = [];

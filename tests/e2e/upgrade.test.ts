@@ -6,8 +6,8 @@ import * as fs from "fs";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
-import { projectStack, removeStack, serverFingerprint, STATE_DIR } from "../helpers/stack";
-import { down, HostInfo, leftovers, query, request, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { projectStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { HostInfo, query, request, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
@@ -27,17 +27,10 @@ describe("upgrade (real engine, real server)", function () {
         };
     });
     after(async function () {
-        if (stack) await removeStack(stack);
-        if (h) {
-            await down(h.name);
-            assert.deepStrictEqual(await leftovers(h), []);
-        }
+        await teardown(stack, h);
     });
 
-    async function health(): Promise<string | undefined> {
-        const r = await request(h, "GET", "/health");
-        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
-    }
+    const health = () => servingVersion(h);
 
     it("adopts the runbook's in-place install with no data loss and serves the same version from releases/", async function () {
         const obsBefore = await tableFingerprint(h, "core_observation");

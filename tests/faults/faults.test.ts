@@ -7,8 +7,8 @@ import * as fs from "fs";
 import * as path from "path";
 import { Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, ROOT } from "../helpers/engine";
-import { projectStack, removeStack, serverFingerprint, STATE_DIR } from "../helpers/stack";
-import { down, HostInfo, leftovers, request, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { projectStack, removeStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { HostInfo, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 import { lostWrites, Writer } from "../helpers/writer";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -27,17 +27,10 @@ describe("faults (real engine, real server, a writer running throughout)", funct
     });
     after(async function () {
         printTable();
-        if (stack) await removeStack(stack);
-        if (h) {
-            await down(h.name);
-            assert.deepStrictEqual(await leftovers(h), []);
-        }
+        await teardown(stack, h);
     });
 
-    const serving = async () => {
-        const r = await request(h, "GET", "/health");
-        return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
-    };
+    const serving = () => servingVersion(h);
     const setVersion = (v: string) => stack.setConfig("jhe:version", { value: v });
 
     /** Runs `body` with a writer going, then checks 0 lost writes and the version that must serve. */

@@ -5,7 +5,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { ConfigMap, LocalWorkspace, Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, pulumiCommand, ROOT } from "./engine";
-import { HostInfo, sshOk, query } from "./testhost";
+import { down, HostInfo, leftovers, query, sshOk } from "./testhost";
 
 export const STATE_DIR = path.join(ROOT, ".cache", "e2e-state");
 
@@ -61,4 +61,13 @@ export async function serverFingerprint(h: HostInfo): Promise<Record<string, unk
         tables[t] = `${r.n}:${r.c}`;
     }
     return { files, tables };
+}
+
+/** End of a suite: the stack's files go, the server goes, and nothing of it is left on this machine. */
+export async function teardown(stack: Stack | undefined, h: HostInfo | undefined): Promise<void> {
+    if (stack) await removeStack(stack);
+    if (!h) return;
+    await down(h.name);
+    const left = await leftovers(h);
+    if (left.length) throw new Error(`test server ${h.name} left behind: ${left.join(", ")}`);
 }

@@ -172,3 +172,9 @@ export async function leftovers(info: HostInfo): Promise<string[]> {
     if (fs.existsSync(path.dirname(info.privateKeyPath))) found.push(`instance dir ${path.dirname(info.privateKeyPath)}`);
     return found;
 }
+
+/** The version /health reports through nginx, or "HTTP <status>". */
+export async function servingVersion(host: HostInfo): Promise<string> {
+    const r = await request(host, "GET", "/health");
+    return r.status === 200 ? JSON.parse(r.body).version : `HTTP ${r.status}`;
+}
