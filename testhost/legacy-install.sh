@@ -51,11 +51,11 @@ sudo -u jheapp venv/bin/python manage.py collectstatic --no-input -v 0
 # Seed: N patients, M observations (several of the same code per patient, as real data has).
 sudo -u postgres psql -q -v ON_ERROR_STOP=1 -d jhe_production <<SQL
 INSERT INTO core_patient (name_family, name_given, birth_date, created)
-  SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g * 37 % 25000), now() - make_interval(mins => g)
+  SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g::bigint * 37 % 25000)::int, now() - make_interval(mins => g)
   FROM generate_series(1, $JHE_PATIENTS) g;
 INSERT INTO core_observation (subject_patient_id, code, value, created)
   SELECT p.min_id + (g % $JHE_PATIENTS), (ARRAY['8867-4','8480-6','8462-4','2708-6'])[1 + g % 4],
-         40 + (g * 7919 % 120), now() - make_interval(secs => g)
+         40 + (g::bigint * 7919 % 120), now() - make_interval(secs => g)
   FROM generate_series(1, $JHE_OBSERVATIONS) g, (SELECT min(id) AS min_id FROM core_patient) p;
 ANALYZE;
 SQL
