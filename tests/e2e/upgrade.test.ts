@@ -143,6 +143,14 @@ describe("upgrade (real engine, real server)", function () {
         assert.strictEqual((await tableFingerprint(h, "core_patient")).rows, seeded.patients);
     });
 
+    it("v3.0.0 needs Python 3.13, which the server lacks: refused in preflight before any change", async function () {
+        const before = await serverFingerprint(h);
+        await stack.setConfig("jhe:version", { value: "v3.0.0" });
+        await assert.rejects(stack.up(), /preflight refused the upgrade v2\.0\.0 -> v3\.0\.0 before any change:\s+- v3\.0\.0 needs Python >=3\.13; the server has 3\.11/);
+        assert.deepStrictEqual(await serverFingerprint(h), before);
+        await stack.setConfig("jhe:version", { value: "v2.0.0" });
+    });
+
     it("running up again with no change does nothing: the preview shows no changes", async function () {
         const events: EngineEvent[] = [];
         await stack.preview({ onEvent: (e) => events.push(e) });
