@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$JHE_ROOT"
 [[ -x node_modules/.bin/tsc ]] || npm ci --no-audit --no-fund
+scripts/system-deps.sh
 scripts/install-engine.sh
 npx --no-install tsc -p .
 

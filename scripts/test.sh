@@ -15,5 +15,5 @@ case "$layer" in
   all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/host/**/*.test.js" "bin/tests/e2e/**/*.test.js" "bin/tests/faults/**/*.test.js") ;;
   *) echo "usage: scripts/test.sh unit|host|e2e|faults|all [mocha args]" >&2; exit 2 ;;
 esac
-[[ $layer == unit ]] || scripts/install-engine.sh
+[[ $layer == unit ]] || { scripts/system-deps.sh && scripts/install-engine.sh; }
 exec npx --no-install mocha --timeout 900000 "${files[@]}" "$@"
