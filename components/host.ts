@@ -8,13 +8,10 @@ import * as command from "@pulumi/command";
 import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
 
-/** The host-side tool's source, shipped with the program. */
+/** The host-side tool's source, shipped with the program (host/ at the project root; this file runs from bin/components). */
 export const TOOL_SOURCE_PATH = path.join(__dirname, "..", "..", "host", "jhe_upgrade.py");
 export function toolSource(): string {
-    // Compiled to bin/components; the tool sits in host/ at the project root.
-    const candidates = [TOOL_SOURCE_PATH, path.join(__dirname, "..", "host", "jhe_upgrade.py")];
-    for (const c of candidates) if (fs.existsSync(c)) return fs.readFileSync(c, "utf8");
-    throw new Error(`host tool not found (looked in ${candidates.join(", ")})`);
+    return fs.readFileSync(TOOL_SOURCE_PATH, "utf8");
 }
 
 export function sha256(text: string): string {

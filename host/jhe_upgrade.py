@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -249,26 +248,26 @@ def fetch_tags(spec: Spec) -> None:
         raise Refusal(f"cannot fetch tags from jhe:repoUrl {spec.repo_url}: {p.stderr.strip()[-400:]}")
 
 
-def tag_exists(spec: Spec, tag: str) -> bool:
-    return run(["git", "-C", str(spec.repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"],
+def tag_exists(repo: Path, tag: str) -> bool:
+    return run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"],
                check=False, quiet=True).returncode == 0
 
 
-def show(spec: Spec, tag: str, path: str) -> str | None:
-    p = run(["git", "-C", str(spec.repo), "show", f"{tag}:{path}"], check=False, quiet=True)
+def show(repo: Path, tag: str, path: str) -> str | None:
+    p = run(["git", "-C", str(repo), "show", f"{tag}:{path}"], check=False, quiet=True)
     return p.stdout if p.returncode == 0 else None
 
 
-def ls_tree(spec: Spec, tag: str, path: str) -> list[str]:
-    p = run(["git", "-C", str(spec.repo), "ls-tree", "--name-only", f"{tag}:{path}"], check=False, quiet=True)
+def ls_tree(repo: Path, tag: str, path: str) -> list[str]:
+    p = run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{tag}:{path}"], check=False, quiet=True)
     return p.stdout.split() if p.returncode == 0 else []
 
 
-def env_example(spec: Spec, tag: str) -> tuple[str | None, dict[str, bool]]:
+def env_example(repo: Path, tag: str) -> tuple[str | None, dict[str, bool]]:
     """The tag's env example file and its variables: name -> required. A variable right after a
     '# optional' comment line may be left out; every other one is required."""
     for name in (".env.example", "dot_env_example.txt"):
-        text = show(spec, tag, name)
+        text = show(repo, tag, name)
         if text is not None:
             out: dict[str, bool] = {}
             optional = False
@@ -285,11 +284,18 @@ def env_example(spec: Spec, tag: str) -> tuple[str | None, dict[str, bool]]:
     return None, {}
 
 
-def tag_migrations(spec: Spec, tag: str) -> list[str]:
+def env_added(repo: Path, frm: str | None, to: str) -> list[str]:
+    """Variables in `to`'s env example that `frm`'s does not have."""
+    _, wanted = env_example(repo, to)
+    _, had = env_example(repo, frm) if frm and tag_exists(repo, frm) else (None, {})
+    return [k for k in wanted if k not in had]
+
+
+def tag_migrations(repo: Path, tag: str) -> list[str]:
     """app.name of every migration file in the tag (apps: top-level dirs with a migrations/)."""
     out = []
-    for app in ls_tree(spec, tag, ""):
-        for f in ls_tree(spec, tag, f"{app}/migrations"):
+    for app in ls_tree(repo, tag, ""):
+        for f in ls_tree(repo, tag, f"{app}/migrations"):
             if re.match(r"^\d{4}_\w+\.py$", f):
                 out.append(f"{app}.{f[:-3]}")
     return sorted(out)
@@ -351,10 +357,10 @@ def _toml(text: str) -> dict:
     return out
 
 
-def tag_tree(spec: Spec, tag: str) -> dict[str, str]:
+def tag_tree(repo: Path, tag: str) -> dict[str, str]:
     files = {}
     for f in ("Pipfile", "Pipfile.lock", "uv.lock", "pyproject.toml", "requirements.txt"):
-        t = show(spec, tag, f)
+        t = show(repo, tag, f)
         if t is not None:
             files[f] = t
     return files
@@ -436,7 +442,7 @@ def target_env(spec: Spec, tag: str) -> dict[str, str]:
 
 def env_problems(spec: Spec, tag: str, env: dict[str, str]) -> list[str]:
     problems = []
-    example_name, wanted = env_example(spec, tag)
+    example_name, wanted = env_example(spec.repo, tag)
     for k, required in wanted.items():
         if required and k not in env:
             problems.append(
@@ -504,7 +510,7 @@ def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
     return out
 
 
-def take_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
+def take_backup(spec: Spec, frm: str, to: str) -> dict:
     """pg_dump -Fc of the (quiesced) database + sha256 + the config files, in a 0700 directory."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
@@ -603,7 +609,7 @@ def build_release(spec: Spec, tag: str, env: dict[str, str]) -> dict:
     archive = subprocess.run(["git", "-C", str(spec.repo), "archive", "--format=tar", tag], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
     run(["chown", "-R", f"{spec.app_user}:{spec.app_group}", str(tmp)])
-    tool, reqs, _py = requirements_of(tag_tree(spec, tag))
+    tool, reqs, _py = requirements_of(tag_tree(spec.repo, tag))
     run(["python3", "-m", "venv", str(tmp / "venv")], user=spec.app_user)
     req_file = tmp / ".jhe-requirements.txt"
     req_file.write_text("\n".join(reqs) + "\n")
@@ -712,18 +718,15 @@ def step_plan(spec: Spec) -> dict:
     if frm == to:
         out["action"] = "none"
         return out
-    if not (spec.repo / "HEAD").exists() or not tag_exists(spec, to):
+    repo = spec.repo
+    if not (repo / "HEAD").exists() or not tag_exists(repo, to):
         if spec.repo_url.startswith("/") and Path(spec.repo_url).exists():
-            spec_repo = spec.repo_url
+            repo = Path(spec.repo_url)  # read the upstream path directly, fetching nothing
         else:
             out["action"] = "upgrade" if frm else "install"
             out["note"] = f"tag {to} not fetched yet; preflight fetches it and lists the migrations"
             return out
-    else:
-        spec_repo = str(spec.repo)
-    class _S:  # read from the upstream path directly, fetching nothing
-        repo = Path(spec_repo)
-    to_migs = tag_migrations(_S, to)  # type: ignore[arg-type]
+    to_migs = tag_migrations(repo, to)
     apps = {m.split(".")[0] for m in to_migs}
     applied = {m for m in applied_migrations(spec) if m.split(".")[0] in apps} if frm else set()
     out["pendingMigrations"] = [m for m in to_migs if m not in applied]
@@ -737,12 +740,11 @@ def step_plan(spec: Spec) -> dict:
                           if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
     elif frm:
         out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if out["pendingMigrations"] else " (code only, the database stays as it is)")
-    ex_name, wanted = env_example(_S, to)  # type: ignore[arg-type]
-    _, had = env_example(_S, frm) if frm and tag_exists(_S, frm) else (None, {})  # type: ignore[arg-type]
+    _, wanted = env_example(repo, to)
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
     configured = set(live) | set(spec.env) | set(spec.secret_env) | {"SITE_URL"}
-    out["envAdded"] = [k for k in wanted if k not in had]
+    out["envAdded"] = env_added(repo, frm, to)
     out["envMissingRequired"] = [k for k, req in wanted.items() if req and k not in configured]
     return out
 
@@ -806,7 +808,7 @@ def step_adopt(spec: Spec) -> dict:
                           f"check out the tag it runs, then run again")
         # The in-place checkout's own remote is the source of truth for its history.
         fetch_tags(spec)
-        if not tag_exists(spec, tag):
+        if not tag_exists(spec.repo, tag):
             run(["git", "-C", str(spec.repo), "fetch", "-q", str(spec.app_root), f"refs/tags/{tag}:refs/tags/{tag}"])
         env = parse_env((spec.app_root / ".env").read_text()) if (spec.app_root / ".env").exists() else {}
         build_release(spec, tag, env)
@@ -865,10 +867,10 @@ def _preflight(spec: Spec) -> dict:
     to = spec.version
     problems: list[str] = []
     fetch_tags(spec)
-    if not tag_exists(spec, to):
+    if not tag_exists(spec.repo, to):
         tags = run(["git", "-C", str(spec.repo), "tag", "--sort=-v:refname"], quiet=True).stdout.split()[:8]
         raise Refusal(f"jhe:version {to} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
-    tree = tag_tree(spec, to)
+    tree = tag_tree(spec.repo, to)
     tool, reqs, py_req = requirements_of(tree)
     have = python_version()
     if not version_ok(have, py_req):
@@ -897,7 +899,7 @@ def _preflight(spec: Spec) -> dict:
     if problems:
         raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
     applied = set(applied_migrations(spec))
-    to_migs = tag_migrations(spec, to)
+    to_migs = tag_migrations(spec.repo, to)
     apps = {m.split(".")[0] for m in to_migs}
     pending = [m for m in to_migs if m not in applied]
     extra = sorted(m for m in applied if m.split(".")[0] in apps and m not in set(to_migs))
@@ -980,7 +982,7 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     if b and b.get("window") == w and b.get("from") == (frm or "none") and b.get("to") == to:
         verify_backup(b)
         return b
-    b = take_backup(spec, state, frm or "none", to)
+    b = take_backup(spec, frm or "none", to)
     b["window"] = w
     verify_backup(b)
     state["backup"] = b
@@ -1249,13 +1251,11 @@ def step_finish(spec: Spec) -> dict:
     kind = (state.get("target") or {}).get("kind", "upgrade")
     rb = state.get("rollback")
     removed = prune_releases(spec, {to, frm} if frm else {to})
-    _, wanted = env_example(spec, to)
-    _, had = env_example(spec, frm) if frm and tag_exists(spec, frm) else (None, {})
-    env_added = [k for k in wanted if k not in had]
+    added = env_added(spec.repo, frm, to)
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds")} if b else None,
-        "envAdded": env_added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
+        "envAdded": added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
         "rollback": rb,
     }
     rb_lines = [] if not rb else [
@@ -1275,7 +1275,7 @@ def step_finish(spec: Spec) -> dict:
         *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
-        f"- Environment variables added by {to}: {', '.join(env_added) if env_added else 'none'}", "",
+        f"- Environment variables added by {to}: {', '.join(added) if added else 'none'}", "",
         "**Rollback plan:**",
         f"- Backup: {b.get('path', 'none')} (sha256 {b.get('sha256', '-')}, rows {json.dumps(b.get('rowCounts', {}))})",
         f"- Set jhe:version back to {frm} and run `pulumi up`", "",

@@ -49,7 +49,6 @@ type server struct {
 	host   *provider.HostClient
 	ctx    context.Context
 	cancel context.CancelFunc
-	mu     sync.Mutex
 }
 
 func main() {
