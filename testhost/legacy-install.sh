@@ -53,9 +53,26 @@ sudo -u postgres psql -q -v ON_ERROR_STOP=1 -d jhe_production <<SQL
 INSERT INTO core_patient (name_family, name_given, birth_date, created)
   SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g::bigint * 37 % 25000)::int, now() - make_interval(mins => g)
   FROM generate_series(1, $JHE_PATIENTS) g;
-INSERT INTO core_observation (subject_patient_id, code, value, created)
+-- Each with its payload as JHE stores it: an Open mHealth datapoint of about 1 KB (1M rows ~ 1 GB).
+INSERT INTO core_observation (subject_patient_id, code, value, value_attachment_data, created)
   SELECT p.min_id + (g % $JHE_PATIENTS), (ARRAY['8867-4','8480-6','8462-4','2708-6'])[1 + g % 4],
-         40 + (g::bigint * 7919 % 120), now() - make_interval(secs => g)
+         40 + (g::bigint * 7919 % 120),
+         jsonb_build_object(
+           'header', jsonb_build_object(
+             'uuid', md5(g::text), 'schema_id', jsonb_build_object('namespace', 'omh', 'name', 'blood-pressure', 'version', '4.0'),
+             'source_creation_date_time', to_char(now() - make_interval(secs => g), 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+             'modality', 'sensed', 'external_datasheets', jsonb_build_array(jsonb_build_object(
+               'datasheet_type', 'manufacturer', 'datasheet_reference', 'https://devices.example.org/bp/' || (g % 97)))),
+           'body', jsonb_build_object(
+             'systolic_blood_pressure', jsonb_build_object('value', 100 + g % 60, 'unit', 'mmHg'),
+             'diastolic_blood_pressure', jsonb_build_object('value', 60 + g % 40, 'unit', 'mmHg'),
+             'body_posture', 'sitting', 'measurement_location', 'left upper arm',
+             'effective_time_frame', jsonb_build_object('date_time', to_char(now() - make_interval(secs => g), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+             'descriptive_statistic', 'average', 'temporal_relationship_to_physical_activity', 'at rest'),
+           'device', jsonb_build_object('id', md5((g % 5000)::text), 'model', 'BP-' || (g % 7), 'firmware', '2.' || (g % 13)),
+           'provenance', jsonb_build_object('uploader', 'jhe-companion-app', 'app_version', '1.' || (g % 9) || '.0',
+             'trace', md5(g::text || 'a') || md5(g::text || 'b'))),
+         now() - make_interval(secs => g)
   FROM generate_series(1, $JHE_OBSERVATIONS) g, (SELECT min(id) AS min_id FROM core_patient) p;
 ANALYZE;
 SQL
