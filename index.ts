@@ -9,7 +9,10 @@
 //   3. off-host backups  components/backupBucket.ts  S3 bucket, when jhe:backupBucket is set
 //   4. the upgrade       components/release.ts    preflight, prepare-release, backup, migrate,
 //                                                  switch-restart, health-gate, finish - replaced on
-//                                                  every jhe:version change; host/jhe_upgrade.py runs them
+//                                                  every jhe:version change; host/jhe_upgrade.py runs them.
+//                                                  By default the backup and the migration run on a
+//                                                  copy while the old version serves; the window is a
+//                                                  rename swap and the restart (jhe:migrationStrategy)
 //   5. the plan          components/plan.ts       read-only look at the server during preview
 //
 // components/program.ts wires 1-5 together; this file reads the config and exports the outputs.
@@ -31,6 +34,7 @@ export const plan = outputs.plan;
 export const deployed = outputs.deployed;
 export const backup = outputs.backup;
 export const migrationsApplied = outputs.migrationsApplied;
+export const migration = outputs.migration;
 export const rollback = outputs.rollback;
 export const downtimeSeconds = outputs.downtimeSeconds;
 export const stepSeconds = outputs.stepSeconds;

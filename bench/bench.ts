@@ -5,55 +5,13 @@
 import * as fs from "fs";
 import * as path from "path";
 import { projectStack, removeStack } from "../tests/helpers/stack";
-import { down, HostInfo, request, ssh, sshOk, up } from "../tests/helpers/testhost";
+import { account, Probe, Prober } from "../tests/helpers/prober";
+import { lostWrites, Writer } from "../tests/helpers/writer";
+import { down, ssh, sshOk, up } from "../tests/helpers/testhost";
 
 const FROM = "v1.0.0";
 const TO = "v1.1.0"; // a real migration: a new column and a data migration over every observation
 const SIZES = (process.env.BENCH_SIZES ?? "10000,1000000").split(",").map(Number);
-
-interface Probe { t: number; status: number | "error"; version?: string }
-
-/** GET /health through nginx every 100 ms until stopped (bounded: 30 min). */
-class Prober {
-    private samples: Probe[] = [];
-    private running = false;
-    private loop?: Promise<void>;
-    constructor(private h: HostInfo) {}
-    start() {
-        this.running = true;
-        const deadline = Date.now() + 30 * 60_000;
-        this.loop = (async () => {
-            while (this.running && Date.now() < deadline) {
-                const t = Date.now();
-                try {
-                    const r = await request(this.h, "GET", "/health", undefined, 2000);
-                    this.samples.push({ t, status: r.status, version: r.status === 200 ? JSON.parse(r.body).version : undefined });
-                } catch {
-                    this.samples.push({ t, status: "error" });
-                }
-                await new Promise((res) => setTimeout(res, Math.max(0, 100 - (Date.now() - t))));
-            }
-        })();
-        return this;
-    }
-    async stop() {
-        this.running = false;
-        await this.loop;
-        return this.samples;
-    }
-}
-
-/** Unavailable and maintenance seconds from samples (each sample stands for the time to the next). */
-function account(samples: Probe[]) {
-    let unavailable = 0;
-    let maintenance = 0;
-    for (let i = 0; i + 1 < samples.length; i++) {
-        const dt = (samples[i + 1].t - samples[i].t) / 1000;
-        if (samples[i].status === 503) maintenance += dt;
-        else if (samples[i].status !== 200) unavailable += dt;
-    }
-    return { unavailable, maintenance, downtime: unavailable + maintenance };
-}
 
 /** Seconds from `start` until the prober first saw `version` served (after anything else). */
 function timeToServe(samples: Probe[], start: number, version: string) {
@@ -87,8 +45,10 @@ async function runbook(size: number) {
     }
 }
 
-async function program(size: number) {
-    const h = await up("bench-pg", { legacy: FROM, patients: 1000, observations: size });
+/** The program's upgrade and rollback; `withWriter`: a user posts observations throughout (10/s),
+ * so the staged copy cannot be used and the program falls back to backing up and migrating in the window. */
+async function program(size: number, withWriter = false) {
+    const h = await up(withWriter ? "bench-pw" : "bench-pg", { legacy: FROM, patients: 1000, observations: size });
     const stack = await projectStack(h, FROM);
     try {
         await stack.up(); // adoption: not part of the measured upgrade
@@ -105,12 +65,17 @@ async function program(size: number) {
         const [plainDump, dbBytes] = plain.trim().split("\n").map(Number);
 
         let p = new Prober(h).start();
+        const writer = withWriter ? new Writer(h).start() : undefined;
         await new Promise((r) => setTimeout(r, 1000));
         t0 = Date.now();
         const res = await stack.up();
         const total = secs(t0);
         await new Promise((r) => setTimeout(r, 1000));
         const upSamples = await p.stop();
+        const written = writer ? await writer.stop() : undefined;
+        const lost = written ? (await lostWrites(h, written.acked)).length : 0;
+        if (lost) throw new Error(`${lost} acknowledged writes lost`);
+        const migration = res.outputs.migration.value as { strategy: string; staged: Record<string, number> | null; writtenSinceBackup: string[] | null };
         const steps = res.outputs.stepSeconds.value as Record<string, number>;
         const backupSeconds = steps.backup;
 
@@ -123,8 +88,11 @@ async function program(size: number) {
         const rbTotal = secs(t0);
         await new Promise((r) => setTimeout(r, 1000));
         const rbSamples = await p.stop();
+        const lostInRollback = written ? (await lostWrites(h, written.acked)).length : 0;
+        if (lostInRollback) throw new Error(`${lostInRollback} acknowledged writes lost in the rollback`);
         return {
-            total, ...account(upSamples), steps, backupSeconds, plainDump, dbBytes, previewSame, previewChange,
+            total, ...account(upSamples), steps, backupSeconds, plainDump, dbBytes, previewSame, previewChange, migration,
+            writes: written ? written.acked.length : 0,
             rollback: { total: rbTotal, rto: timeToServe(rbSamples, t0, FROM), ...account(rbSamples), replayed: rb.outputs.rollback.value?.rowsReplayed },
         };
     } finally {
@@ -141,25 +109,33 @@ async function main() {
         const rb = await runbook(size);
         console.error(`bench: ${size} observations: program ...`);
         const pg = await program(size);
+        console.error(`bench: ${size} observations: program with a writer ...`);
+        const pw = await program(size, true);
         const ratio = pg.downtime / rb.downtime;
+        const st = pg.migration.staged;
         rows.push(
-            `### ${size.toLocaleString("en")} observations (database ${(pg.dbBytes / 2 ** 20).toFixed(0)} MiB)`,
+            `#### ${size.toLocaleString("en")} observations (database ${(pg.dbBytes / 2 ** 20).toFixed(0)} MiB)`,
             "",
-            "| measure | runbook | jhe-upgrade | ratio |",
-            "|---|---|---|---|",
-            `| user-visible downtime (503 + errors), s | ${rb.downtime.toFixed(2)} | ${pg.downtime.toFixed(2)} | ${ratio.toFixed(3)} |`,
-            `| of which maintenance 503, s | ${rb.maintenance.toFixed(2)} | ${pg.maintenance.toFixed(2)} | |`,
-            `| of which errors / refused, s | ${rb.unavailable.toFixed(2)} | ${pg.unavailable.toFixed(2)} | |`,
-            `| whole upgrade (command / pulumi up), s | ${rb.total.toFixed(1)} | ${pg.total.toFixed(1)} | ${(pg.total / rb.total).toFixed(2)} |`,
-            `| rollback to serving ${FROM} (RTO), s | (manual) | ${pg.rollback.rto.toFixed(2)} | |`,
-            `| rollback downtime, s | | ${pg.rollback.downtime.toFixed(2)} | |`,
-            `| backup step in window (stop app, drain, pg_dump -Fc -Z1, sha256, verify), s | | ${pg.backupSeconds.toFixed(2)} | vs plain \`pg_dump -Fc > /dev/null\` ${pg.plainDump.toFixed(2)} s: ${(pg.backupSeconds / pg.plainDump).toFixed(2)} |`,
-            `| backup throughput, MiB/s of database | | ${(pg.dbBytes / 2 ** 20 / pg.backupSeconds).toFixed(0)} | plain dump ${(pg.dbBytes / 2 ** 20 / pg.plainDump).toFixed(0)} |`,
-            `| pulumi preview, no change / version change, s | | ${pg.previewSame.toFixed(1)} / ${pg.previewChange.toFixed(1)} | |`,
+            "| measure | runbook | jhe-upgrade | ratio | jhe-upgrade, writer posting 10/s |",
+            "|---|---|---|---|---|",
+            `| user-visible downtime (503 + errors), s | ${rb.downtime.toFixed(2)} | ${pg.downtime.toFixed(2)} | ${ratio.toFixed(3)} | ${pw.downtime.toFixed(2)} (${(pw.downtime / rb.downtime).toFixed(3)}) |`,
+            `| of which maintenance 503, s | ${rb.maintenance.toFixed(2)} | ${pg.maintenance.toFixed(2)} | | ${pw.maintenance.toFixed(2)} |`,
+            `| of which errors / refused, s | ${rb.unavailable.toFixed(2)} | ${pg.unavailable.toFixed(2)} | | ${pw.unavailable.toFixed(2)} |`,
+            `| how the migration ran | in the window | ${describe(pg.migration)} | | ${describe(pw.migration)} |`,
+            `| whole upgrade (command / pulumi up), s | ${rb.total.toFixed(1)} | ${pg.total.toFixed(1)} | ${(pg.total / rb.total).toFixed(2)} | ${pw.total.toFixed(1)} |`,
+            `| rollback to serving ${FROM} (RTO), s | (manual) | ${pg.rollback.rto.toFixed(2)} | | ${pw.rollback.rto.toFixed(2)} |`,
+            `| rollback downtime, s | | ${pg.rollback.downtime.toFixed(2)} | | ${pw.rollback.downtime.toFixed(2)} |`,
+            `| backup step (pg_dump -Fc -Z1, sha256, pg_restore --list), s | | ${pg.backupSeconds.toFixed(2)} before the window | vs plain \`pg_dump -Fc > /dev/null\` ${pg.plainDump.toFixed(2)} s: ${(pg.backupSeconds / pg.plainDump).toFixed(2)} | ${pw.backupSeconds.toFixed(2)} + a second dump in the window |`,
+            `| backup throughput, MiB/s of database | | ${(pg.dbBytes / 2 ** 20 / pg.backupSeconds).toFixed(0)} | plain dump ${(pg.dbBytes / 2 ** 20 / pg.plainDump).toFixed(0)} | |`,
+            `| staged copy: restore / migrate (before the window), s | | ${st ? `${st.restoreSeconds} / ${st.migrateSeconds}` : "-"} | | |`,
+            `| pulumi preview, no change / version change, s | | ${pg.previewSame.toFixed(1)} / ${pg.previewChange.toFixed(1)} | | |`,
+            `| acknowledged writes during the upgrade (all present after) | | | | ${pw.writes} |`,
             "",
             "runbook sections: " + rb.sections.map((l) => l.replace(/^runbook: /, "").replace(/\s+/g, " ").trim()).join("; "),
             "",
             "jhe-upgrade steps (s): " + Object.entries(pg.steps).map(([k, v]) => `${k} ${v}`).join(", "),
+            "",
+            "jhe-upgrade with a writer, steps (s): " + Object.entries(pw.steps).map(([k, v]) => `${k} ${v}`).join(", "),
             "",
         );
         last = { ratio, program: pg.downtime, runbook: rb.downtime, rto: pg.rollback.rto };
@@ -172,6 +148,11 @@ async function main() {
     if (last) {
         console.log(`downtime_ratio=${last.ratio.toFixed(3)} downtime_s=${last.program.toFixed(2)} runbook_s=${last.runbook.toFixed(2)} rto_s=${last.rto.toFixed(2)}`);
     }
+}
+
+function describe(m: { strategy: string; writtenSinceBackup: string[] | null }): string {
+    if (m.strategy !== "staged") return m.strategy;
+    return m.writtenSinceBackup ? `staged, fell back to the window (written: ${m.writtenSinceBackup.join(", ")})` : "on a staged copy, swapped in";
 }
 
 main().catch((e) => {

@@ -5,6 +5,7 @@
 // at once, each naming the key and what is allowed.
 import * as pulumi from "@pulumi/pulumi";
 
+export type MigrationStrategy = "staged" | "in-window";
 export type Stage = "staging" | "prod";
 
 export interface JheConfig {
@@ -46,6 +47,8 @@ export interface JheConfig {
     /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
     wheelhouse?: string;
     healthTimeoutSeconds: number;
+    /** staged: migrate a copy while the old version serves; in-window: the runbook's way. */
+    migrationStrategy: MigrationStrategy;
     /** Name of an existing S3 bucket for off-host backup copies, or a new one made by the stack. */
     backupBucket: { mode: "off" } | { mode: "create"; name?: string } | { mode: "existing"; name: string };
 }
@@ -77,6 +80,7 @@ export const DEFAULTS = {
     tlsCertificate: "/etc/ssl/jhe/jhe.crt",
     tlsKey: "/etc/ssl/jhe/jhe.key",
     healthTimeoutSeconds: 60,
+    migrationStrategy: "staged" as MigrationStrategy,
 };
 
 // ---- value rules (each returns an error text or undefined) ----------------------------------
@@ -188,7 +192,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const known = new Set([
         "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
-        "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds",
+        "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword",
     ]);
     for (const k of Object.keys(raw)) {
@@ -318,6 +322,11 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const wheelhouse = str(raw, "wheelhouse", p, false, "") || undefined;
     if (wheelhouse) checked(p, "wheelhouse", wheelhouse, checkPath);
     const healthTimeoutSeconds = int(raw, "healthTimeoutSeconds", p, DEFAULTS.healthTimeoutSeconds, 5, 1800);
+    const strategyRaw = str(raw, "migrationStrategy", p, false, DEFAULTS.migrationStrategy);
+    if (strategyRaw !== "staged" && strategyRaw !== "in-window") {
+        p.push(`jhe:migrationStrategy must be "staged" or "in-window" (got ${JSON.stringify(strategyRaw)}): pulumi config set jhe:migrationStrategy staged`);
+    }
+    const migrationStrategy: MigrationStrategy = strategyRaw === "in-window" ? "in-window" : "staged";
 
     let backupBucket: JheConfig["backupBucket"] = { mode: "off" };
     const bb = str(raw, "backupBucket", p, false, DEFAULTS.backupBucket);
@@ -344,6 +353,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         admin,
         wheelhouse,
         healthTimeoutSeconds,
+        migrationStrategy,
         backupBucket,
     };
 }
@@ -355,7 +365,7 @@ export function loadConfig(): JheConfig {
     const plainKeys = [
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
-        "adminUser", "adminEmail",
+        "adminUser", "adminEmail", "migrationStrategy",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");

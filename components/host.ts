@@ -40,6 +40,7 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
         dbUser: config.db.user,
         wheelhouse: config.wheelhouse ?? null,
         healthTimeout: config.healthTimeoutSeconds,
+        migrationStrategy: config.migrationStrategy,
         owner: stackOwner(),
     };
 }

@@ -32,6 +32,12 @@ export function jheProgram(config: JheConfig) {
         deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
         backup: r.backup.apply((b) => (b.backup ? { location: b.backup, sha256: b.sha256, rowCounts: b.rowCounts } : null)),
         migrationsApplied: r.migrate.apply((m) => (m.applied as string[]) ?? []),
+        migration: pulumi.all([r.migrate, r.finish]).apply(([m, f]) => ({
+            strategy: (f.strategy as string | undefined) ?? (m.strategy as string | undefined) ?? null,
+            staged: (m.staged as Record<string, number> | undefined) ?? null,
+            writtenSinceBackup: ((f.stagedFallback as { written?: string[] } | null | undefined)?.written) ?? null,
+            keptDatabase: (m.keptDatabase as string | undefined) ?? null,
+        })),
         rollback: r.finish.apply((f) => (f.rollback as Record<string, unknown> | undefined) ?? null),
         downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),

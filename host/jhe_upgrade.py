@@ -127,6 +127,11 @@ class Spec:
         self.operator = f"{os.environ.get('SUDO_USER') or pwd.getpwuid(os.getuid()).pw_name}" + (f" from {client}" if client else "")
         self.wheelhouse = d.get("wheelhouse") or None
         self.health_timeout = float(d.get("healthTimeout", 60))
+        # staged: migrate a copy of the database while the old version serves (DESIGN.md §3 lever);
+        # in-window: the runbook's way, dump and migrate the live database with the app stopped.
+        self.strategy = d.get("migrationStrategy", "staged")
+        if self.strategy not in ("staged", "in-window"):
+            raise Refusal(f"spec.migrationStrategy must be staged or in-window (got {self.strategy!r})")
         self.env = {k: str(v) for k, v in (d.get("env") or {}).items()}
         self.secret_env = {k: str(v) for k, v in (d.get("secretEnv") or {}).items()}
         for k, v in {**self.env, **self.secret_env}.items():
@@ -561,6 +566,88 @@ def verify_backup(manifest: dict) -> None:
     run(["pg_restore", "--list", str(dump)], quiet=True)
 
 
+def db_exists(name: str) -> bool:
+    return psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(name)}") == "1"
+
+
+def stamp_name(base: str, what: str) -> str:
+    """A database name for a kept copy: <base>_<what>_<UTC time>, unique, at most 63 bytes."""
+    t = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    name = f"{base}_{what}_{t}"[:63]
+    n = 1
+    while db_exists(name):
+        n += 1
+        name = f"{base}_{what}_{t}_{n}"[:63]
+    return name
+
+
+def backend_pids(db: str) -> list[int]:
+    """Server processes of client sessions on `db`, from their process titles ("postgres: [cluster: ]user
+    db ..."): a session leaves pg_stat_activity before its exit hooks have run, a process only after."""
+    rx = re.compile(rb"^postgres: (?:\S+: )?\S+ " + re.escape(db.encode()) + rb" ")
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if rx.match((d / "cmdline").read_bytes()):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def drain(db: str, wait: float = 15.0) -> bool:
+    """Ends every session on `db` and waits (bounded) until their processes are gone (their statistics
+    are written by then). True when none is left."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = backend_pids(db)
+        if not pids:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         f"WHERE datname = {sql_literal(db)} AND pid <> pg_backend_pid()")
+        time.sleep(0.05)
+
+
+def swap_in(spec: Spec, state: dict, new_db: str, keep_as: str) -> None:
+    """The live database becomes `keep_as` and `new_db` takes its name: two renames, well under a
+    second at any size. Recorded first, so recovery (and a re-run) can put the previous one back."""
+    state["swap"] = {"previous": keep_as, "in": new_db, "at": now()}
+    save_state(spec, state)
+    drain(spec.db_name)
+    psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep_as}"')
+    try:
+        psql("postgres", f'ALTER DATABASE "{new_db}" RENAME TO "{spec.db_name}"')
+    except Exception:
+        psql("postgres", f'ALTER DATABASE "{keep_as}" RENAME TO "{spec.db_name}"')
+        state.pop("swap", None)
+        save_state(spec, state)
+        raise
+    log(f"database {new_db} is now {spec.db_name}; the previous one is kept as {keep_as}")
+
+
+def swap_back(spec: Spec, state: dict) -> str | None:
+    """Undoes this window's swap: the database it replaced serves again under the live name; the one
+    that had taken its place is kept (renamed, never dropped). Returns that name, None if no swap."""
+    sw = state.get("swap")
+    if not sw or not db_exists(sw["previous"]):
+        return None
+    failed = stamp_name(spec.db_name, "failed")
+    drain(spec.db_name)
+    if db_exists(spec.db_name):
+        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{failed}"')
+    psql("postgres", f'ALTER DATABASE "{sw["previous"]}" RENAME TO "{spec.db_name}"')
+    state.pop("swap", None)
+    for b in [state.get("backup") or {}, *(state.get("backups") or {}).values()]:
+        if b.get("keptDatabase") == sw["previous"]:
+            b["keptDatabase"] = None  # it is the live database again
+    save_state(spec, state)
+    log(f"database {sw['previous']} is {spec.db_name} again; the replaced one is kept as {failed}")
+    return failed
+
+
 def restore_backup(spec: Spec, manifest: dict) -> str:
     """Puts the database back to the backup. The database being replaced is kept, renamed, never
     dropped. Returns the name it was kept under."""
@@ -583,6 +670,214 @@ def restore_backup(spec: Spec, manifest: dict) -> str:
         raise
     log(f"database restored from {manifest['id']}; the replaced one is kept as {keep}")
     return keep
+
+
+# ---- staged migration: a copy migrated while the old version serves -----------------------------
+# The backup is taken before the window (a consistent pg_dump while the old version serves), restored
+# into a copy, and the copy is migrated with the new code - all outside the window. In the window the
+# program checks, from PostgreSQL's per-table counters, that nothing was written to the live database
+# since the backup began; then the migrated copy takes the live name by rename and the old database is
+# kept as it was. If anything was written, the copy is dropped and the window does the runbook's way
+# (dump, migrate in place), so no write is ever lost. A migration that fails on the copy fails before
+# any window: the old version never stops serving.
+
+MARKS_SQL = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
+  c.relfilenode, md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+    || a.attnotnull, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+    AND NOT a.attisdropped), ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"""
+
+
+def table_marks(db: str) -> dict[str, list[str]]:
+    """Per table: rows inserted/updated/deleted so far (counted even for aborted transactions), the
+    file node (changes on TRUNCATE and rewrites) and a digest of the columns."""
+    out = {}
+    for line in psql(db, MARKS_SQL).splitlines():
+        if line:
+            name, *rest = line.split("|")
+            out[name] = rest
+    return out
+
+
+def tables_written(before: dict, after: dict) -> list[str]:
+    return sorted(t for t in set(before) | set(after) if before.get(t) != after.get(t))
+
+
+def staged_db(spec: Spec) -> str:
+    return f"{spec.db_name}_staged"[:63]
+
+
+def drop_staged(spec: Spec, state: dict) -> None:
+    """The staged copy holds nothing the live database or the backup does not: it may go."""
+    sdb = staged_db(spec)
+    if db_exists(sdb):
+        drain(sdb)
+        psql("postgres", f'DROP DATABASE "{sdb}"')
+    state.pop("staged", None)
+    save_state(spec, state)
+
+
+def choose_strategy(spec: Spec, kind: str, db_bytes: int) -> tuple[str, str]:
+    """staged or in-window, and why (shown by preview and in the outputs)."""
+    if spec.strategy != "staged":
+        return "in-window", "jhe:migrationStrategy is in-window"
+    if kind != "upgrade":
+        return "in-window", f"a {kind} runs in the window"
+    if psql("postgres", "SHOW track_counts") != "on":
+        return "in-window", "track_counts is off: writes made during staging could not be detected"
+    if psql("postgres", "SELECT count(*) FROM pg_prepared_xacts") != "0":
+        return "in-window", "prepared transactions exist"
+    data_dir = psql("postgres", "SHOW data_directory")
+    free = shutil.disk_usage(data_dir).free
+    need = 2 * db_bytes + 300 * 2**20
+    if free < need:
+        return "in-window", (f"the staged copy needs about {need // 2**20} MiB in {data_dir}, "
+                             f"{free // 2**20} MiB are free")
+    return "staged", "backup and migration on a copy while the old version serves; a rename swap in the window"
+
+
+def ensure_backup_ahead(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    """The backup taken before the window, with the table counters read just before it began."""
+    b = state.get("backup")
+    if (b and b.get("ahead") and b.get("from") == (frm or "none") and b.get("to") == to
+            and (Path(b["path"]) / b["dump"]).exists()):
+        verify_ahead(spec, state, frm, to, b)
+        return b
+    marks = table_marks(spec.db_name)
+    b = take_backup(spec, frm or "none", to)
+    b.update(window=None, ahead=True, marks=marks)
+    verify_backup(b)
+    state["backup"] = b
+    register_backup(state, frm, to, b)
+    save_state(spec, state)
+    return b
+
+
+def verify_ahead(spec: Spec, state: dict, frm: str | None, to: str, b: dict) -> None:
+    """A backup taken before the window that no longer verifies is set aside (never used, kept on
+    disk for a look) and the move refused; the next `pulumi up` takes a new one."""
+    try:
+        verify_backup(b)
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        state.pop("backup", None)
+        key = f"{frm}->{to}"
+        if (state.get("backups") or {}).get(key, {}).get("id") == b["id"]:
+            del state["backups"][key]
+        drop_staged(spec, state)
+        raise refuse_unchanged(spec, state, frm, f"{e}; it is set aside, and `pulumi up` again takes a new one")
+
+
+def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:
+    state.setdefault("backups", {})[f"{frm}->{to}"] = {
+        k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase")}
+
+
+def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    """Restores the backup taken before the window into the staged copy and migrates the copy with
+    the new release, while the old version serves. Refuses (nothing on the server changed) if the
+    migration fails."""
+    b = state["backup"]
+    sdb = staged_db(spec)
+    st = state.get("staged") or {}
+    if st.get("to") == to and st.get("backup") == b["id"] and st.get("phase") == "migrated" and db_exists(sdb):
+        return st
+    drop_staged(spec, state)  # left over from an interrupted run: a copy, made again
+    verify_ahead(spec, state, frm, to, b)
+    st = {"to": to, "backup": b["id"], "db": sdb, "phase": "restoring"}
+    state["staged"] = st
+    save_state(spec, state)
+    t = time.monotonic()
+    enc = psql("postgres", f"SELECT pg_encoding_to_char(encoding) || '|' || datcollate || '|' || datctype "
+                           f"FROM pg_database WHERE datname = {sql_literal(spec.db_name)}").split("|")
+    psql("postgres", f'CREATE DATABASE "{sdb}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING {sql_literal(enc[0])} '
+                     f"LC_COLLATE {sql_literal(enc[1])} LC_CTYPE {sql_literal(enc[2])}")
+    p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", sdb, str(Path(b["path"]) / b["dump"])],
+            user="postgres", cwd="/", check=False)
+    if p.returncode != 0:
+        drop_staged(spec, state)
+        raise RuntimeError(f"pg_restore into the staged copy failed: {p.stderr.strip()[-400:]}")
+    st["restoreSeconds"] = round(time.monotonic() - t, 2)
+    before = set(applied_migrations(spec, sdb))
+    st["phase"] = "migrating"
+    save_state(spec, state)
+    t = time.monotonic()
+    rel = spec.release(to)
+    # Through `manage.py shell` so the settings are the release's own, with DB_NAME pointing at the
+    # copy (JHE's settings read the environment first); it refuses unless they really do.
+    code = ("import os, sys; from django.conf import settings; from django.core.management import call_command; "
+            "name = settings.DATABASES['default']['NAME']; "
+            "sys.exit(f'the settings use database {name}, not the staged copy') if name != os.environ['DB_NAME'] "
+            "else call_command('migrate', interactive=False, verbosity=1)")
+    p = run([str(rel / "venv/bin/python"), "manage.py", "shell", "-c", code], user=spec.app_user, cwd=rel,
+            env={**os.environ, "DB_NAME": sdb}, check=False, timeout=7200)
+    applied = [m for m in applied_migrations(spec, sdb) if m not in before]
+    if p.returncode != 0:
+        err = error_summary(p.stderr)
+        drop_staged(spec, state)
+        raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed on a staged copy of the database: {err}")
+    st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
+    save_state(spec, state)
+    log(f"staged copy {sdb} migrated ({len(applied)} migrations, {st['migrateSeconds']} s) while {frm} serves")
+    return st
+
+
+def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str) -> Refusal:
+    """A failure before the window: bookkeeping as after a recovery, though there was nothing to undo."""
+    append_log(spec, f"## Refused: {(state.get('target') or {}).get('kind', 'upgrade')} {frm} -> {spec.version} - {now()}\n\n"
+                     f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** none\n\n"
+                     f"**What failed:** {reason}\n\n**What was restored:** nothing needed it: {frm} served throughout\n")
+    state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": [], "at": now()}
+    if state.get("target"):
+        state["target"]["recovered"] = now()
+    for k in ("migrated", "rollback", "dbTouched", "staged", "cutover"):
+        state.pop(k, None)
+    save_state(spec, state)
+    release_lock(spec)
+    return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened; "
+                   f"the staged copy was dropped)")
+
+
+def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
+    """In the window, after a staged migration: True when the migrated copy took the live name;
+    False when something was written since the backup began (the copy is dropped, the window then
+    backs up and migrates the live database in place)."""
+    b = state.get("backup") or {}
+    st = state.get("staged") or {}
+    sw = state.get("swap") or {}
+    if st and sw.get("in") == st.get("db"):  # a re-run after an interruption around the renames
+        if db_exists(sw["previous"]) and not db_exists(spec.db_name):
+            psql("postgres", f'ALTER DATABASE "{sw["in"]}" RENAME TO "{spec.db_name}"')
+        if db_exists(sw["previous"]) and not db_exists(sw["in"]):
+            return _staged_swapped(spec, state, frm, to, sw["previous"])
+        state.pop("swap", None)
+    if not b.get("ahead") or st.get("phase") != "migrated" or not db_exists(st.get("db", "")):
+        return False
+    ended = drain(spec.db_name)
+    written = tables_written(b["marks"], table_marks(spec.db_name)) if ended else ["(sessions that did not end)"]
+    if written:
+        log(f"written since the backup began: {', '.join(written)}; the staged copy is dropped and the "
+            f"window backs up and migrates the live database instead")
+        state["stagedFallback"] = {"written": written, "at": now()}
+        drop_staged(spec, state)
+        return False
+    b["window"] = state["window"]["id"]  # nothing written since it began: exact as of the window
+    state["dbTouched"] = True
+    save_state(spec, state)
+    kept = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+    swap_in(spec, state, st["db"], kept)
+    return _staged_swapped(spec, state, frm, to, kept)
+
+
+def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str) -> bool:
+    b, st = state["backup"], state["staged"]
+    b["keptDatabase"] = kept
+    register_backup(state, frm, to, b)
+    st["phase"] = "swapped"
+    state["dbTouched"] = True
+    state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True}
+    save_state(spec, state)
+    return True
 
 
 # ---- releases ------------------------------------------------------------------------------------
@@ -736,10 +1031,20 @@ def step_plan(spec: Spec) -> dict:
     if out["migrationsToUndo"]:
         b = latest_backup_from(load_state(spec), to)
         out["restoreFrom"] = b["id"] if b else None
-        out["summary"] = (f"rollback {frm} -> {to}: restore backup {b['id']} and replay the rows written since"
+        kept = b.get("keptDatabase") if b else None
+        how = (f"bring back the database kept when {to} was left ({kept}) by rename" if kept and db_exists(kept)
+               else f"restore backup {b['id']}" if b else "")
+        out["summary"] = (f"rollback {frm} -> {to}: {how} and replay the rows written since"
                           if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
     elif frm:
         out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if out["pendingMigrations"] else " (code only, the database stays as it is)")
+        if out["pendingMigrations"]:
+            db_bytes = int(psql("postgres", f"SELECT coalesce(pg_database_size({sql_literal(spec.db_name)}), 0)") or 0)
+            strategy, why = choose_strategy(spec, "upgrade", db_bytes)
+            out["migrationStrategy"] = strategy
+            out["summary"] += (f": backup and migrations on a copy while {frm} serves, then a rename swap in the window "
+                               f"(in the window instead if anything is written meanwhile)" if strategy == "staged"
+                               else f": backup and migrations in the window ({why})")
     _, wanted = env_example(repo, to)
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
@@ -926,10 +1231,12 @@ def _preflight(spec: Spec) -> dict:
     else:
         kind = "upgrade" if frm else "install"
         restore_from = None
+    strategy, why = choose_strategy(spec, kind, db_bytes)
     state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
-                       "undo": extra, "restoreFrom": restore_from}
+                       "undo": extra, "restoreFrom": restore_from, "strategy": strategy}
     save_state(spec, state)
     return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
+            "strategy": strategy, "strategyWhy": why,
             "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
             "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
             "databaseBytes": db_bytes}
@@ -972,7 +1279,8 @@ def step_prepare(spec: Spec) -> dict:
 def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
     """The target already serves and no window is open: the upgrade steps have nothing to do."""
     return is_noop(spec, state) or (current_version(spec) == to and not state.get("window") and service_active(spec)
-                                    and (state.get("target") or {}).get("from") == to)
+                                    and ((state.get("target") or {}).get("from") == to
+                                         or (state.get("cutover") or {}).get("to") == to))
 
 
 def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
@@ -986,7 +1294,7 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     b["window"] = w
     verify_backup(b)
     state["backup"] = b
-    state.setdefault("backups", {})[f"{frm}->{to}"] = {k: b[k] for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations")}
+    register_backup(state, frm, to, b)
     save_state(spec, state)
     return b
 
@@ -996,16 +1304,24 @@ def step_backup(spec: Spec) -> dict:
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving"}
     t = time.monotonic()
+    if state["target"].get("strategy") == "staged" and not state.get("window"):
+        b = ensure_backup_ahead(spec, state, frm, to)  # while the old version serves
+        return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": True,
+                "seconds": round(time.monotonic() - t, 2)}
     open_window(spec, state)
     b = ensure_backup(spec, state, frm, to)
-    return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "seconds": round(time.monotonic() - t, 2)}
+    return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": False,
+            "seconds": round(time.monotonic() - t, 2)}
 
 
 def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: bool) -> str:
     """Puts the old version back serving: code (`current`), database (from this window's backup when
     migrations ran), service, maintenance off. Returns what was done, for the error message."""
     done = []
-    if restore_db and state.get("backup"):
+    failed_db = swap_back(spec, state) if restore_db else None
+    if failed_db:
+        done.append(f"database {spec.db_name} as it was before the window, by rename (the replaced one kept as {failed_db})")
+    elif restore_db and state.get("backup"):
         kept = restore_backup(spec, state["backup"])
         done.append(f"database restored from backup {state['backup']['id']} (the failed one kept as {kept})")
     if frm and release_ready(spec, frm):
@@ -1028,7 +1344,7 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
     # either changes), so a later `pulumi up` that only re-runs the remaining steps can go on.
     if state.get("target"):
         state["target"]["recovered"] = now()
-    for k in ("migrated", "rollback", "dbTouched"):
+    for k in ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover"):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
@@ -1036,13 +1352,46 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
 
 
 def step_migrate(spec: Spec) -> dict:
+    """Migrates (on the staged copy before the window, or in place in it), then cuts over: `current`
+    to the new release, restart, health gate, maintenance off - in one process, one window."""
     state, frm, to = _target(spec)
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving", "applied": []}
+    tgt = state["target"]
+    staged = tgt.get("strategy") == "staged" and bool(tgt.get("pending"))
+    if staged and not state.get("window") and (state.get("staged") or {}).get("phase") != "swapped":
+        if not (state.get("backup") or {}).get("ahead"):
+            ensure_backup_ahead(spec, state, frm, to)
+        migrate_copy(spec, state, frm, to)
     open_window(spec, state)
+    result: dict = {"strategy": tgt.get("strategy", "in-window")}
+    if tgt.get("strategy") == "staged":
+        if staged and use_staged(spec, state, frm, to):
+            result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds")}
+            result["keptDatabase"] = state["backup"]["keptDatabase"]
+        else:
+            b = state.get("backup") or {}
+            if b.get("ahead") and not b.get("window"):
+                # Code-only, or the staged copy was dropped: the backup must be exact as of the window.
+                ended = drain(spec.db_name)
+                written = tables_written(b["marks"], table_marks(spec.db_name)) if ended else ["(sessions)"]
+                if written:
+                    result["writtenSinceBackup"] = written
+                else:
+                    b["window"] = state["window"]["id"]
+                    save_state(spec, state)
     ensure_backup(spec, state, frm, to)
-    if (state.get("target") or {}).get("kind") == "rollback":
-        return rollback_database(spec, state, frm, to)
+    if tgt.get("kind") == "rollback":
+        result.update(rollback_database(spec, state, frm, to))
+    elif not state.get("migrated"):
+        result.update(migrate_in_place(spec, state, frm, to))
+    result["applied"] = state["migrated"].get("applied", [])
+    result["migrateSeconds"] = state["migrated"].get("seconds")
+    result["cutover"] = cutover(spec, state, frm, to)
+    return result
+
+
+def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     before = set(applied_migrations(spec))
     rel = spec.release(to)
     t = time.monotonic()
@@ -1058,7 +1407,36 @@ def step_migrate(spec: Spec) -> dict:
         raise Refusal(f"the migration of {to} failed ({err}); nothing was lost: {what}")
     state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
     save_state(spec, state)
-    return {"applied": applied, "seconds": state["migrated"]["seconds"]}
+    return {}
+
+
+def cutover(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    """`current` -> the new release, restart, health gate, maintenance off. On a failed health check
+    the old version comes back (code, database if it changed, config) and the step fails."""
+    t = time.monotonic()
+    switch_current(spec, to)
+    if service_active(spec):
+        run(["systemctl", "stop", spec.service])
+    start_service(spec)
+    h = health(spec, to, spec.health_timeout)
+    if not h["ok"]:
+        fail_health(spec, state, frm, to, h)
+    seconds = close_window(spec, state)
+    state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now()}
+    save_state(spec, state)
+    return {"current": to, "health": h, "windowSeconds": seconds, "seconds": state["cutover"]["seconds"]}
+
+
+def fail_health(spec: Spec, state: dict, frm: str | None, to: str, h: dict) -> None:
+    journal = run(["journalctl", "-u", spec.service, "-n", "5", "--no-pager", "-o", "cat"], check=False, quiet=True).stdout.strip()
+    migrated = bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback")) or bool(state.get("swap"))
+    reason = f"{to} failed its health check ({h.get('detail')})"
+    if not state.get("window"):
+        open_window(spec, state)
+    else:
+        run(["systemctl", "stop", spec.service], check=False)
+    what = recover(spec, state, frm, reason, restore_db=migrated)
+    raise Refusal(f"{reason}; reverted automatically: {what}" + (f"\nlast log lines of {spec.service}:\n{journal}" if journal else ""))
 
 
 SKIP_REPLAY = {"django_migrations", "django_content_type", "auth_permission", "django_session"}
@@ -1168,25 +1546,37 @@ def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path) -> dict:
 
 
 def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
-    """B -> A: the database back to A's pre-upgrade backup, then the rows written since replayed.
-    B's database is kept (renamed) and dumped; nothing is deleted."""
+    """B -> A: the database back to A's as it was when A was left - the database kept then, by rename,
+    while it is still there and unchanged; else A's pre-upgrade backup, restored - then the rows
+    written since replayed. B's database is kept (renamed) and dumped; nothing is deleted."""
     t0 = time.monotonic()
     pre = state["target"]["restoreFrom"]
-    kept = restore_backup(spec, pre)
+    kept_a = next((b.get("keptDatabase") for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), None)
+    how = "backup"
+    if (state.get("swap") or {}).get("in") and db_exists(state["swap"]["previous"]):
+        kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
+    elif kept_a and db_exists(kept_a) and sorted(applied_migrations(spec, kept_a)) == sorted(pre.get("appliedMigrations") or []) \
+            and row_counts(spec, kept_a) == pre.get("rowCounts"):
+        kept, how = stamp_name(spec.db_name, "replaced"), "rename"
+        swap_in(spec, state, kept_a, kept)
+        for b in state.get("backups", {}).values():
+            if b.get("id") == pre["id"]:
+                b["keptDatabase"] = None  # it is the live database now
+    else:
+        kept = restore_backup(spec, pre)
+        state["swap"] = {"previous": kept, "in": None, "at": now()}
     try:
         state["dbTouched"] = True
         save_state(spec, state)
         stats = replay_rows(spec, kept, spec.db_name, Path(state["backup"]["path"]) / "rollback-export")
     except Exception as e:  # put B's database back as it was, then B serves again
-        failed = f"{spec.db_name}_rollback_failed_{int(time.time())}"[:63]
-        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{failed}"')
-        psql("postgres", f'ALTER DATABASE "{kept}" RENAME TO "{spec.db_name}"')
-        what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=False)
+        what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=True)
         raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}")
-    state["rollback"] = {"restoredFrom": pre["id"], "keptDatabase": kept, **stats, "seconds": round(time.monotonic() - t0, 2)}
+    state["rollback"] = {"restoredFrom": pre["id"], "restoredBy": how, "keptDatabase": kept, **stats,
+                         "seconds": round(time.monotonic() - t0, 2)}
     state["migrated"] = {"to": to, "applied": [], "undone": state["target"].get("undo", [])}
     save_state(spec, state)
-    return {"applied": [], "rollback": state["rollback"]}
+    return {"rollback": state["rollback"]}
 
 
 def error_summary(stderr: str) -> str:
@@ -1201,6 +1591,8 @@ def error_summary(stderr: str) -> str:
 
 def step_switch(spec: Spec) -> dict:
     state, frm, to = _target(spec)
+    if (state.get("cutover") or {}).get("to") == to and current_version(spec) == to:
+        return {"current": to, "switchedBy": "migrate (the cutover runs in the migration's window)", **state["cutover"]}
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving"}
     if not state.get("window"):
@@ -1214,18 +1606,11 @@ def step_switch(spec: Spec) -> dict:
 
 
 def step_health(spec: Spec) -> dict:
+    """The gate again, after the cutover (or the gate itself when a re-run switched in step_switch)."""
     state, frm, to = _target(spec)
     h = health(spec, to, spec.health_timeout)
     if not h["ok"]:
-        journal = run(["journalctl", "-u", spec.service, "-n", "5", "--no-pager", "-o", "cat"], check=False, quiet=True).stdout.strip()
-        migrated = bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback"))
-        reason = f"{to} failed its health check ({h.get('detail')})"
-        if not state.get("window"):
-            open_window(spec, state)
-        else:
-            run(["systemctl", "stop", spec.service], check=False)
-        what = recover(spec, state, frm, reason, restore_db=migrated)
-        raise Refusal(f"{reason}; reverted automatically: {what}" + (f"\nlast log lines of {spec.service}:\n{journal}" if journal else ""))
+        fail_health(spec, state, frm, to, h)
     return h
 
 
@@ -1237,11 +1622,11 @@ def step_finish(spec: Spec) -> dict:
     frm = t.get("from")
     if t.get("to") != to:
         return {"skipped": f"{to} already finished", "current": current_version(spec)}
-    seconds = close_window(spec, state)
+    seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
     smoke = smoke_test(spec)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
         state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
-        for k in ("target", "dbTouched"):
+        for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
         save_state(spec, state)
         release_lock(spec)
@@ -1251,12 +1636,15 @@ def step_finish(spec: Spec) -> dict:
     kind = (state.get("target") or {}).get("kind", "upgrade")
     rb = state.get("rollback")
     removed = prune_releases(spec, {to, frm} if frm else {to})
+    dropped = prune_kept_databases(spec, state)
     added = env_added(spec.repo, frm, to)
+    strategy = (state.get("target") or {}).get("strategy", "in-window")
+    fallback = state.get("stagedFallback")
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
-        "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds")} if b else None,
+        "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
         "envAdded": added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
-        "rollback": rb,
+        "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
     }
     rb_lines = [] if not rb else [
         "**Rollback:**",
@@ -1271,7 +1659,10 @@ def step_finish(spec: Spec) -> dict:
         f"{'of' if not frm else 'to'} {to} - {now()}", "",
         f"**Performed by:** {spec.operator} (stack {spec.owner})",
         f"**From:** {frm or 'nothing'}  **To:** {to}",
-        f"**Downtime:** {seconds} s (maintenance page shown)", "",
+        f"**Downtime:** {seconds} s (maintenance page shown)",
+        f"**Migration:** " + ("on a staged copy while the old version served; swapped in by rename" if (state.get("migrated") or {}).get("staged")
+                              else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})" if fallback else "")),
+        *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",
         *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
@@ -1284,11 +1675,31 @@ def step_finish(spec: Spec) -> dict:
     ]))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
-    for k in ("target", "backup", "migrated", "rollback", "dbTouched"):
+    for k in ("target", "backup", "migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback"):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
     return summary
+
+
+def prune_kept_databases(spec: Spec, state: dict, keep: int = 2) -> list[str]:
+    """Databases kept by staged upgrades beyond the newest `keep` go, each only when its backup (taken
+    with nothing written until the swap, so it holds the same rows) verifies; their dumps stay."""
+    entries = sorted((b for b in (state.get("backups") or {}).values() if b.get("keptDatabase")),
+                     key=lambda b: b.get("created", ""), reverse=True)
+    dropped = []
+    for b in entries[keep:]:
+        try:
+            verify_backup(b)
+        except Exception as e:  # noqa: BLE001 - then the kept database is the good copy: it stays
+            log(f"keeping {b['keptDatabase']}: its backup {b['id']} does not verify ({e})")
+            continue
+        if db_exists(b["keptDatabase"]):
+            drain(b["keptDatabase"])
+            psql("postgres", f'DROP DATABASE "{b["keptDatabase"]}"')
+            dropped.append(b["keptDatabase"])
+        b["keptDatabase"] = None
+    return dropped
 
 
 def smoke_test(spec: Spec) -> dict:

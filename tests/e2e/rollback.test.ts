@@ -3,6 +3,7 @@
 import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp } from "../helpers/engine";
+import { Prober } from "../helpers/prober";
 import { projectStack, serverFingerprint, teardown } from "../helpers/stack";
 import { HostInfo, query, request, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
@@ -51,7 +52,7 @@ describe("rollback and recovery (real engine, real server)", function () {
         const events: EngineEvent[] = [];
         const pre = await stack.preview({ onEvent: (e) => events.push(e) });
         assert.deepStrictEqual(namesWithOp(events, "replace"), ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"]);
-        assert.match(pre.stdout, /summary\s*:.*"rollback v1\.1\.0 -> v1\.0\.0: restore backup \S+-v1\.0\.0-to-v1\.1\.0 and replay the rows written since"/);
+        assert.match(pre.stdout, /summary\s*:.*"rollback v1\.1\.0 -> v1\.0\.0: bring back the database kept when v1\.0\.0 was left \(jhe_production_was_v1_0_0_\d+\) by rename and replay the rows written since"/);
         const t0 = Date.now();
         const res = await stack.up();
         const rto = (Date.now() - t0) / 1000;
@@ -59,6 +60,7 @@ describe("rollback and recovery (real engine, real server)", function () {
         assert.deepStrictEqual(await missing(written), [], "every observation written after the upgrade survived");
         const rb = res.outputs.rollback.value;
         assert.deepStrictEqual(rb.rowsReplayed, { core_observation: 12 });
+        assert.strictEqual(rb.restoredBy, "rename");
         assert.deepStrictEqual(rb.rowsExported, {});
         const applied = (await query<{ name: string }>(h, "SELECT name FROM django_migrations WHERE app = 'core' ORDER BY name")).map((r) => r.name);
         assert.deepStrictEqual(applied, ["0001_initial"]);
@@ -92,15 +94,40 @@ describe("rollback and recovery (real engine, real server)", function () {
         assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Rollback to v1\.2\.0/);
     });
 
-    it("v1.3.0's migration fails part-way: restored automatically, v1.2.0 serves, tables as before", async function () {
+    it("v1.3.0's migration fails part-way on the staged copy: refused before any window, v1.2.0 never stops", async function () {
         const before = { obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") };
         const mig = await tableFingerprint(h, "django_migrations");
+        const dbsBefore = await query<{ datname: string }>(h, "SELECT datname FROM pg_database ORDER BY 1");
         await setVersion("v1.3.0");
+        const probe = new Prober(h).start();
         await assert.rejects(stack.up(), (e: Error) => {
-            assert.match(e.message, /the migration of v1\.3\.0 failed \(.*(IntegrityError|unique).*\); nothing was lost: database restored from backup \S+-v1\.2\.0-to-v1\.3\.0/);
-            assert.match(e.message, /v1\.2\.0 serving again/);
+            assert.match(e.message, /`manage\.py migrate` of v1\.3\.0 failed on a staged copy of the database: .*(IntegrityError|unique)/);
+            assert.match(e.message, /Nothing on the server changed: v1\.2\.0 kept serving throughout \(no window was opened/);
             return true;
         });
+        const seen = await probe.stop();
+        assert.ok(seen.length > 10, `${seen.length} probes`);
+        assert.deepStrictEqual(seen.filter((p) => p.status !== 200 || p.version !== "v1.2.0"), [], "v1.2.0 answered every probe during the failed upgrade");
+        assert.strictEqual(await health(), "v1.2.0");
+        assert.deepStrictEqual({ obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") }, before);
+        assert.deepStrictEqual(await tableFingerprint(h, "django_migrations"), mig);
+        assert.deepStrictEqual(await query<{ datname: string }>(h, "SELECT datname FROM pg_database ORDER BY 1"), dbsBefore, "the staged copy is gone");
+        assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Refused: upgrade v1\.2\.0 -> v1\.3\.0 .*\n(.*\n)*\*\*Downtime:\*\* none/);
+    });
+
+    it("the same failure in the window (jhe:migrationStrategy in-window): restored from the backup, tables as before", async function () {
+        const before = { obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") };
+        const mig = await tableFingerprint(h, "django_migrations");
+        await stack.setConfig("jhe:migrationStrategy", { value: "in-window" });
+        try {
+            await assert.rejects(stack.up(), (e: Error) => {
+                assert.match(e.message, /the migration of v1\.3\.0 failed \(.*(IntegrityError|unique).*\); nothing was lost: database restored from backup \S+-v1\.2\.0-to-v1\.3\.0/);
+                assert.match(e.message, /v1\.2\.0 serving again/);
+                return true;
+            });
+        } finally {
+            await stack.removeConfig("jhe:migrationStrategy");
+        }
         assert.strictEqual(await health(), "v1.2.0");
         assert.deepStrictEqual({ obs: await tableFingerprint(h, "core_observation"), pat: await tableFingerprint(h, "core_patient") }, before);
         assert.deepStrictEqual(await tableFingerprint(h, "django_migrations"), mig);
@@ -120,7 +147,7 @@ describe("rollback and recovery (real engine, real server)", function () {
         const before = { obs: await tableFingerprint(h, "core_observation"), mig: await tableFingerprint(h, "django_migrations") };
         await setVersion("v1.4.0");
         await assert.rejects(stack.up(), (e: Error) => {
-            assert.match(e.message, /v1\.4\.0 failed its health check \(\/health answered 500\); reverted automatically: database restored from backup/);
+            assert.match(e.message, /v1\.4\.0 failed its health check \(\/health answered 500\); reverted automatically: database jhe_production as it was before the window, by rename \(the replaced one kept as jhe_production_failed_\d+\)/);
             return true;
         });
         assert.strictEqual(await health(), "v1.2.0");

@@ -57,6 +57,7 @@ describe("upgrade (real engine, real server)", function () {
         assert.match(pre.stdout, /pendingMigrations\s*:\s*\[\s*\+?\s*\[0\]: "core\.0002_observation_source"\s*\+?\s*\[1\]: "core\.0003_backfill_source"/);
         assert.match(pre.stdout, /envAdded\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
         assert.match(pre.stdout, /action\s*:\s*"none" => "upgrade"/);
+        assert.match(pre.stdout, /summary\s*:.*"upgrade v1\.0\.0 -> v1\.1\.0: backup and migrations on a copy while v1\.0\.0 serves, then a rename swap in the window/);
     });
 
     it("up v1.1.0: backs up, migrates, restarts, passes the health gate, and reports it", async function () {
@@ -70,6 +71,14 @@ describe("upgrade (real engine, real server)", function () {
         assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
         assert.match(onServer, /\n700\n600\n$/);
         assert.ok(o.downtimeSeconds > 0 && o.downtimeSeconds < 60, `downtime ${o.downtimeSeconds}`);
+        // Nothing was written meanwhile, so the copy migrated while v1.0.0 served was swapped in, and
+        // the database as v1.0.0 had it is kept as it was: the seeded rows, no v1.1.0 column.
+        assert.strictEqual(o.migration.strategy, "staged");
+        assert.strictEqual(o.migration.writtenSinceBackup, null);
+        assert.match(o.migration.keptDatabase, /^jhe_production_was_v1_0_0_\d{14}$/);
+        assert.strictEqual((await tableFingerprint(h, "core_observation", o.migration.keptDatabase)).checksum, seeded.observations);
+        assert.deepStrictEqual(await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'source'", [], o.migration.keptDatabase), []);
+        assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "no staged copy left");
         for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
         assert.strictEqual(await health(), "v1.1.0");
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source = 'device'");
@@ -78,6 +87,7 @@ describe("upgrade (real engine, real server)", function () {
         assert.match(log, /## Upgrade to v1\.1\.0 - .*\n\n\*\*Performed by:\*\* root from [0-9.]+ \(stack organization\/jhe\//);
         assert.match(log, /\*\*From:\*\* v1\.0\.0 {2}\*\*To:\*\* v1\.1\.0/);
         assert.match(log, /Migrations applied: core\.0002_observation_source, core\.0003_backfill_source/);
+        assert.match(log, /\*\*Migration:\*\* on a staged copy while the old version served; swapped in by rename/);
         assert.match(log, /Environment variables added by v1\.1\.0: JHE_FEATURE_X/);
         assert.match(log, new RegExp(`Backup: ${o.backup.location} \\(sha256 ${o.backup.sha256}`));
         assert.match(log, /- \/health: 200\n- \/admin\/: 302/);

@@ -8,7 +8,7 @@ import * as path from "path";
 import { Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, ROOT } from "../helpers/engine";
 import { projectStack, removeStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { HostInfo, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { HostInfo, query, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 import { lostWrites, Writer } from "../helpers/writer";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -128,6 +128,22 @@ describe("faults (real engine, real server, a writer running throughout)", funct
         });
     });
 
+    it("writes during a staged upgrade: the copy is dropped, the window backs up and migrates in place; rollback after", async function () {
+        await scenario("writes while the copy migrates (staged -> in-window)", "v1.0.0", async () => {
+            await setVersion("v1.1.0");
+            const res = await stack.up();
+            const m = res.outputs.migration.value;
+            assert.strictEqual(m.strategy, "staged");
+            assert.ok((m.writtenSinceBackup ?? []).includes("core_observation"), JSON.stringify(m));
+            assert.strictEqual(m.keptDatabase, null);
+            assert.deepStrictEqual(res.outputs.migrationsApplied.value, ["core.0002_observation_source", "core.0003_backfill_source"]);
+            assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "no staged copy left");
+            await setVersion("v1.0.0");
+            await stack.up();
+            return `fell back (written: ${m.writtenSinceBackup.join(", ")}); ${res.outputs.downtimeSeconds.value} s downtime`;
+        });
+    });
+
     // SIGKILL at six step boundaries, alternating upgrade v1.0.0 -> v1.1.0 and rollback back (both move the database).
     const boundaries: Array<[string, string]> = [
         ["preflight", "v1.1.0"], ["prepare-release", "v1.0.0"], ["backup", "v1.1.0"],
@@ -155,7 +171,7 @@ describe("faults (real engine, real server, a writer running throughout)", funct
         });
     });
 
-    it("backup corrupted after writing: verification catches it, the old version serves, nothing changed", async function () {
+    it("backup corrupted after writing: verification catches it before the staged copy is made from it; the old version never stops", async function () {
         await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
         await scenario("backup corrupted after writing", "v1.1.0", async () => {
             await setVersion("v1.2.0");
@@ -164,24 +180,25 @@ describe("faults (real engine, real server, a writer running throughout)", funct
             await sshOk(h, `printf 'garbage' | dd of=${dump} bs=1 seek=2000 conv=notrunc status=none`);
             const obs = await tableFingerprint(h, "core_observation");
             await stack.cancel().catch(() => undefined);
-            await assert.rejects(stack.up(), /fails its sha256 check: it changed after it was written.*Recovered: .*v1\.1\.0 serving again/s);
+            // Caught before the staged copy is made from it: the window never opens.
+            await assert.rejects(stack.up(), /fails its sha256 check: it changed after it was written.*Nothing on the server changed: v1\.1\.0 kept serving throughout/s);
             assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.1.0");
             const after = await tableFingerprint(h, "core_observation");
             assert.ok(after.rows >= obs.rows, "no rows lost");
             await setVersion("v1.1.0");
-            return "caught before migrating; recovered";
+            return "caught before the staged copy; refused, nothing changed";
         });
     });
 
-    it("failing migration (v1.3.0): database restored, v1.2.0 serves", async function () {
+    it("failing migration (v1.3.0): refused on the staged copy, v1.2.0 never stops", async function () {
         await setVersion("v1.2.0");
         await stack.up();
         await scenario("failing migration (v1.3.0)", "v1.2.0", async () => {
             await setVersion("v1.3.0");
-            await assert.rejects(stack.up(), /the migration of v1\.3\.0 failed .*IntegrityError.*nothing was lost: database restored/s);
+            await assert.rejects(stack.up(), /`manage\.py migrate` of v1\.3\.0 failed on a staged copy of the database: .*IntegrityError.*Nothing on the server changed/s);
             await setVersion("v1.2.0");
             await stack.up();
-            return "restored automatically";
+            return "refused on the staged copy; nothing changed";
         });
     });
 

@@ -35,6 +35,14 @@ describe("config validation", function () {
         assert.deepStrictEqual(c.backupBucket, { mode: "off" });
     });
 
+    it("jhe:migrationStrategy: staged by default, in-window on request, anything else refused with the fix", function () {
+        assert.strictEqual(validateConfig(good, secrets).migrationStrategy, "staged");
+        assert.strictEqual(validateConfig({ ...good, migrationStrategy: "in-window" }, secrets).migrationStrategy, "in-window");
+        const p = problems({ ...good, migrationStrategy: "online" });
+        assert.strictEqual(p.length, 1, p.join("\n"));
+        assert.match(p[0], /jhe:migrationStrategy must be "staged" or "in-window" \(got "online"\): pulumi config set jhe:migrationStrategy staged/);
+    });
+
     it("names every missing required key with the command that sets it", function () {
         const p = problems({}, {});
         for (const k of ["version", "host", "sshHostKey", "sshPrivateKey", "siteUrl"]) {
