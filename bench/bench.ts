@@ -27,7 +27,7 @@ function timeToServe(samples: Probe[], start: number, version: string) {
 const secs = (t0: number) => (Date.now() - t0) / 1000;
 
 async function runbook(size: number) {
-    const h = await up("bench-rb", { legacy: FROM, patients: 1000, observations: size });
+    const h = await up("bench-rb", { legacy: FROM, patients: 1000, observations: size, dataOnDisk: true });
     try {
         const script = fs.readFileSync(path.join(__dirname, "..", "..", "bench", "runbook-upgrade.sh"), "utf8");
         const p = new Prober(h).start();
@@ -48,7 +48,7 @@ async function runbook(size: number) {
 /** The program's upgrade and rollback; `withWriter`: a user posts observations throughout (10/s),
  * so the staged copy cannot be used and the program falls back to backing up and migrating in the window. */
 async function program(size: number, withWriter = false) {
-    const h = await up(withWriter ? "bench-pw" : "bench-pg", { legacy: FROM, patients: 1000, observations: size });
+    const h = await up(withWriter ? "bench-pw" : "bench-pg", { legacy: FROM, patients: 1000, observations: size, dataOnDisk: true });
     const stack = await projectStack(h, FROM);
     try {
         await stack.up(); // adoption: not part of the measured upgrade

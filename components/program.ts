@@ -30,7 +30,12 @@ export function jheProgram(config: JheConfig) {
     return {
         plan: readPlan(config),
         deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
-        backup: r.backup.apply((b) => (b.backup ? { location: b.backup, sha256: b.sha256, rowCounts: b.rowCounts } : null)),
+        // A rollback's backup of the newer database is written by finish, after the window.
+        backup: pulumi.all([r.backup, r.finish]).apply(([b, f]) => {
+            const fb = f.backup as { path?: string; sha256?: string; rowCounts?: unknown } | null | undefined;
+            if (b.backup) return { location: b.backup, sha256: b.sha256, rowCounts: b.rowCounts };
+            return fb?.path ? { location: fb.path, sha256: fb.sha256, rowCounts: fb.rowCounts } : null;
+        }),
         migrationsApplied: r.migrate.apply((m) => (m.applied as string[]) ?? []),
         migration: pulumi.all([r.migrate, r.finish]).apply(([m, f]) => ({
             strategy: (f.strategy as string | undefined) ?? (m.strategy as string | undefined) ?? null,

@@ -515,8 +515,10 @@ def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
     return out
 
 
-def take_backup(spec: Spec, frm: str, to: str) -> dict:
-    """pg_dump -Fc of the (quiesced) database + sha256 + the config files, in a 0700 directory."""
+def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
+    """pg_dump -Fc of the database (the live one, or `db`: one kept by rename) + sha256 + the config
+    files, in a 0700 directory."""
+    db = db or spec.db_name
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
     n = 1
@@ -531,7 +533,7 @@ def take_backup(spec: Spec, frm: str, to: str) -> dict:
     shutil.chown(d, "postgres", "postgres")
     t = time.monotonic()
     dump = d / "db.dump"
-    p = run(["pg_dump", "-Fc", "-Z", "1", "-f", str(dump), spec.db_name], user="postgres", cwd="/", check=False)
+    p = run(["pg_dump", "-Fc", "-Z", "1", "-f", str(dump), db], user="postgres", cwd="/", check=False)
     if p.returncode != 0:
         raise RuntimeError(f"pg_dump failed: {p.stderr.strip()[-400:]}")
     os.chmod(dump, 0o600)
@@ -550,8 +552,8 @@ def take_backup(spec: Spec, frm: str, to: str) -> dict:
             copied.append(name)
     manifest = {
         "id": d.name, "path": str(d), "from": frm, "to": to, "created": now(),
-        "database": spec.db_name, "dump": "db.dump", "sha256": digest, "bytes": dump.stat().st_size,
-        "tocEntries": entries, "rowCounts": row_counts(spec), "appliedMigrations": applied_migrations(spec),
+        "database": db, "dump": "db.dump", "sha256": digest, "bytes": dump.stat().st_size,
+        "tocEntries": entries, "rowCounts": row_counts(spec, db), "appliedMigrations": applied_migrations(spec, db),
         "files": copied, "seconds": round(time.monotonic() - t, 2), "owner": spec.owner,
     }
     write_private(d / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -854,19 +856,28 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
     if not b.get("ahead") or st.get("phase") != "migrated" or not db_exists(st.get("db", "")):
         return False
     ended = drain(spec.db_name)
-    written = tables_written(b["marks"], table_marks(spec.db_name)) if ended else ["(sessions that did not end)"]
-    if written:
-        log(f"written since the backup began: {', '.join(written)}; the staged copy is dropped and the "
-            f"window backs up and migrates the live database instead")
-        state["stagedFallback"] = {"written": written, "at": now()}
-        drop_staged(spec, state)
-        return False
-    b["window"] = state["window"]["id"]  # nothing written since it began: exact as of the window
-    state["dbTouched"] = True
-    save_state(spec, state)
-    kept = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
-    swap_in(spec, state, st["db"], kept)
-    return _staged_swapped(spec, state, frm, to, kept)
+    marks = table_marks(spec.db_name)
+    written = tables_written(b["marks"], marks) if ended else ["(sessions that did not end)"]
+    if not written:
+        b["window"] = state["window"]["id"]  # nothing written since it began: exact as of the window
+        state["dbTouched"] = True
+        save_state(spec, state)
+        kept = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+        swap_in(spec, state, st["db"], kept)
+        # A client other than the app (stopped) could have written between the check and the rename:
+        # the counters of the database kept, read again now that nobody can reach it, say so.
+        written = tables_written(marks, table_marks(kept))
+        if not written:
+            return _staged_swapped(spec, state, frm, to, kept)
+        b["window"] = None
+        swap_back(spec, state)  # the copy stays, renamed: it was the live database for a moment
+        state.pop("staged", None)
+        save_state(spec, state)
+    log(f"written since the backup began: {', '.join(written)}; the staged copy is dropped and the "
+        f"window backs up and migrates the live database instead")
+    state["stagedFallback"] = {"written": written, "at": now()}
+    drop_staged(spec, state)
+    return False
 
 
 def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str) -> bool:
@@ -1288,7 +1299,8 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
     w = state["window"]["id"]
     b = state.get("backup")
     if b and b.get("window") == w and b.get("from") == (frm or "none") and b.get("to") == to:
-        verify_backup(b)
+        if not b.get("ahead"):  # one taken before the window was verified then (and is again before any restore)
+            verify_backup(b)
         return b
     b = take_backup(spec, frm or "none", to)
     b["window"] = w
@@ -1304,6 +1316,9 @@ def step_backup(spec: Spec) -> dict:
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving"}
     t = time.monotonic()
+    if state["target"].get("kind") == "rollback":
+        return {"deferred": True, "beforeWindow": True,
+                "note": f"{frm}'s database is kept whole, by rename, in the window; its dump is written after the window"}
     if state["target"].get("strategy") == "staged" and not state.get("window"):
         b = ensure_backup_ahead(spec, state, frm, to)  # while the old version serves
         return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": True,
@@ -1380,10 +1395,10 @@ def step_migrate(spec: Spec) -> dict:
                 else:
                     b["window"] = state["window"]["id"]
                     save_state(spec, state)
-    ensure_backup(spec, state, frm, to)
     if tgt.get("kind") == "rollback":
         result.update(rollback_database(spec, state, frm, to))
-    elif not state.get("migrated"):
+    elif not state.get("migrated"):  # (a swapped-in staged copy is migrated already)
+        ensure_backup(spec, state, frm, to)
         result.update(migrate_in_place(spec, state, frm, to))
     result["applied"] = state["migrated"].get("applied", [])
     result["migrateSeconds"] = state["migrated"].get("seconds")
@@ -1568,7 +1583,8 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
     try:
         state["dbTouched"] = True
         save_state(spec, state)
-        stats = replay_rows(spec, kept, spec.db_name, Path(state["backup"]["path"]) / "rollback-export")
+        export = spec.backup_dir / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{frm}-to-{to}-rows-not-replayed"
+        stats = replay_rows(spec, kept, spec.db_name, export)
     except Exception as e:  # put B's database back as it was, then B serves again
         what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=True)
         raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}")
@@ -1631,10 +1647,18 @@ def step_finish(spec: Spec) -> dict:
         save_state(spec, state)
         release_lock(spec)
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
-    b = state.get("backup") or {}
-    migrated = (state.get("migrated") or {}).get("applied", [])
     kind = (state.get("target") or {}).get("kind", "upgrade")
     rb = state.get("rollback")
+    if rb and not (state.get("backup") or {}).get("to") == to and db_exists(rb["keptDatabase"]):
+        # The rollback's backup of the newer database, written now that the old version serves again
+        # (in the window that database was only renamed: kept whole, nothing to wait for).
+        b = take_backup(spec, frm, to, db=rb["keptDatabase"])
+        verify_backup(b)
+        state["backup"] = b
+        register_backup(state, frm, to, b)
+        save_state(spec, state)
+    b = state.get("backup") or {}
+    migrated = (state.get("migrated") or {}).get("applied", [])
     removed = prune_releases(spec, {to, frm} if frm else {to})
     dropped = prune_kept_databases(spec, state)
     added = env_added(spec.repo, frm, to)

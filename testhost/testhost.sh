@@ -2,7 +2,8 @@
 # A real JHE test server: a Debian container (systemd-nspawn, booted with systemd) in a network
 # namespace of its own, reachable over SSH at a private address on a veth link.
 #
-#   testhost.sh up     [--name N] [--legacy TAG] [--patients N] [--observations M]   prints JSON
+#   testhost.sh up     [--name N] [--legacy TAG] [--patients N] [--observations M] [--data-on-disk]
+#                                                                                    prints JSON
 #   testhost.sh down   [--name N] | --all
 #   testhost.sh status [--name N]                                                    prints JSON
 #   testhost.sh ssh    [--name N] [-- command ...]
@@ -10,11 +11,14 @@
 # Every boot starts from a pristine overlay of the cached root filesystem (--volatile=overlay), with
 # per-instance SSH host key (pinned), client key, address and PostgreSQL password. The client key logs
 # in as root, as `deploy` (password-less sudo) and as `needpw` (sudo asks for a password). `down` leaves no
-# process, mount, cgroup, network namespace or veth behind.
+# process, mount, cgroup, network namespace or veth behind. The overlay lives in memory (a few GB); with
+# --data-on-disk, /var/lib/postgresql and /backups are on this machine's disk instead
+# ($JHE_TESTHOST_DISK/<name>, removed by `down`), for databases of a gigabyte and more.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 RUN=${JHE_TESTHOST_RUN:-/run/jhe-testhost}
 NET_PREFIX=10.231          # instance i: host side 10.231.i.1, server 10.231.i.2 (/30 would do; /24 reads better)
+DISK=${JHE_TESTHOST_DISK:-/var/lib/jhe-testhost}
 CG_UNIFIED=/sys/fs/cgroup/unified/jhe-testhost
 CG_SYSTEMD=/sys/fs/cgroup/systemd/jhe-testhost
 
@@ -23,7 +27,7 @@ log() { echo "testhost: $*" >&2; }
 now_ms() { date +%s%3N; }
 
 cmd=${1:-}; shift || true
-name=default legacy="" patients=100 observations=10000 all=false passthru=()
+name=default legacy="" patients=100 observations=10000 all=false on_disk=false passthru=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) name=$2; shift 2 ;;
@@ -31,6 +35,7 @@ while [[ $# -gt 0 ]]; do
     --patients) patients=$2; shift 2 ;;
     --observations) observations=$2; shift 2 ;;
     --all) all=true; shift ;;
+    --data-on-disk) on_disk=true; shift ;;
     --) shift; passthru=("$@"); break ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
   esac
@@ -97,7 +102,7 @@ do_down() {
   done
   ip netns del "jhe-$n" 2>/dev/null || true
   ip link del "jv-$n" 2>/dev/null || true
-  rm -rf "$d"
+  rm -rf "$d" "${DISK:?}/$n"
 }
 
 case "$cmd" in
@@ -134,6 +139,14 @@ up)
   printf '[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' "$addr" > "$inst/host0.network"
   "$here/../tests/fixtures/make-repo.sh" "$inst/upstream.git" 2>/dev/null
 
+  # Data on disk: the cluster as the root filesystem has it, copied (owners kept) to bind over the overlay.
+  disk_binds=()
+  if $on_disk; then
+    rm -rf "${DISK:?}/$name"; mkdir -p "$DISK/$name/backups"
+    cp -a "$rootfs/var/lib/postgresql" "$DISK/$name/postgresql"
+    disk_binds=(--bind="$DISK/$name/postgresql:/var/lib/postgresql" --bind="$DISK/$name/backups:/backups")
+  fi
+
   # Network: a namespace with the server end of a veth pair; the host end stays here.
   ip netns add "$netns"
   ip link add "$veth" type veth peer name host0 netns "$netns"
@@ -157,7 +170,7 @@ up)
       --bind-ro="$inst/host0.network:/etc/systemd/network/10-host0.network" \
       --bind-ro="$inst/hostname:/etc/hostname" --bind-ro="$inst/hosts:/etc/hosts" \
       --bind-ro="$wheels:/srv/wheelhouse" --bind-ro="$here:/srv/testhost" \
-      --bind-ro="$inst/upstream.git:/srv/jhe-upstream.git" \
+      --bind-ro="$inst/upstream.git:/srv/jhe-upstream.git" "${disk_binds[@]}" \
       </dev/null >"$inst/nspawn.log" 2>&1 &
   echo $! > "$inst/nspawn.pid"
 

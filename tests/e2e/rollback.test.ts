@@ -71,6 +71,11 @@ describe("rollback and recovery (real engine, real server)", function () {
         // v1.1.0's database is kept, never dropped.
         const dbs = await query<{ datname: string }>(h, "SELECT datname FROM pg_database WHERE datname = $1", [rb.keptDatabase]);
         assert.strictEqual(dbs.length, 1);
+        // ... and dumped after the window (it was only renamed inside it): the rollback's backup.
+        const bk = res.outputs.backup.value;
+        assert.match(bk.location, /-v1\.1\.0-to-v1\.0\.0$/);
+        assert.match(await sshOk(h, `sha256sum ${bk.location}/db.dump`), new RegExp(`^${bk.sha256}  `));
+        assert.strictEqual(bk.rowCounts.core_observation, (await tableFingerprint(h, "core_observation", rb.keptDatabase)).rows);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
         assert.match(log, /## Rollback to v1\.0\.0 .*\n\n\*\*Performed by:.*\n\*\*From:\*\* v1\.1\.0 {2}\*\*To:\*\* v1\.0\.0/);
         assert.match(log, /Rows written since, replayed: \{"core_observation": 12\}/);

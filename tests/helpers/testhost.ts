@@ -34,6 +34,8 @@ export interface UpOptions {
     legacy?: string;
     patients?: number;
     observations?: number;
+    /** PostgreSQL's data and /backups on this machine's disk, not in the in-memory overlay. */
+    dataOnDisk?: boolean;
 }
 
 /** Boots a test server; rejects with the script's own words if it cannot. */
@@ -42,6 +44,7 @@ export async function up(name: string, opts: UpOptions = {}): Promise<HostInfo> 
     if (opts.legacy) args.push("--legacy", opts.legacy);
     if (opts.patients !== undefined) args.push("--patients", String(opts.patients));
     if (opts.observations !== undefined) args.push("--observations", String(opts.observations));
+    if (opts.dataOnDisk) args.push("--data-on-disk");
     const { stdout } = await execFileP(TESTHOST, args, { maxBuffer: 1 << 20, timeout: 600_000 });
     return JSON.parse(stdout.trim().split("\n").pop()!) as HostInfo;
 }
@@ -170,6 +173,8 @@ export async function leftovers(info: HostInfo): Promise<string[]> {
         if (fs.existsSync(path.join(cg, info.name))) found.push(`cgroup ${cg}/${info.name}`);
     }
     if (fs.existsSync(path.dirname(info.privateKeyPath))) found.push(`instance dir ${path.dirname(info.privateKeyPath)}`);
+    const disk = path.join(process.env.JHE_TESTHOST_DISK ?? "/var/lib/jhe-testhost", info.name);
+    if (fs.existsSync(disk)) found.push(`data dir ${disk}`);
     return found;
 }
 
