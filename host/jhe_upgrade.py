@@ -613,6 +613,20 @@ def drain(db: str, wait: float = 15.0) -> bool:
         time.sleep(0.05)
 
 
+def copy_db_properties(src: str, dst: str) -> None:
+    """What a dump does not carry but the database has: its privileges (GRANT CONNECT ...), connection
+    limit and settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET), copied as the catalogs
+    hold them, so a database made from a dump can take the live one's place."""
+    psql("postgres", f"""BEGIN;
+UPDATE pg_database d SET datacl = s.datacl, datconnlimit = s.datconnlimit
+  FROM pg_database s WHERE s.datname = {sql_literal(src)} AND d.datname = {sql_literal(dst)};
+DELETE FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = {sql_literal(dst)});
+INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig)
+  SELECT (SELECT oid FROM pg_database WHERE datname = {sql_literal(dst)}), setrole, setconfig
+  FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = {sql_literal(src)});
+COMMIT;""")
+
+
 def swap_in(spec: Spec, state: dict, new_db: str, keep_as: str) -> None:
     """The live database becomes `keep_as` and `new_db` takes its name: two renames, well under a
     second at any size. Recorded first, so recovery (and a re-run) can put the previous one back."""
@@ -660,6 +674,7 @@ def restore_backup(spec: Spec, manifest: dict) -> str:
     psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep}"')
     try:
         psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
+        copy_db_properties(keep, spec.db_name)
         p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", spec.db_name,
                  str(Path(manifest["path"]) / manifest["dump"])], user="postgres", cwd="/", check=False)
         if p.returncode != 0:
@@ -794,6 +809,7 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
                            f"FROM pg_database WHERE datname = {sql_literal(spec.db_name)}").split("|")
     psql("postgres", f'CREATE DATABASE "{sdb}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING {sql_literal(enc[0])} '
                      f"LC_COLLATE {sql_literal(enc[1])} LC_CTYPE {sql_literal(enc[2])}")
+    copy_db_properties(spec.db_name, sdb)
     p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", sdb, str(Path(b["path"]) / b["dump"])],
             user="postgres", cwd="/", check=False)
     if p.returncode != 0:
@@ -1295,19 +1311,48 @@ def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
 
 
 def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
-    """A verified backup taken inside the current window (writes are stopped), or a new one."""
+    """The database as it is in this window (writes are stopped), kept: a snapshot copy by template
+    (file speed; a rename brings it back; dumped after the window), or without room for one, a
+    verified pg_dump now."""
     w = state["window"]["id"]
     b = state.get("backup")
     if b and b.get("window") == w and b.get("from") == (frm or "none") and b.get("to") == to:
-        if not b.get("ahead"):  # one taken before the window was verified then (and is again before any restore)
+        if not b.get("ahead") and not b.get("snapshot"):  # one taken before the window was verified then
             verify_backup(b)
         return b
+    snap = take_snapshot(spec, state, frm, to)
+    if snap:
+        return snap
     b = take_backup(spec, frm or "none", to)
     b["window"] = w
     verify_backup(b)
     state["backup"] = b
     register_backup(state, frm, to, b)
     save_state(spec, state)
+    return b
+
+
+def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | None:
+    """CREATE DATABASE ... TEMPLATE the live one: a copy at file speed, taken with nobody connected.
+    Recorded as this window's swap, so recovery brings it back by rename. None without room for it."""
+    db_bytes = int(psql("postgres", f"SELECT pg_database_size({sql_literal(spec.db_name)})") or 0)
+    data_dir = psql("postgres", "SHOW data_directory")
+    if shutil.disk_usage(data_dir).free < db_bytes + 300 * 2**20:
+        log(f"no room in {data_dir} for a snapshot copy of {db_bytes // 2**20} MiB: the backup is a pg_dump in the window")
+        return None
+    t = time.monotonic()
+    name = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+    drain(spec.db_name)
+    strategy = " STRATEGY FILE_COPY" if pg_major() >= 15 else ""
+    psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
+    copy_db_properties(spec.db_name, name)
+    b = {"id": name, "snapshot": name, "keptDatabase": name, "window": state["window"]["id"], "from": frm or "none",
+         "to": to, "created": now(), "rowCounts": row_counts(spec, name), "appliedMigrations": applied_migrations(spec, name),
+         "seconds": round(time.monotonic() - t, 2)}
+    state["backup"] = b
+    state["swap"] = {"previous": name, "in": None, "at": now(), "snapshot": True}
+    save_state(spec, state)
+    log(f"snapshot {name} of {spec.db_name} ({db_bytes // 2**20} MiB, {b['seconds']} s); its dump is written after the window")
     return b
 
 
@@ -1325,6 +1370,9 @@ def step_backup(spec: Spec) -> dict:
                 "seconds": round(time.monotonic() - t, 2)}
     open_window(spec, state)
     b = ensure_backup(spec, state, frm, to)
+    if b.get("snapshot"):
+        return {"snapshot": b["snapshot"], "rowCounts": b["rowCounts"], "beforeWindow": False,
+                "note": "the dump of the snapshot is written after the window", "seconds": round(time.monotonic() - t, 2)}
     return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": False,
             "seconds": round(time.monotonic() - t, 2)}
 
@@ -1400,6 +1448,7 @@ def step_migrate(spec: Spec) -> dict:
     elif not state.get("migrated"):  # (a swapped-in staged copy is migrated already)
         ensure_backup(spec, state, frm, to)
         result.update(migrate_in_place(spec, state, frm, to))
+    result["keptDatabase"] = (state.get("backup") or {}).get("keptDatabase")
     result["applied"] = state["migrated"].get("applied", [])
     result["migrateSeconds"] = state["migrated"].get("seconds")
     result["cutover"] = cutover(spec, state, frm, to)
@@ -1649,11 +1698,16 @@ def step_finish(spec: Spec) -> dict:
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
     kind = (state.get("target") or {}).get("kind", "upgrade")
     rb = state.get("rollback")
-    if rb and not (state.get("backup") or {}).get("to") == to and db_exists(rb["keptDatabase"]):
-        # The rollback's backup of the newer database, written now that the old version serves again
-        # (in the window that database was only renamed: kept whole, nothing to wait for).
-        b = take_backup(spec, frm, to, db=rb["keptDatabase"])
+    b = state.get("backup") or {}
+    # Dumps written now that the new version serves (in the window the database was only copied or
+    # renamed): a rollback's backup of the newer database, or the portable dump of the snapshot.
+    src = (rb["keptDatabase"] if rb and b.get("to") != to else
+           b["snapshot"] if b.get("snapshot") and not b.get("dump") else None)
+    if src and db_exists(src):
+        b = take_backup(spec, frm or "none", to, db=src)
         verify_backup(b)
+        if not rb:
+            b["keptDatabase"] = src
         state["backup"] = b
         register_backup(state, frm, to, b)
         save_state(spec, state)

@@ -62,6 +62,13 @@ describe("upgrade (real engine, real server)", function () {
 
     it("up v1.1.0: backs up, migrates, restarts, passes the health gate, and reports it", async function () {
         const counts = { patients: (await tableFingerprint(h, "core_patient")).rows, observations: (await tableFingerprint(h, "core_observation")).rows };
+        // What an operator may have set on the database itself (a dump does not carry it).
+        await query(h, "CREATE ROLE jhe_reporting");
+        await query(h, "GRANT CONNECT ON DATABASE jhe_production TO jhe_reporting");
+        await query(h, "ALTER DATABASE jhe_production SET work_mem = '12MB'");
+        const dbProps = "SELECT d.datacl::text AS acl, s.setconfig::text AS config FROM pg_database d " +
+            "LEFT JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = 'jhe_production'";
+        const propsBefore = await query(h, dbProps);
         const res = await stack.up();
         const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
@@ -79,6 +86,8 @@ describe("upgrade (real engine, real server)", function () {
         assert.strictEqual((await tableFingerprint(h, "core_observation", o.migration.keptDatabase)).checksum, seeded.observations);
         assert.deepStrictEqual(await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'source'", [], o.migration.keptDatabase), []);
         assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "no staged copy left");
+        assert.deepStrictEqual(await query(h, dbProps), propsBefore, "the database's privileges and settings came along");
+        assert.match(JSON.stringify(propsBefore), /jhe_reporting=c.*work_mem=12MB/);
         for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
         assert.strictEqual(await health(), "v1.1.0");
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source = 'device'");
