@@ -787,7 +787,8 @@ def verify_ahead(spec: Spec, state: dict, frm: str | None, to: str, b: dict) -> 
 
 def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:
     state.setdefault("backups", {})[f"{frm}->{to}"] = {
-        k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase")}
+        k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase",
+                              "liveSince")}
 
 
 def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
@@ -1481,12 +1482,14 @@ def cutover(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     switch_current(spec, to)
     if service_active(spec):
         run(["systemctl", "stop", spec.service])
+    since = live_marker(spec.db_name)  # rows written from here on are the new version's
     start_service(spec)
     h = health(spec, to, spec.health_timeout)
     if not h["ok"]:
         fail_health(spec, state, frm, to, h)
     seconds = close_window(spec, state)
-    state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now()}
+    state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now(),
+                        "since": since}
     save_state(spec, state)
     return {"current": to, "health": h, "windowSeconds": seconds, "seconds": state["cutover"]["seconds"]}
 
@@ -1534,10 +1537,30 @@ def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None 
         raise RuntimeError((err_in or err_out).decode(errors="replace").strip()[-400:])
 
 
-def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path) -> dict:
-    """Rows written to src_db (the newer version's database) after dst_db's backup was taken are
+def live_marker(db: str) -> dict:
+    """Where "written since" starts: a transaction id taken just before a release starts serving (every
+    row written after has a newer xmin), with the cluster it belongs to."""
+    xid, sysid = psql(db, "SELECT txid_current() % 4294967296, (SELECT system_identifier FROM pg_control_system())").split("|")
+    return {"xid": int(xid), "cluster": sysid}
+
+
+def _ids(db: str, t: str, pk: str, where: str = "true") -> set[str]:
+    return set(psql(db, f"SELECT {_q(pk)}::text FROM {_q(t)} WHERE {where}").splitlines())
+
+
+def _hashes(db: str, t: str, pk: str, collist: str, where: str) -> dict[str, str]:
+    return dict(l.split("|", 1) for l in psql(db, f"SELECT {_q(pk)}, md5(ROW({collist})::text) FROM {_q(t)} WHERE {where}").splitlines() if l)
+
+
+def _in_list(pk: str, ids: list[str]) -> str:
+    return f"{_q(pk)}::text IN ({','.join(sql_literal(k) for k in ids)})"
+
+
+def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path, since: dict | None = None) -> dict:
+    """Rows written to src_db (the newer version's database) after dst_db's state was kept are
     inserted into dst_db where its schema allows; what cannot be inserted, and rows changed or deleted
-    since, are exported as CSV to export_dir. Never silently dropped."""
+    since, are exported as CSV to export_dir. Never silently dropped. `since` (a live_marker of when
+    the newer version began serving) narrows the search for changed rows to those written after it."""
     tables = [t for t in psql(dst_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines()
               if t and t not in SKIP_REPLAY]
     src_tables = set(psql(src_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").splitlines())
@@ -1553,6 +1576,11 @@ def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path) -> dict:
         for t in ready:
             order.append(t)
             pending_t.discard(t)
+    # The marker is usable while it is of this cluster and recent (xids are compared modulo 2^32).
+    newer = None
+    if since and psql(src_db, "SELECT system_identifier FROM pg_control_system()") == str(since.get("cluster")) \
+            and int(psql(src_db, f"SELECT age('{int(since['xid'])}'::xid)")) < 1_000_000_000:
+        newer = f"age(xmin) <= age('{int(since['xid'])}'::xid)"
     replayed: dict[str, int] = {}
     exported: dict[str, int] = {}
     notes: list[str] = []
@@ -1573,40 +1601,57 @@ def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path) -> dict:
                                     f"AND is_identity = 'NO'").splitlines())
         collist = ",".join(_q(c) for c in common)
         maxid = psql(dst_db, f"SELECT coalesce(max({_q(pk)})::text, '') FROM {_q(t)}")
-        cond = f"{_q(pk)} > {sql_literal(maxid)}" if maxid else "true"
-        n_new = int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE {cond}"))
+        below = f"{_q(pk)} <= {sql_literal(maxid)}" if maxid else "false"
+        dst_ids = _ids(dst_db, t, pk) if maxid else set()
+        src_below = _ids(src_db, t, pk, below) if maxid else set()
+        # New rows: above dst's highest key (sequences), and any below it that dst never had.
+        gaps = sorted(src_below - dst_ids)
+        conds = [f"NOT ({below})"] + [_in_list(pk, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
+        n_new = int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE NOT ({below})")) + len(gaps)
         if n_new:
             export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             missing = sorted(required - set(common))
+            done = 0
             try:
                 if missing:
                     raise RuntimeError(f"{t} in the older schema requires {', '.join(missing)}, which the newer rows lack")
-                _copy(src_db, f"SELECT {collist} FROM {_q(t)} WHERE {cond} ORDER BY {_q(pk)}", dst_db, _q(t), collist)
+                for c in conds:
+                    _copy(src_db, f"SELECT {collist} FROM {_q(t)} WHERE {c} ORDER BY {_q(pk)}", dst_db, _q(t), collist)
+                    done += 1
                 replayed[t] = n_new
                 psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{pk}') AS s, "
                              f"max({_q(pk)}) AS m FROM {_q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
             except RuntimeError as e:
-                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {cond} ORDER BY {_q(pk)}", to_file=export_dir / f"{t}.new-rows.csv")
+                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {conds[0]} ORDER BY {_q(pk)}", to_file=export_dir / f"{t}.new-rows.csv")
+                for i, c in enumerate(conds[1:]):
+                    _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {c} ORDER BY {_q(pk)}", to_file=export_dir / f"{t}.new-rows-{i + 1}.csv")
                 exported[f"{t}.new-rows"] = n_new
-                notes.append(f"{t}: {n_new} newer rows exported, not inserted ({e})")
+                notes.append(f"{t}: {n_new} newer rows exported" + (" (some inserted before the failure)" if done else ", not inserted")
+                             + f" ({e})")
         if maxid:
             # Rows that existed before and were changed or deleted since: exported, for a person to judge.
-            h = lambda db: dict(l.split("|", 1) for l in psql(db, f"SELECT {_q(pk)}, md5(ROW({collist})::text) FROM {_q(t)} "
-                                                                  f"WHERE {_q(pk)} <= {sql_literal(maxid)}").splitlines() if l)
-            old, new = h(dst_db), h(src_db)
-            changed = [k for k, v in new.items() if k in old and old[k] != v]
-            deleted = [k for k in old if k not in new]
+            # With a marker only rows written after it can differ (the rest were never touched since).
+            cand = f"({below}) AND {newer}" if newer else below
+            new_h = _hashes(src_db, t, pk, collist, cand)
+            if not newer or len(new_h) > 20000:
+                old_h = _hashes(dst_db, t, pk, collist, "true")
+            else:
+                keys = [k for k in new_h if k in dst_ids]
+                old_h = {}
+                for i in range(0, len(keys), 5000):
+                    old_h.update(_hashes(dst_db, t, pk, collist, _in_list(pk, keys[i:i + 5000])))
+            changed = [k for k, v in new_h.items() if k in old_h and old_h[k] != v]
+            deleted = sorted(dst_ids - src_below)
             if changed or deleted:
                 export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if changed:
-                ids = ",".join(sql_literal(k) for k in changed)
-                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {_q(pk)}::text IN ({ids})", to_file=export_dir / f"{t}.changed-rows.csv")
+                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {_in_list(pk, changed)}", to_file=export_dir / f"{t}.changed-rows.csv")
                 exported[f"{t}.changed-rows"] = len(changed)
             if deleted:
-                ids = ",".join(sql_literal(k) for k in deleted)
-                _copy(dst_db, f"SELECT * FROM {_q(t)} WHERE {_q(pk)}::text IN ({ids})", to_file=export_dir / f"{t}.deleted-since.csv")
+                _copy(dst_db, f"SELECT * FROM {_q(t)} WHERE {_in_list(pk, deleted)}", to_file=export_dir / f"{t}.deleted-since.csv")
                 exported[f"{t}.deleted-since"] = len(deleted)
-    return {"rowsReplayed": replayed, "rowsExported": exported, "exportDir": str(export_dir) if exported else None, "notes": notes}
+    return {"rowsReplayed": replayed, "rowsExported": exported, "exportDir": str(export_dir) if exported else None,
+            "notes": notes, "comparedSince": "marker" if newer else "all rows"}
 
 
 def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
@@ -1633,7 +1678,8 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
         state["dbTouched"] = True
         save_state(spec, state)
         export = spec.backup_dir / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{frm}-to-{to}-rows-not-replayed"
-        stats = replay_rows(spec, kept, spec.db_name, export)
+        since = next((b.get("liveSince") for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), None)
+        stats = replay_rows(spec, kept, spec.db_name, export, since)
     except Exception as e:  # put B's database back as it was, then B serves again
         what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=True)
         raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}")
@@ -1712,6 +1758,10 @@ def step_finish(spec: Spec) -> dict:
         register_backup(state, frm, to, b)
         save_state(spec, state)
     b = state.get("backup") or {}
+    if b.get("path") and (state.get("cutover") or {}).get("since"):
+        b["liveSince"] = state["cutover"]["since"]  # a later rollback compares only rows written after it
+        register_backup(state, frm, to, b)
+        save_state(spec, state)
     migrated = (state.get("migrated") or {}).get("applied", [])
     removed = prune_releases(spec, {to, frm} if frm else {to})
     dropped = prune_kept_databases(spec, state)

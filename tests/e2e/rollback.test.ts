@@ -44,10 +44,16 @@ describe("rollback and recovery (real engine, real server)", function () {
     const setVersion = (v: string) => stack.setConfig("jhe:version", { value: v });
 
     it("reverting the version rolls back: database to its pre-upgrade state plus the rows written since, code and config restored", async function () {
+        await query(h, "DELETE FROM core_observation WHERE id = 7"); // a gap in v1.0.0's ids
         await setVersion("v1.1.0");
         await stack.up();
         assert.strictEqual(await health(), "v1.1.0");
         const written = await post(12);
+        // What else users and admins do on v1.1.0: fill the gap (explicit id), change a row, delete one.
+        await query(h, "INSERT INTO core_observation (id, subject_patient_id, code, value, created) " +
+            "SELECT 7, min(id), 'gap-fill', 1, now() FROM core_patient");
+        await query(h, "UPDATE core_observation SET value = value + 1000 WHERE id = 8");
+        await query(h, "DELETE FROM core_observation WHERE id = 9");
         await setVersion("v1.0.0");
         const events: EngineEvent[] = [];
         const pre = await stack.preview({ onEvent: (e) => events.push(e) });
@@ -59,9 +65,14 @@ describe("rollback and recovery (real engine, real server)", function () {
         assert.strictEqual(await health(), "v1.0.0");
         assert.deepStrictEqual(await missing(written), [], "every observation written after the upgrade survived");
         const rb = res.outputs.rollback.value;
-        assert.deepStrictEqual(rb.rowsReplayed, { core_observation: 12 });
+        assert.deepStrictEqual(rb.rowsReplayed, { core_observation: 13 });
         assert.strictEqual(rb.restoredBy, "rename");
-        assert.deepStrictEqual(rb.rowsExported, {});
+        assert.strictEqual(rb.comparedSince, "marker");
+        // The changed and the deleted row cannot be replayed blindly: exported for a person to judge.
+        assert.deepStrictEqual(rb.rowsExported, { "core_observation.changed-rows": 1, "core_observation.deleted-since": 1 });
+        assert.match(await sshOk(h, `cat ${rb.exportDir}/core_observation.changed-rows.csv`), /^id,.*\n8,/);
+        assert.match(await sshOk(h, `cat ${rb.exportDir}/core_observation.deleted-since.csv`), /^id,.*\n9,/);
+        assert.deepStrictEqual(await query(h, "SELECT code FROM core_observation WHERE id = 7"), [{ code: "gap-fill" }]);
         const applied = (await query<{ name: string }>(h, "SELECT name FROM django_migrations WHERE app = 'core' ORDER BY name")).map((r) => r.name);
         assert.deepStrictEqual(applied, ["0001_initial"]);
         const cols = await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'source'");
@@ -78,7 +89,7 @@ describe("rollback and recovery (real engine, real server)", function () {
         assert.strictEqual(bk.rowCounts.core_observation, (await tableFingerprint(h, "core_observation", rb.keptDatabase)).rows);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
         assert.match(log, /## Rollback to v1\.0\.0 .*\n\n\*\*Performed by:.*\n\*\*From:\*\* v1\.1\.0 {2}\*\*To:\*\* v1\.0\.0/);
-        assert.match(log, /Rows written since, replayed: \{"core_observation": 12\}/);
+        assert.match(log, /Rows written since, replayed: \{"core_observation": 13\}/);
         console.log(`      rollback v1.1.0 -> v1.0.0: pulumi up ${rto.toFixed(1)} s, downtime ${res.outputs.downtimeSeconds.value} s`);
     });
 
