@@ -572,6 +572,18 @@ def db_exists(name: str) -> bool:
     return psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(name)}") == "1"
 
 
+def db_size(name: str) -> int:
+    """Bytes of a database, 0 if there is none of that name."""
+    return int(psql("postgres", f"SELECT coalesce((SELECT pg_database_size(datname) FROM pg_database "
+                                f"WHERE datname = {sql_literal(name)}), 0)") or 0)
+
+
+def data_dir_free() -> tuple[str, int]:
+    """PostgreSQL's data directory and its free bytes (where a copy of a database goes)."""
+    data_dir = psql("postgres", "SHOW data_directory")
+    return data_dir, shutil.disk_usage(data_dir).free
+
+
 def stamp_name(base: str, what: str) -> str:
     """A database name for a kept copy: <base>_<what>_<UTC time>, unique, at most 63 bytes."""
     t = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
@@ -721,6 +733,11 @@ def tables_written(before: dict, after: dict) -> list[str]:
     return sorted(t for t in set(before) | set(after) if before.get(t) != after.get(t))
 
 
+def kept_name(spec: Spec, frm: str | None) -> str:
+    """A new name for the database as `frm` had it, kept when it is left: <db>_was_<version>_<time>."""
+    return stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+
+
 def staged_db(spec: Spec) -> str:
     return f"{spec.db_name}_staged"[:63]
 
@@ -745,8 +762,7 @@ def choose_strategy(spec: Spec, kind: str, db_bytes: int) -> tuple[str, str]:
         return "in-window", "track_counts is off: writes made during staging could not be detected"
     if psql("postgres", "SELECT count(*) FROM pg_prepared_xacts") != "0":
         return "in-window", "prepared transactions exist"
-    data_dir = psql("postgres", "SHOW data_directory")
-    free = shutil.disk_usage(data_dir).free
+    data_dir, free = data_dir_free()
     need = 2 * db_bytes + 300 * 2**20
     if free < need:
         return "in-window", (f"the staged copy needs about {need // 2**20} MiB in {data_dir}, "
@@ -846,15 +862,21 @@ def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str) -> R
     append_log(spec, f"## Refused: {(state.get('target') or {}).get('kind', 'upgrade')} {frm} -> {spec.version} - {now()}\n\n"
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** none\n\n"
                      f"**What failed:** {reason}\n\n**What was restored:** nothing needed it: {frm} served throughout\n")
-    state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": [], "at": now()}
-    if state.get("target"):
-        state["target"]["recovered"] = now()
-    for k in ("migrated", "rollback", "dbTouched", "staged", "cutover"):
-        state.pop(k, None)
-    save_state(spec, state)
-    release_lock(spec)
+    end_failed_move(spec, state, frm, reason, [])
     return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened; "
                    f"the staged copy was dropped)")
+
+
+def written_since_backup(spec: Spec, state: dict) -> tuple[list[str], dict | None]:
+    """In the window: the tables written since the backup taken before it began (every session ended
+    first), and the counters read. None written: the backup is exact as of this window, marked so."""
+    b = state["backup"]
+    marks = table_marks(spec.db_name) if drain(spec.db_name) else None
+    written = tables_written(b["marks"], marks) if marks is not None else ["(sessions that did not end)"]
+    if not written:
+        b["window"] = state["window"]["id"]
+        save_state(spec, state)
+    return written, marks
 
 
 def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
@@ -872,14 +894,11 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
         state.pop("swap", None)
     if not b.get("ahead") or st.get("phase") != "migrated" or not db_exists(st.get("db", "")):
         return False
-    ended = drain(spec.db_name)
-    marks = table_marks(spec.db_name)
-    written = tables_written(b["marks"], marks) if ended else ["(sessions that did not end)"]
+    written, marks = written_since_backup(spec, state)
     if not written:
-        b["window"] = state["window"]["id"]  # nothing written since it began: exact as of the window
         state["dbTouched"] = True
         save_state(spec, state)
-        kept = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+        kept = kept_name(spec, frm)
         swap_in(spec, state, st["db"], kept)
         # A client other than the app (stopped) could have written between the check and the rename:
         # the counters of the database kept, read again now that nobody can reach it, say so.
@@ -1067,8 +1086,7 @@ def step_plan(spec: Spec) -> dict:
     elif frm:
         out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if out["pendingMigrations"] else " (code only, the database stays as it is)")
         if out["pendingMigrations"]:
-            db_bytes = int(psql("postgres", f"SELECT coalesce(pg_database_size({sql_literal(spec.db_name)}), 0)") or 0)
-            strategy, why = choose_strategy(spec, "upgrade", db_bytes)
+            strategy, why = choose_strategy(spec, "upgrade", db_size(spec.db_name))
             out["migrationStrategy"] = strategy
             out["summary"] += (f": backup and migrations on a copy while {frm} serves, then a rename swap in the window "
                                f"(in the window instead if anything is written meanwhile)" if strategy == "staged"
@@ -1220,8 +1238,7 @@ def _preflight(spec: Spec) -> dict:
     env = target_env(spec, to)
     problems += env_problems(spec, to, env)
     # Disk: the backup (about the database's size, compressed) plus a release, with headroom.
-    db_bytes = int(psql("postgres", f"SELECT coalesce(pg_database_size({sql_literal(spec.db_name)}), 0) "
-                                    f"FROM (SELECT 1) x LEFT JOIN pg_database d ON d.datname = {sql_literal(spec.db_name)}") or 0)
+    db_bytes = db_size(spec.db_name)
     need = db_bytes + 300 * 1024 * 1024
     spec.backup_dir.mkdir(parents=True, exist_ok=True)
     free_backup = shutil.disk_usage(spec.backup_dir).free
@@ -1336,13 +1353,13 @@ def ensure_backup(spec: Spec, state: dict, frm: str, to: str) -> dict:
 def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | None:
     """CREATE DATABASE ... TEMPLATE the live one: a copy at file speed, taken with nobody connected.
     Recorded as this window's swap, so recovery brings it back by rename. None without room for it."""
-    db_bytes = int(psql("postgres", f"SELECT pg_database_size({sql_literal(spec.db_name)})") or 0)
-    data_dir = psql("postgres", "SHOW data_directory")
-    if shutil.disk_usage(data_dir).free < db_bytes + 300 * 2**20:
+    db_bytes = db_size(spec.db_name)
+    data_dir, free = data_dir_free()
+    if free < db_bytes + 300 * 2**20:
         log(f"no room in {data_dir} for a snapshot copy of {db_bytes // 2**20} MiB: the backup is a pg_dump in the window")
         return None
     t = time.monotonic()
-    name = stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+    name = kept_name(spec, frm)
     drain(spec.db_name)
     strategy = " STRATEGY FILE_COPY" if pg_major() >= 15 else ""
     psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
@@ -1403,16 +1420,25 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
     append_log(spec, f"## Recovery: {kind} {frm} -> {spec.version} failed - {now()}\n\n"
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** {seconds} s\n\n"
                      f"**What failed:** {reason}\n\n**What was restored:**\n" + "".join(f"- {d}\n" for d in done))
-    state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": done, "at": now()}
-    # The move's preflight stays valid (same version and settings; Pulumi re-runs preflight when
-    # either changes), so a later `pulumi up` that only re-runs the remaining steps can go on.
+    end_failed_move(spec, state, frm, reason, done)
+    return "; ".join(done)
+
+
+# What one move (upgrade, rollback) records while it runs; gone when it finishes or fails.
+MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback")
+
+
+def end_failed_move(spec: Spec, state: dict, frm: str | None, reason: str, restored: list[str]) -> None:
+    """After a failure (recovered, or before any window): the record of it, the lock released. The
+    move's preflight stays valid (same version and settings; Pulumi re-runs preflight when either
+    changes), so a later `pulumi up` that only re-runs the remaining steps can go on."""
+    state["lastRecovery"] = {"from": frm, "to": spec.version, "reason": reason, "restored": restored, "at": now()}
     if state.get("target"):
         state["target"]["recovered"] = now()
-    for k in ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover"):
+    for k in MOVE_KEYS:
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
-    return "; ".join(done)
 
 
 def step_migrate(spec: Spec) -> dict:
@@ -1433,17 +1459,12 @@ def step_migrate(spec: Spec) -> dict:
         if staged and use_staged(spec, state, frm, to):
             result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds")}
             result["keptDatabase"] = state["backup"]["keptDatabase"]
-        else:
-            b = state.get("backup") or {}
-            if b.get("ahead") and not b.get("window"):
-                # Code-only, or the staged copy was dropped: the backup must be exact as of the window.
-                ended = drain(spec.db_name)
-                written = tables_written(b["marks"], table_marks(spec.db_name)) if ended else ["(sessions)"]
-                if written:
-                    result["writtenSinceBackup"] = written
-                else:
-                    b["window"] = state["window"]["id"]
-                    save_state(spec, state)
+        elif (state.get("backup") or {}).get("ahead") and not state["backup"].get("window"):
+            # Code-only, or the staged copy was dropped (use_staged found the writes then): the backup
+            # must be exact as of the window, else ensure_backup below takes one in it.
+            written = (state.get("stagedFallback") or {}).get("written") or written_since_backup(spec, state)[0]
+            if written:
+                result["writtenSinceBackup"] = written
     if tgt.get("kind") == "rollback":
         result.update(rollback_database(spec, state, frm, to))
     elif not state.get("migrated"):  # (a swapped-in staged copy is migrated already)
@@ -1660,7 +1681,9 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
     written since replayed. B's database is kept (renamed) and dumped; nothing is deleted."""
     t0 = time.monotonic()
     pre = state["target"]["restoreFrom"]
-    kept_a = next((b.get("keptDatabase") for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), None)
+    # The registered record (preflight's copy predates changes to it, e.g. a kept database put back).
+    entry = next((b for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), {})
+    kept_a = entry.get("keptDatabase")
     how = "backup"
     if (state.get("swap") or {}).get("in") and db_exists(state["swap"]["previous"]):
         kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
@@ -1668,9 +1691,7 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
             and row_counts(spec, kept_a) == pre.get("rowCounts"):
         kept, how = stamp_name(spec.db_name, "replaced"), "rename"
         swap_in(spec, state, kept_a, kept)
-        for b in state.get("backups", {}).values():
-            if b.get("id") == pre["id"]:
-                b["keptDatabase"] = None  # it is the live database now
+        entry["keptDatabase"] = None  # it is the live database now
     else:
         kept = restore_backup(spec, pre)
         state["swap"] = {"previous": kept, "in": None, "at": now()}
@@ -1678,8 +1699,7 @@ def rollback_database(spec: Spec, state: dict, frm: str, to: str) -> dict:
         state["dbTouched"] = True
         save_state(spec, state)
         export = spec.backup_dir / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{frm}-to-{to}-rows-not-replayed"
-        since = next((b.get("liveSince") for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), None)
-        stats = replay_rows(spec, kept, spec.db_name, export, since)
+        stats = replay_rows(spec, kept, spec.db_name, export, entry.get("liveSince"))
     except Exception as e:  # put B's database back as it was, then B serves again
         what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=True)
         raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}")
@@ -1755,11 +1775,9 @@ def step_finish(spec: Spec) -> dict:
         if not rb:
             b["keptDatabase"] = src
         state["backup"] = b
-        register_backup(state, frm, to, b)
-        save_state(spec, state)
-    b = state.get("backup") or {}
-    if b.get("path") and (state.get("cutover") or {}).get("since"):
-        b["liveSince"] = state["cutover"]["since"]  # a later rollback compares only rows written after it
+    if b.get("path"):
+        if (state.get("cutover") or {}).get("since"):
+            b["liveSince"] = state["cutover"]["since"]  # a later rollback compares only rows written after it
         register_backup(state, frm, to, b)
         save_state(spec, state)
     migrated = (state.get("migrated") or {}).get("applied", [])
@@ -1788,7 +1806,7 @@ def step_finish(spec: Spec) -> dict:
         f"**Performed by:** {spec.operator} (stack {spec.owner})",
         f"**From:** {frm or 'nothing'}  **To:** {to}",
         f"**Downtime:** {seconds} s (maintenance page shown)",
-        f"**Migration:** " + ("on a staged copy while the old version served; swapped in by rename" if (state.get("migrated") or {}).get("staged")
+        "**Migration:** " + ("on a staged copy while the old version served; swapped in by rename" if (state.get("migrated") or {}).get("staged")
                               else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})" if fallback else "")),
         *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",
         *rb_lines,
@@ -1803,7 +1821,7 @@ def step_finish(spec: Spec) -> dict:
     ]))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
-    for k in ("target", "backup", "migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback"):
+    for k in ("target", "backup", *MOVE_KEYS):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
