@@ -1,17 +1,15 @@
 // JheHost: the server as Pulumi sees it - the SSH connection (pinned host key), the host-side tool
 // copied to it, and the adoption of what it runs today into the releases layout.
 import * as crypto from "crypto";
-import * as fs from "fs";
-import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
+import { bundleTool } from "./toolBundle";
 
-/** The host-side tool's source, shipped with the program (host/ at the project root; this file runs from bin/components). */
-export const TOOL_SOURCE_PATH = path.join(__dirname, "..", "..", "host", "jhe_upgrade.py");
+/** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file. */
 export function toolSource(): string {
-    return fs.readFileSync(TOOL_SOURCE_PATH, "utf8");
+    return bundleTool();
 }
 
 export function sha256(text: string): string {

@@ -1,0 +1,183 @@
+"""PostgreSQL: facts (migrations applied, sizes, counters), sessions, names of kept databases."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .spec import Spec
+from .util import Refusal, psql, run, sql_literal
+
+
+def applied_migrations(spec: Spec, db: str | None = None) -> list[str]:
+    db = db or spec.db_name
+    exists = psql(db, "SELECT to_regclass('public.django_migrations') IS NOT NULL", check=False)
+    if exists != "t":
+        return []
+    rows = psql(db, "SELECT app || '.' || name FROM django_migrations ORDER BY app, name")
+    return [r for r in rows.splitlines() if r]
+
+
+def pg_major() -> int:
+    return int(psql("postgres", "SHOW server_version_num")) // 10000
+
+
+def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
+    db = db or spec.db_name
+    out = {}
+    for t in ("core_patient", "core_observation"):
+        if psql(db, f"SELECT to_regclass('public.{t}') IS NOT NULL") == "t":
+            out[t] = int(psql(db, f"SELECT count(*) FROM {t}"))
+    return out
+
+
+def db_exists(name: str) -> bool:
+    return psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(name)}") == "1"
+
+
+def db_size(name: str) -> int:
+    """Bytes of a database, 0 if there is none of that name."""
+    return int(psql("postgres", f"SELECT coalesce((SELECT pg_database_size(datname) FROM pg_database "
+                                f"WHERE datname = {sql_literal(name)}), 0)") or 0)
+
+
+def data_dir_free() -> tuple[str, int]:
+    """PostgreSQL's data directory and its free bytes (where a copy of a database goes)."""
+    data_dir = psql("postgres", "SHOW data_directory")
+    return data_dir, shutil.disk_usage(data_dir).free
+
+
+MAX_NAME = 63  # PostgreSQL's identifier length in bytes (names here are ASCII: spec.dbName's pattern)
+
+
+def aux_name(base: str, suffix: str) -> str:
+    """<base><suffix> within PostgreSQL's 63 bytes, never equal to `base`: the suffix is kept whole and a
+    base too long for it is shortened and marked with a digest of its full name (so two long names
+    that share a prefix get different auxiliary names)."""
+    if len(suffix) > MAX_NAME - 8:
+        raise ValueError(f"suffix {suffix!r} is too long for a database name")
+    if len(base) + len(suffix) <= MAX_NAME:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+    return f"{base[:MAX_NAME - len(suffix) - 7]}_{digest}{suffix}"
+
+
+def stamp_name(base: str, what: str, exists: Callable[[str], bool] | None = None) -> str:
+    """A database name for a kept copy: <base>_<what>_<UTC time>[_n], unique, at most 63 bytes."""
+    exists = exists or db_exists
+    t = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    for n in range(1, 1000):
+        name = aux_name(base, f"_{what}_{t}" + (f"_{n}" if n > 1 else ""))
+        if not exists(name):
+            return name
+    raise RuntimeError(f"no free database name for {base}_{what}_{t} (1000 taken)")
+
+
+def backend_pids(db: str) -> list[int]:
+    """Server processes of client sessions on `db`, from their process titles ("postgres: [cluster: ]user
+    db ..."): a session leaves pg_stat_activity before its exit hooks have run, a process only after."""
+    rx = re.compile(rb"^postgres: (?:\S+: )?\S+ " + re.escape(db.encode()) + rb" ")
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if rx.match((d / "cmdline").read_bytes()):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def drain(db: str, wait: float = 15.0) -> bool:
+    """Ends every session on `db` and waits (bounded) until their processes are gone (their statistics
+    are written by then). True when none is left."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = backend_pids(db)
+        if not pids:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         f"WHERE datname = {sql_literal(db)} AND pid <> pg_backend_pid()")
+        time.sleep(0.05)
+
+
+def copy_db_properties(src: str, dst: str) -> None:
+    """What a dump does not carry but the database has: its privileges (GRANT CONNECT ...), connection
+    limit and settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET), copied as the catalogs
+    hold them, so a database made from a dump can take the live one's place."""
+    psql("postgres", f"""BEGIN;
+UPDATE pg_database d SET datacl = s.datacl, datconnlimit = s.datconnlimit
+  FROM pg_database s WHERE s.datname = {sql_literal(src)} AND d.datname = {sql_literal(dst)};
+DELETE FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = {sql_literal(dst)});
+INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig)
+  SELECT (SELECT oid FROM pg_database WHERE datname = {sql_literal(dst)}), setrole, setconfig
+  FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = {sql_literal(src)});
+COMMIT;""")
+
+
+MARKS_SQL = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
+  c.relfilenode, md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+    || a.attnotnull, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+    AND NOT a.attisdropped), ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"""
+
+
+def table_marks(db: str) -> dict[str, list[str]]:
+    """Per table: rows inserted/updated/deleted so far (counted even for aborted transactions), the
+    file node (changes on TRUNCATE and rewrites) and a digest of the columns."""
+    out = {}
+    for line in psql(db, MARKS_SQL).splitlines():
+        if line:
+            name, *rest = line.split("|")
+            out[name] = rest
+    return out
+
+
+def tables_written(before: dict, after: dict) -> list[str]:
+    return sorted(t for t in set(before) | set(after) if before.get(t) != after.get(t))
+
+
+def kept_name(spec: Spec, frm: str | None) -> str:
+    """A new name for the database as `frm` had it, kept when it is left: <db>_was_<version>_<time>."""
+    return stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+
+
+def live_marker(db: str) -> dict:
+    """Where "written since" starts: a transaction id taken just before a release starts serving (every
+    row written after has a newer xmin), with the cluster it belongs to."""
+    xid, sysid = psql(db, "SELECT txid_current() % 4294967296, (SELECT system_identifier FROM pg_control_system())").split("|")
+    return {"xid": int(xid), "cluster": sysid}
+
+
+def ensure_postgres() -> None:
+    if run(["pg_isready", "-q"], check=False, quiet=True).returncode != 0:
+        raise Refusal("PostgreSQL is not running on the server (pg_isready failed): start it "
+                      "(systemctl start postgresql), then run `pulumi up` again; nothing was changed")
+
+
+def ensure_database(spec: Spec) -> list[str]:
+    """The database role and the database it owns (a password, if configured, is set by `prepare`)."""
+    done = []
+    if psql("postgres", f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(spec.db_user)}") != "1":
+        psql("postgres", f'CREATE ROLE "{spec.db_user}" LOGIN')
+        done.append(f"role {spec.db_user}")
+    if psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(spec.db_name)}") != "1":
+        psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
+        done.append(f"database {spec.db_name}")
+    return done
+
+
+def set_db_password(spec: Spec) -> None:
+    """Sets the role's password from the stack's secret, over stdin (never on a command line)."""
+    pw = spec.raw.get("dbPassword")
+    if not pw:
+        return
+    run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], user="postgres", cwd="/", quiet=True,
+        input=f'ALTER ROLE "{spec.db_user}" PASSWORD {sql_literal(pw)};\n')

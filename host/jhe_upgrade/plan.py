@@ -1,0 +1,76 @@
+"""The plan, read-only, for `pulumi preview`: facts read from the server, then a pure computation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .db import applied_migrations, db_exists, db_size
+from .envfile import env_added, env_example, parse_env
+from .gitrepo import tag_exists, tag_migrations
+from .spec import Spec
+from .staging import choose_strategy
+from .state import current_version, latest_backup_from, live_root, load_state
+from .util import version_key
+
+
+def migration_delta(to_migs: list[str], applied: list[str]) -> tuple[list[str], list[str]]:
+    """(pending, to undo): the target's migrations the database lacks, and the migrations the database
+    has of the target's apps that the target does not know (a rollback undoes those)."""
+    apps = {m.split(".")[0] for m in to_migs}
+    have = {m for m in applied if m.split(".")[0] in apps}
+    return [m for m in to_migs if m not in have], sorted(have - set(to_migs))
+
+
+def plan_from_facts(f: dict) -> dict:
+    """The plan from what was read: from, to, pending, undo, backup (the newest taken when leaving
+    `to`, or None), keptExists, strategy/why (when migrations are pending), wanted (the target's env
+    example: name -> required), configured (names set by the live .env or the stack), envAdded."""
+    frm, to = f["from"], f["to"]
+    out: dict = {"from": frm, "to": to, "pendingMigrations": f["pending"], "migrationsToUndo": f["undo"]}
+    backwards = bool(f["undo"]) or version_key(to) < version_key(frm)
+    out["action"] = ("rollback" if backwards else "upgrade") if frm else "install"
+    if f["undo"]:
+        b = f.get("backup")
+        out["restoreFrom"] = b["id"] if b else None
+        kept = b.get("keptDatabase") if b else None
+        how = (f"bring back the database kept when {to} was left ({kept}) by rename" if kept and f.get("keptExists")
+               else f"restore backup {b['id']}" if b else "")
+        out["summary"] = (f"rollback {frm} -> {to}: {how} and replay the rows written since"
+                          if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
+    elif frm:
+        out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if f["pending"] else " (code only, the database stays as it is)")
+        if f["pending"]:
+            out["migrationStrategy"] = f["strategy"]
+            out["summary"] += (f": backup and migrations on a copy while {frm} serves, then a rename swap in the window "
+                               f"(in the window instead if anything is written meanwhile)" if f["strategy"] == "staged"
+                               else f": backup and migrations in the window ({f['why']})")
+    out["envAdded"] = f["envAdded"]
+    out["envMissingRequired"] = [k for k, req in f["wanted"].items() if req and k not in f["configured"]]
+    return out
+
+
+def step_plan(spec: Spec) -> dict:
+    """Read-only: what an upgrade to spec.version would do (for `pulumi preview`)."""
+    to = spec.need_version()
+    frm = current_version(spec)
+    if frm == to:
+        return {"from": frm, "to": to, "action": "none"}
+    repo = spec.repo
+    if not (repo / "HEAD").exists() or not tag_exists(repo, to):
+        if spec.repo_url.startswith("/") and Path(spec.repo_url).exists():
+            repo = Path(spec.repo_url)  # read the upstream path directly, fetching nothing
+        else:
+            return {"from": frm, "to": to, "action": "upgrade" if frm else "install",
+                    "note": f"tag {to} not fetched yet; preflight fetches it and lists the migrations"}
+    pending, undo = migration_delta(tag_migrations(repo, to), applied_migrations(spec) if frm else [])
+    facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
+    if undo:
+        b = latest_backup_from(load_state(spec), to)
+        facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
+    elif frm and pending:
+        facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name))
+    _, facts["wanted"] = env_example(repo, to)
+    root = live_root(spec)
+    live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
+    facts["configured"] = set(live) | set(spec.env) | set(spec.secret_env) | {"SITE_URL"}
+    facts["envAdded"] = env_added(repo, frm, to)
+    return plan_from_facts(facts)

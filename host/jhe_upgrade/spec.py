@@ -1,0 +1,87 @@
+"""The spec: what Pulumi wants (version, layout, names, settings), validated, and the host layout."""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from pathlib import Path
+
+from .util import Refusal
+
+NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+PATH = re.compile(r"^/(?:[A-Za-z0-9._-]+/?)*$")
+
+
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class Spec:
+    def __init__(self, d: dict):
+        def need(key, rx=None):
+            v = d.get(key)
+            if not isinstance(v, str) or (rx and not rx.match(v)):
+                raise Refusal(f"spec.{key} is missing or malformed ({v!r})")
+            return v
+        self.raw = d
+        # Steps that do not aim at a version (adopt, status, unlock) get a spec without one.
+        self.version = need("version", TAG) if d.get("version") is not None else None
+        self.app_root = Path(need("appRoot", PATH))
+        self.app_user = need("appUser", NAME)
+        self.app_group = need("appGroup", NAME)
+        self.service = need("serviceName", NAME)
+        self.backup_dir = Path(need("backupDir", PATH))
+        self.repo_url = need("repoUrl")
+        self.site_url = need("siteUrl")
+        self.stage = d.get("stage", "staging")
+        self.db_name = need("dbName", re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+        self.db_user = need("dbUser", re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+        self.keep = int(d.get("keepReleases", 5))
+        self.owner = str(d.get("owner", "unknown"))
+        client = (os.environ.get("SSH_CLIENT") or "").split(" ")[0]
+        self.operator = f"{os.environ.get('SUDO_USER') or pwd.getpwuid(os.getuid()).pw_name}" + (f" from {client}" if client else "")
+        self.wheelhouse = d.get("wheelhouse") or None
+        self.health_timeout = float(d.get("healthTimeout", 60))
+        # staged: migrate a copy of the database while the old version serves (DESIGN.md §3 lever);
+        # in-window: the runbook's way, dump and migrate the live database with the app stopped.
+        self.strategy = d.get("migrationStrategy", "staged")
+        if self.strategy not in ("staged", "in-window"):
+            raise Refusal(f"spec.migrationStrategy must be staged or in-window (got {self.strategy!r})")
+        self.env = {k: str(v) for k, v in (d.get("env") or {}).items()}
+        self.secret_env = {k: str(v) for k, v in (d.get("secretEnv") or {}).items()}
+        for k, v in {**self.env, **self.secret_env}.items():
+            if not ENV_NAME.match(k) or "\n" in v or "\r" in v or "\0" in v or "${" in v:
+                raise Refusal(f"spec env {k} is malformed")
+        host = re.sub(r"^https?://", "", self.site_url).split("/")[0].split(":")[0]
+        self.site_host = host
+
+    def need_version(self) -> str:
+        """The target version, for the steps that aim at one."""
+        if not self.version:
+            raise Refusal("spec.version is missing: this step aims at a version")
+        return self.version
+
+    # layout
+    @property
+    def releases(self) -> Path: return self.app_root / "releases"
+    @property
+    def current(self) -> Path: return self.app_root / "current"
+    @property
+    def repo(self) -> Path: return self.app_root / "repo.git"
+    @property
+    def meta(self) -> Path: return self.app_root / ".jhe-upgrade"
+    @property
+    def state_file(self) -> Path: return self.meta / "state.json"
+    @property
+    def lock_file(self) -> Path: return self.meta / "lock.json"
+    @property
+    def maintenance_dir(self) -> Path: return Path("/var/lib/jhe-upgrade") / self.service
+    @property
+    def maintenance_flag(self) -> Path: return self.maintenance_dir / "maintenance-on"
+    @property
+    def log_file(self) -> Path: return self.app_root / "UPGRADE_LOG.md"
+    def release(self, tag: str) -> Path: return self.releases / tag

@@ -1,0 +1,365 @@
+"""The steps of an upgrade, in the runbook's order. Each reads what the server really is and converges:
+
+    preflight   compatibility, .env against the tag's example, disk, pending migrations (every refusal
+                happens here, before any window); the host lock
+    prepare     releases/<tag> built while the old version serves (code, venv, .env, static files, check)
+    backup      a verified dump (before the window when staged), or a snapshot in the window
+    migrate     on a staged copy, or in place in the window; then the cutover: switch `current`,
+                restart, health gate, maintenance page lifted (a failure brings the old version back)
+    switch      (done by migrate's cutover; a re-run after an interruption switches here)
+    health      the gate again
+    finish      deferred dumps, smoke tests, UPGRADE_LOG.md, pruning, the lock released
+
+and `status` / `unlock` for an operator. Rollback is the same order with `rollback.rollback_database`
+in migrate's place.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+
+from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
+from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, set_db_password
+from .envfile import env_added, env_problems, target_env
+from .gitrepo import fetch_tags, tag_exists, tag_migrations, tag_tree
+from .health import health, smoke_test
+from .plan import migration_delta
+from .recovery import fail_health, recover
+from .release import build_release, prune_releases, switch_current
+from .requirements import python_version, requirements_of, version_ok
+from .rollback import rollback_database
+from .spec import Spec
+from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, use_staged, written_since_backup
+from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
+from .upgradelog import append_log, finish_entry
+from .util import Refusal, error_summary, now, run, write_private
+from .window import close_window, open_window, service_active, start_service
+
+
+def is_noop(spec: Spec, state: dict) -> bool:
+    """The target already serves, nothing is under way: the versioned steps have nothing to do."""
+    t = state.get("target") or {}
+    if t.get("recovered") and t.get("to") != spec.version:
+        t = {}  # a move that failed and was undone, towards another version: not under way
+    return (current_version(spec) == spec.version and spec.current.is_symlink() and not state.get("window")
+            and t.get("to") in (None, spec.version) and not (t.get("to") == spec.version and t.get("from") != spec.version)
+            and service_active(spec))
+
+
+def _target(spec: Spec) -> tuple[dict, str | None, str]:
+    spec.need_version()
+    state = load_state(spec)
+    t = state.get("target") or {}
+    if t.get("to") != spec.version and not is_noop(spec, state):
+        raise Refusal(f"no preflight recorded for {spec.version}; run `pulumi up` again (preflight runs first)")
+    return state, t.get("from", spec.version), spec.need_version()
+
+
+def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
+    """The target already serves and no window is open: the upgrade steps have nothing to do."""
+    return is_noop(spec, state) or (current_version(spec) == to and not state.get("window") and service_active(spec)
+                                    and ((state.get("target") or {}).get("from") == to
+                                         or (state.get("cutover") or {}).get("to") == to))
+
+
+def step_preflight(spec: Spec) -> dict:
+    """Every refusal happens here, before any window opens; nothing serving is touched."""
+    spec.need_version()
+    if is_noop(spec, load_state(spec)):
+        return {"from": spec.version, "to": spec.version, "noop": True}
+    take_lock(spec, f"upgrade to {spec.version}")
+    try:
+        return _preflight(spec)
+    except Exception:
+        state = load_state(spec)
+        if not state.get("window") and not state.get("target"):
+            release_lock(spec)  # refused before anything started: the server is free again
+        raise
+
+
+def _preflight(spec: Spec) -> dict:
+    ensure_postgres()
+    frm = current_version(spec)
+    to = spec.need_version()
+    problems: list[str] = []
+    fetch_tags(spec)
+    if not tag_exists(spec.repo, to):
+        tags = run(["git", "-C", str(spec.repo), "tag", "--sort=-v:refname"], quiet=True).stdout.split()[:8]
+        raise Refusal(f"jhe:version {to} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
+    tree = tag_tree(spec.repo, to)
+    tool, reqs, py_req = requirements_of(tree)
+    have = python_version()
+    if not version_ok(have, py_req):
+        problems.append(f"{to} needs Python {py_req}; the server has {have[0]}.{have[1]} "
+                        f"(install it and set up the release with it, or choose another version)")
+    django = next((r.split("==", 1)[1] for r in reqs if r.lower().startswith("django==")), None)
+    if django and not re.match(r"^(4\.2|5\.\d+|6\.\d+)(\.|$)", django):
+        problems.append(f"{to} pins Django {django}; this program supports Django 4.2 and 5.x")
+    pg = pg_major()
+    if pg < 13:
+        problems.append(f"PostgreSQL {pg} is too old for JHE (13 or newer); upgrade PostgreSQL first")
+    if django and re.match(r"^(5\.|6\.)", django) and pg < 14:
+        problems.append(f"Django {django} needs PostgreSQL 14 or newer; the server has {pg}")
+    env = target_env(spec, to)
+    problems += env_problems(spec, to, env)
+    # Disk: the backup (about the database's size, compressed) plus a release, with headroom.
+    db_bytes = db_size(spec.db_name)
+    need = db_bytes + 300 * 1024 * 1024
+    spec.backup_dir.mkdir(parents=True, exist_ok=True)
+    free_backup = shutil.disk_usage(spec.backup_dir).free
+    free_app = shutil.disk_usage(spec.app_root).free
+    if min(free_backup, free_app) < need:
+        problems.append(f"not enough free disk: the backup and the release need about {need // 2**20} MiB, "
+                        f"{spec.backup_dir} has {free_backup // 2**20} MiB and {spec.app_root} {free_app // 2**20} MiB free")
+    if problems:
+        raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
+    pending, extra = migration_delta(tag_migrations(spec.repo, to), applied_migrations(spec))
+    state = load_state(spec)
+    prior = state.get("target") or {}
+    if prior.get("to") == to and prior.get("from") not in (None, to):
+        frm = prior["from"]  # a re-run after an interruption continues the same move
+        kind = prior.get("kind", "upgrade")
+        restore_from = prior.get("restoreFrom")
+    elif extra and pending:
+        raise Refusal(f"{frm} -> {to} is a move across branches: the database has migrations {to} does not know "
+                      f"({', '.join(extra)}) and lacks some it needs ({', '.join(pending)}). Roll back to a version "
+                      f"both descend from first, then upgrade")
+    elif extra:
+        kind = "rollback"
+        b = latest_backup_from(state, to)
+        if not b:
+            known = sorted({k.split('->')[0] for k in (state.get('backups') or {})})
+            raise Refusal(f"rolling back {frm} -> {to} needs the database as {to} had it, and this server has no backup "
+                          f"taken when leaving {to}. Versions that can be rolled back to here: {', '.join(known) or 'none'}; "
+                          f"go through one of them, or restore by hand")
+        verify_backup(b)
+        restore_from = b
+    else:
+        kind = "upgrade" if frm else "install"
+        restore_from = None
+    strategy, why = choose_strategy(spec, kind, db_bytes)
+    state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
+                       "undo": extra, "restoreFrom": restore_from, "strategy": strategy}
+    save_state(spec, state)
+    return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
+            "strategy": strategy, "strategyWhy": why,
+            "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
+            "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
+            "databaseBytes": db_bytes}
+
+
+def step_prepare(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if is_noop(spec, state):
+        # Same version: only the .env can have changed (config); apply it with a restart if it did.
+        env_file = spec.release(to) / ".env"
+        old = env_file.read_text() if env_file.exists() else None
+        build_release(spec, to, target_env(spec, to))
+        if old == env_file.read_text():
+            return {"release": str(spec.release(to)), "configChanged": False}
+        t = time.monotonic()
+        run(["systemctl", "restart", spec.service])
+        h = health(spec, to, spec.health_timeout)
+        if not h["ok"]:
+            write_private(env_file, old or "", spec.app_user, spec.app_group)
+            run(["systemctl", "restart", spec.service])
+            raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); "
+                          f"the previous .env is back and {to} restarted with it")
+        append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
+                         f"**Downtime:** restart, {round(time.monotonic() - t, 2)} s\n")
+        return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2)}
+    set_db_password(spec)
+    info = build_release(spec, to, target_env(spec, to))
+    return {"release": str(spec.release(to)), **info}
+
+
+def step_backup(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving"}
+    t = time.monotonic()
+    if state["target"].get("kind") == "rollback":
+        return {"deferred": True, "beforeWindow": True,
+                "note": f"{frm}'s database is kept whole, by rename, in the window; its dump is written after the window"}
+    if state["target"].get("strategy") == "staged" and not state.get("window"):
+        b = ensure_backup_ahead(spec, state, frm, to)  # while the old version serves
+        return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": True,
+                "seconds": round(time.monotonic() - t, 2)}
+    open_window(spec, state)
+    b = ensure_backup(spec, state, frm, to)
+    if b.get("snapshot"):
+        return {"snapshot": b["snapshot"], "rowCounts": b["rowCounts"], "beforeWindow": False,
+                "note": "the dump of the snapshot is written after the window", "seconds": round(time.monotonic() - t, 2)}
+    return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": False,
+            "seconds": round(time.monotonic() - t, 2)}
+
+
+def step_migrate(spec: Spec) -> dict:
+    """Migrates (on the staged copy before the window, or in place in it), then cuts over: `current`
+    to the new release, restart, health gate, maintenance off - in one process, one window."""
+    state, frm, to = _target(spec)
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving", "applied": []}
+    tgt = state["target"]
+    staged = tgt.get("strategy") == "staged" and bool(tgt.get("pending"))
+    if staged and not state.get("window") and (state.get("staged") or {}).get("phase") != "swapped":
+        if not (state.get("backup") or {}).get("ahead"):
+            ensure_backup_ahead(spec, state, frm, to)
+        migrate_copy(spec, state, frm, to)
+    open_window(spec, state)
+    result: dict = {"strategy": tgt.get("strategy", "in-window")}
+    if tgt.get("strategy") == "staged":
+        if staged and use_staged(spec, state, frm, to):
+            result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds")}
+            result["keptDatabase"] = state["backup"]["keptDatabase"]
+        elif (state.get("backup") or {}).get("ahead") and not state["backup"].get("window"):
+            # Code-only, or the staged copy was dropped (use_staged found the writes then): the backup
+            # must be exact as of the window, else ensure_backup below takes one in it.
+            written = (state.get("stagedFallback") or {}).get("written") or written_since_backup(spec, state)[0]
+            if written:
+                result["writtenSinceBackup"] = written
+    if tgt.get("kind") == "rollback":
+        result.update(rollback_database(spec, state, frm, to))
+    elif not state.get("migrated"):  # (a swapped-in staged copy is migrated already)
+        ensure_backup(spec, state, frm, to)
+        result.update(migrate_in_place(spec, state, frm, to))
+    result["keptDatabase"] = (state.get("backup") or {}).get("keptDatabase")
+    result["applied"] = state["migrated"].get("applied", [])
+    result["migrateSeconds"] = state["migrated"].get("seconds")
+    result["cutover"] = cutover(spec, state, frm, to)
+    return result
+
+
+def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    before = set(applied_migrations(spec))
+    rel = spec.release(to)
+    t = time.monotonic()
+    state["dbTouched"] = True
+    save_state(spec, state)
+    p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
+            check=False, timeout=7200)
+    after = applied_migrations(spec)
+    applied = [m for m in after if m not in before]
+    if p.returncode != 0:
+        err = error_summary(p.stderr)
+        what = recover(spec, state, frm, f"`manage.py migrate` of {to} failed: {err}", restore_db=True)
+        raise Refusal(f"the migration of {to} failed ({err}); nothing was lost: {what}")
+    state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
+    save_state(spec, state)
+    return {}
+
+
+def cutover(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    """`current` -> the new release, restart, health gate, maintenance off. On a failed health check
+    the old version comes back (code, database if it changed, config) and the step fails."""
+    t = time.monotonic()
+    switch_current(spec, to)
+    if service_active(spec):
+        run(["systemctl", "stop", spec.service])
+    since = live_marker(spec.db_name)  # rows written from here on are the new version's
+    start_service(spec)
+    h = health(spec, to, spec.health_timeout)
+    if not h["ok"]:
+        fail_health(spec, state, frm, to, h)
+    seconds = close_window(spec, state)
+    state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now(),
+                        "since": since}
+    save_state(spec, state)
+    return {"current": to, "health": h, "windowSeconds": seconds, "seconds": state["cutover"]["seconds"]}
+
+
+def step_switch(spec: Spec) -> dict:
+    state, frm, to = _target(spec)
+    if (state.get("cutover") or {}).get("to") == to and current_version(spec) == to:
+        return {"current": to, "switchedBy": "migrate (the cutover runs in the migration's window)", **state["cutover"]}
+    if _upgrade_done(spec, state, to):
+        return {"skipped": f"{to} already serving"}
+    if not state.get("window"):
+        open_window(spec, state)
+    t = time.monotonic()
+    switch_current(spec, to)
+    if service_active(spec):
+        run(["systemctl", "stop", spec.service])
+    start_service(spec)
+    return {"current": to, "seconds": round(time.monotonic() - t, 2)}
+
+
+def step_health(spec: Spec) -> dict:
+    """The gate again, after the cutover (or the gate itself when a re-run switched in step_switch)."""
+    state, frm, to = _target(spec)
+    h = health(spec, to, spec.health_timeout)
+    if not h["ok"]:
+        fail_health(spec, state, frm, to, h)
+    return h
+
+
+def step_finish(spec: Spec) -> dict:
+    state = load_state(spec)
+    t = state.get("target") or {}
+    to = spec.need_version()
+    frm = t.get("from")
+    if t.get("to") != to:
+        return {"skipped": f"{to} already finished", "current": current_version(spec)}
+    seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
+    smoke = smoke_test(spec)
+    if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
+        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
+        for k in ("target", "dbTouched", "cutover"):
+            state.pop(k, None)
+        save_state(spec, state)
+        release_lock(spec)
+        return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
+    kind = (state.get("target") or {}).get("kind", "upgrade")
+    rb = state.get("rollback")
+    b = state.get("backup") or {}
+    # Dumps written now that the new version serves (in the window the database was only copied or
+    # renamed): a rollback's backup of the newer database, or the portable dump of the snapshot.
+    src = (rb["keptDatabase"] if rb and b.get("to") != to else
+           b["snapshot"] if b.get("snapshot") and not b.get("dump") else None)
+    if src and db_exists(src):
+        b = take_backup(spec, frm or "none", to, db=src)
+        verify_backup(b)
+        if not rb:
+            b["keptDatabase"] = src
+        state["backup"] = b
+    if b.get("path"):
+        if (state.get("cutover") or {}).get("since"):
+            b["liveSince"] = state["cutover"]["since"]  # a later rollback compares only rows written after it
+        register_backup(state, frm, to, b)
+        save_state(spec, state)
+    migrated = (state.get("migrated") or {}).get("applied", [])
+    removed = prune_releases(spec, {to, frm} if frm else {to})
+    dropped = prune_kept_databases(spec, state)
+    added = env_added(spec.repo, frm, to)
+    strategy = (state.get("target") or {}).get("strategy", "in-window")
+    fallback = state.get("stagedFallback")
+    summary = {
+        "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
+        "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
+        "envAdded": added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
+        "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
+    }
+    append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
+    state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
+    state["deployed"] = {"version": to, "previous": frm, "at": now()}
+    for k in ("target", "backup", *MOVE_KEYS):
+        state.pop(k, None)
+    save_state(spec, state)
+    release_lock(spec)
+    return summary
+
+
+def step_status(spec: Spec) -> dict:
+    return {"current": current_version(spec), "layout": "releases" if spec.current.is_symlink() else
+            ("in-place" if (spec.app_root / ".git").exists() else "none"), "state": load_state(spec)}
+
+
+def step_unlock(spec: Spec) -> dict:
+    try:
+        held = json.loads(spec.lock_file.read_text())
+    except FileNotFoundError:
+        return {"unlocked": False, "note": "no lock held"}
+    spec.lock_file.unlink()
+    return {"unlocked": True, "was": held}

@@ -1,0 +1,54 @@
+"""UPGRADE_LOG.md: one entry per upgrade, rollback, recovery or refusal."""
+from __future__ import annotations
+
+import json
+
+from .spec import Spec
+from .util import version_key
+
+
+def append_log(spec: Spec, entry: str) -> None:
+    new = not spec.log_file.exists()
+    with open(spec.log_file, "a") as f:
+        if new:
+            f.write("# JupyterHealth Exchange upgrade log\n\nWritten by jhe-upgrade, one entry per upgrade, rollback or recovery.\n")
+        f.write("\n" + entry)
+
+
+def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: str) -> str:
+    """The entry of a finished install, upgrade or rollback, from finish's summary and the move's state."""
+    frm, to, rb = summary["from"], summary["to"], summary.get("rollback")
+    b = summary.get("backup") or {}
+    fallback = summary.get("stagedFallback")
+    migrated = summary["migrationsApplied"]
+    added = summary["envAdded"]
+    kind = "Install" if not frm else "Rollback" if summary["kind"] == "rollback" or version_key(to) < version_key(frm) else "Upgrade"
+    rb_lines = [] if not rb else [
+        "**Rollback:**",
+        f"- Database restored from {rb['restoredFrom']} (taken when leaving {to}); {frm}'s database kept as {rb['keptDatabase']}",
+        f"- Migrations undone: {', '.join((state.get('target') or {}).get('undo') or []) or 'none'}",
+        f"- Rows written since, replayed: {json.dumps(rb['rowsReplayed'])}",
+        f"- Rows exported for review (not replayable): {json.dumps(rb['rowsExported'])}"
+        + (f" in {rb['exportDir']}" if rb.get("exportDir") else ""),
+        "",
+    ]
+    staged = (state.get("migrated") or {}).get("staged")
+    return "\n".join([
+        f"## {kind} {'of' if not frm else 'to'} {to} - {stamp}", "",
+        f"**Performed by:** {operator} (stack {owner})",
+        f"**From:** {frm or 'nothing'}  **To:** {to}",
+        f"**Downtime:** {summary['downtimeSeconds']} s (maintenance page shown)",
+        "**Migration:** " + ("on a staged copy while the old version served; swapped in by rename" if staged
+                              else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})"
+                                                      if fallback else "")),
+        *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",
+        *rb_lines,
+        "**Changes:**",
+        f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
+        f"- Environment variables added by {to}: {', '.join(added) if added else 'none'}", "",
+        "**Rollback plan:**",
+        f"- Backup: {b.get('path') or 'none'} (sha256 {b.get('sha256') or '-'}, rows {json.dumps(b.get('rowCounts') or {})})",
+        f"- Set jhe:version back to {frm} and run `pulumi up`", "",
+        "**Verification:**",
+        *[f"- {k}: {v}" for k, v in summary["smoke"].items()], "",
+    ])
