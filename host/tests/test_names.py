@@ -1,0 +1,36 @@
+"""Auxiliary database names (staged copy, kept databases) never equal the live name, fit PostgreSQL's
+63 bytes, and are found in bounded time."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import make_spec
+
+from jhe_upgrade.db import aux_name, stamp_name
+from jhe_upgrade.staging import staged_db
+
+
+@pytest.mark.parametrize("length", [1, 20, 44, 45, 50, 56, 57, 62, 63])
+def test_aux_names_fit_and_differ(tmp_path, length: int) -> None:
+    base = ("jhe_" + "x" * 70)[:length]
+    for suffix in ("_staged", "_was_v1_0_0_20261129120000", "_replaced_20261129120000_999"):
+        name = aux_name(base, suffix)
+        assert len(name.encode()) <= 63 and name != base and name.endswith(suffix)
+    assert staged_db(make_spec(tmp_path, dbName=base)) != base
+
+
+def test_long_names_sharing_a_prefix_get_different_aux_names() -> None:
+    a, b = "jhe_" + "a" * 58 + "1", "jhe_" + "a" * 58 + "2"
+    assert aux_name(a, "_staged") != aux_name(b, "_staged")
+
+
+def test_stamp_name_takes_the_next_free_name_and_stops() -> None:
+    base = "jhe_" + "p" * 55  # from about 45 bytes on, the old name was cut and looped forever
+    taken: set[str] = set()
+    first = stamp_name(base, "was_v1_0_0", taken.__contains__)
+    taken.add(first)
+    second = stamp_name(base, "was_v1_0_0", taken.__contains__)
+    assert second != first and re.search(r"_was_v1_0_0_\d{14}_2$", second) and len(second) <= 63
+    with pytest.raises(RuntimeError, match="no free database name"):
+        stamp_name(base, "was_v1_0_0", lambda name: True)

@@ -1,0 +1,70 @@
+"""The plan computed from facts read off a server (recorded here), as `pulumi preview` shows it."""
+from __future__ import annotations
+
+from jhe_upgrade.plan import migration_delta, plan_from_facts
+
+V100 = ["core.0001_initial", "admin.0001_initial", "auth.0001_initial"]
+V110 = V100 + ["core.0002_observation_source", "core.0003_backfill_source"]
+
+
+def facts(**over: object) -> dict:
+    f: dict = {"from": "v1.0.0", "to": "v1.1.0", "pending": [], "undo": [], "wanted": {"SITE_URL": True, "JHE_FEATURE_X": False},
+               "configured": {"SITE_URL", "DB_NAME"}, "envAdded": ["JHE_FEATURE_X"]}
+    f.update(over)
+    return f
+
+
+def test_migration_delta_per_app() -> None:
+    applied = V100 + ["oauth2_provider.0001_initial", "sessions.0001_initial"]
+    pending, undo = migration_delta(sorted(V110 + ["oauth2_provider.0001_initial", "oauth2_provider.0014_x"]), applied)
+    assert pending == ["core.0002_observation_source", "core.0003_backfill_source", "oauth2_provider.0014_x"]
+    assert undo == []  # sessions: an app the target's files do not list is not undone
+    pending, undo = migration_delta(sorted(V100), V110)
+    assert (pending, undo) == ([], ["core.0002_observation_source", "core.0003_backfill_source"])
+
+
+def test_upgrade_with_migrations_on_a_staged_copy() -> None:
+    p = plan_from_facts(facts(pending=V110[3:], strategy="staged", why="..."))
+    assert p["action"] == "upgrade" and p["migrationStrategy"] == "staged"
+    assert p["summary"].startswith("upgrade v1.0.0 -> v1.1.0: backup and migrations on a copy while v1.0.0 serves")
+    assert p["envAdded"] == ["JHE_FEATURE_X"] and p["envMissingRequired"] == []
+
+
+def test_upgrade_in_the_window_says_why() -> None:
+    p = plan_from_facts(facts(pending=V110[3:], strategy="in-window", why="track_counts is off"))
+    assert p["summary"].endswith(": backup and migrations in the window (track_counts is off)")
+
+
+def test_code_only_upgrade() -> None:
+    p = plan_from_facts(facts())
+    assert p["summary"] == "upgrade v1.0.0 -> v1.1.0 (code only, the database stays as it is)"
+    assert "migrationStrategy" not in p
+
+
+def test_missing_required_variable_is_listed() -> None:
+    p = plan_from_facts(facts(wanted={"SITE_URL": True, "JHE_INSTANCE_NAME": True}, configured={"SITE_URL"}))
+    assert p["envMissingRequired"] == ["JHE_INSTANCE_NAME"]
+
+
+def test_install_on_a_bare_server() -> None:
+    p = plan_from_facts(facts(**{"from": None}, pending=V110))
+    assert p["action"] == "install" and "summary" not in p
+
+
+def test_rollback_by_rename_of_the_kept_database() -> None:
+    b = {"id": "20261129-v1.0.0-to-v1.1.0", "keptDatabase": "jhe_production_was_v1_0_0_20261129"}
+    p = plan_from_facts(facts(**{"from": "v1.1.0", "to": "v1.0.0"}, undo=V110[3:], backup=b, keptExists=True))
+    assert p["action"] == "rollback" and p["restoreFrom"] == b["id"]
+    assert "bring back the database kept when v1.0.0 was left (jhe_production_was_v1_0_0_20261129) by rename" in p["summary"]
+    p = plan_from_facts(facts(**{"from": "v1.1.0", "to": "v1.0.0"}, undo=V110[3:], backup=b, keptExists=False))
+    assert "restore backup 20261129-v1.0.0-to-v1.1.0 and replay" in p["summary"]
+
+
+def test_rollback_without_a_backup_will_be_refused() -> None:
+    p = plan_from_facts(facts(**{"from": "v1.1.0", "to": "v1.0.0"}, undo=V110[3:], backup=None))
+    assert p["restoreFrom"] is None and p["summary"] == "rollback v1.1.0 -> v1.0.0 will be refused: no backup taken when leaving v1.0.0"
+
+
+def test_code_only_downgrade_is_a_rollback() -> None:
+    p = plan_from_facts(facts(**{"from": "v1.2.0", "to": "v1.1.0"}))
+    assert p["action"] == "rollback" and p["summary"].startswith("rollback v1.2.0 -> v1.1.0 (code only")
