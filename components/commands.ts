@@ -64,11 +64,13 @@ export type Step = (typeof STEPS)[number];
 /** Runs `script` as root: directly for root, else through password-less sudo (failing fast, clearly). */
 export function privileged(sshUser: string, script: string): string {
     if (sshUser === "root") return `sh -c ${quote([script])}`;
+    // The message is composed on the server (user and sudo's answer filled in there), so it never
+    // appears in the command text that a failing command's error also carries.
     return (
-        `if ! sudo -n true 2>/dev/null; then echo ${quote([
-            `jhe-upgrade: the SSH user ${sshUser} needs password-less sudo on this server (sudo -n failed); ` +
-                `add a sudoers rule, or connect as root (jhe:sshUser)`,
-        ])} >&2; exit 1; fi; ` + `sudo -n sh -c ${quote([script])}`
+        `if ! sudo_says=$(sudo -n true 2>&1); then printf ${quote([
+            "jhe-upgrade: the SSH user %s needs password-less sudo on this server (sudo -n: %s); " +
+                "add a sudoers rule, or connect as root (jhe:sshUser)\n",
+        ])} "$(id -un)" "$(echo "$sudo_says" | head -n 1)" >&2; exit 1; fi; ` + `sudo -n sh -c ${quote([script])}`
     );
 }
 

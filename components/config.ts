@@ -212,6 +212,13 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     if (hostKey) {
         checked(p, "sshHostKey", hostKey, rx(HOST_KEY,
             'must be the server\'s public host key line, e.g. "ssh-ed25519 AAAA…" (ssh-keyscan -t ed25519 <host>)'));
+        // The official command provider offers the server only the pinned key's own algorithm; for an RSA
+        // key that is "ssh-rsa" (SHA-1), which OpenSSH 8.8 and later (Debian 12 on) no longer accept.
+        if (hostKey.startsWith("ssh-rsa ")) {
+            p.push("jhe:sshHostKey is the server's RSA key: the command provider would offer the server only the ssh-rsa (SHA-1) " +
+                "host key algorithm, which OpenSSH 8.8 and later refuse. Pin its Ed25519 or ECDSA key instead " +
+                "(ssh-keyscan -t ed25519 <host>, or /etc/ssh/ssh_host_ed25519_key.pub on the server)");
+        }
     }
     const sshPort = int(raw, "sshPort", p, DEFAULTS.sshPort, 1, 65535);
     const sshUser = str(raw, "sshUser", p, false, DEFAULTS.sshUser);

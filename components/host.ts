@@ -87,61 +87,36 @@ export class JheHost extends pulumi.ComponentResource {
         this.spec = toolSpec(c, false);
         this.specWithEnv = toolSpec(c, true);
         // Debian packages JHE needs: installs only what is missing (nothing, with no network, when all are there).
-        this.packages = new command.remote.Command(
-            "system-packages",
-            { connection: this.connection, create: ensurePackages(c.ssh.user), triggers: SYSTEM_PACKAGES, logging: "stderr" },
-            { parent: this },
-        );
+        this.packages = this.command("system-packages", { create: ensurePackages(c.ssh.user), triggers: SYSTEM_PACKAGES }, { parent: this });
         const source = toolSource();
-        this.tool = new command.remote.Command(
-            "host-tool",
-            {
-                connection: this.connection,
-                create: installTool(c.ssh.user),
-                stdin: source,
-                triggers: [sha256(source)],
-                logging: "stderr",
-            },
-            { parent: this, dependsOn: [this.packages] },
-        );
+        this.tool = this.command("host-tool", { create: installTool(c.ssh.user), stdin: source, triggers: [sha256(source)] },
+            { parent: this, dependsOn: [this.packages] });
         // Adoption runs once per server layout (it aims at no version): nothing on a server already in releases/.
-        this.adopt = new command.remote.Command(
-            "adopt",
-            {
-                connection: this.connection,
-                create: toolStep(c.ssh.user, "adopt"),
-                stdin: JSON.stringify(baseSpec(c, null)),
-                triggers: [c.layout.appRoot],
-                logging: "stderr",
-            },
-            { parent: this, dependsOn: [this.tool] },
-        );
+        this.adopt = this.command("adopt",
+            { create: toolStep(c.ssh.user, "adopt"), stdin: JSON.stringify(baseSpec(c, null)), triggers: [c.layout.appRoot] },
+            { parent: this, dependsOn: [this.tool] });
         this.ready = [this.packages, this.tool, this.adopt];
         this.registerOutputs({ host: c.ssh.host });
     }
 
+    /**
+     * A command on the server over the pinned connection. Its output streams as stderr only (stdout is
+     * one JSON line kept in the state), and it is not given the previous run's output in its environment
+     * (a stock sshd refuses PULUMI_COMMAND_* and the official provider then warns; nothing here reads them).
+     */
+    public command(name: string, args: Omit<command.remote.CommandArgs, "connection">, opts: pulumi.CustomResourceOptions): command.remote.Command {
+        return new command.remote.Command(name, { logging: "stderr", addPreviousOutputInEnv: false, ...args, connection: this.connection }, opts);
+    }
+
     /** A file on the server with this content: installed when it differs, validated, applied (commands.installFile). */
     public file(name: string, content: string, args: InstallFileArgs, opts: pulumi.CustomResourceOptions): command.remote.Command {
-        return new command.remote.Command(
-            name,
-            { connection: this.connection, create: installFile(this.config.ssh.user, args), stdin: content, triggers: [content], logging: "stderr" },
-            opts,
-        );
+        return this.command(name, { create: installFile(this.config.ssh.user, args), stdin: content, triggers: [content] }, opts);
     }
 
     /** A step of the host tool as a command resource: replaced whenever `triggers` change. */
     public step(name: string, step: Step, triggers: pulumi.Input<unknown>[], dependsOn: pulumi.Resource[],
                 parent: pulumi.Resource = this, withEnv = false): command.remote.Command {
-        return new command.remote.Command(
-            name,
-            {
-                connection: this.connection,
-                create: toolStep(this.config.ssh.user, step),
-                stdin: withEnv ? this.specWithEnv : this.spec,
-                triggers,
-                logging: "stderr",
-            },
-            { parent, dependsOn },
-        );
+        return this.command(name, { create: toolStep(this.config.ssh.user, step), stdin: withEnv ? this.specWithEnv : this.spec, triggers },
+            { parent, dependsOn });
     }
 }

@@ -105,16 +105,10 @@ export class NginxSite extends pulumi.ComponentResource {
             { path: `${maintenanceDir(l.serviceName)}/maintenance.html`, mode: "0644" }, { parent: this, dependsOn: host.ready });
         const deps: pulumi.Resource[] = [page];
         if (config.tls.selfSigned) {
-            deps.push(new command.remote.Command(
-                "self-signed-cert",
-                {
-                    connection: host.connection,
-                    create: selfSignedCert(config.ssh.user, config.tls.certificate, config.tls.key, new URL(config.siteUrl).hostname),
-                    triggers: [config.tls.certificate, config.tls.key],
-                    logging: "stderr",
-                },
-                { parent: this, dependsOn: host.ready },
-            ));
+            deps.push(host.command("self-signed-cert", {
+                create: selfSignedCert(config.ssh.user, config.tls.certificate, config.tls.key, new URL(config.siteUrl).hostname),
+                triggers: [config.tls.certificate, config.tls.key],
+            }, { parent: this, dependsOn: host.ready }));
         }
         const enabled = `/etc/nginx/sites-enabled/${l.serviceName}`;
         this.install = host.file("site", site, {

@@ -1,8 +1,9 @@
 // The upgrade plan, read from the server without changing it, during `pulumi preview` and `up`:
 // the current version, the target's pending migrations (its migration files against the server's
 // django_migrations), env variables it adds, and whether it is an upgrade or a rollback.
+import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
-import { Client } from "ssh2";
+import { Client, ServerHostKeyAlgorithm } from "ssh2";
 import { privileged } from "./commands";
 import { JheConfig } from "./config";
 import { baseSpec, toolSource } from "./host";
@@ -19,14 +20,33 @@ export interface Plan {
     error?: string;
 }
 
-/** Runs one command over SSH with a pinned host key; resolves with stdout (rejects on failure). */
+/** A host key line's type and SHA256 fingerprint, as `ssh-keygen -l` prints it. */
+export function fingerprint(keyLine: string): { type: string; sha256: string } {
+    const [type, b64] = keyLine.trim().split(/\s+/);
+    return { type, sha256: fingerprintOf(Buffer.from(b64 ?? "", "base64")) };
+}
+
+function fingerprintOf(blob: Buffer): string {
+    return "SHA256:" + crypto.createHash("sha256").update(blob).digest("base64").replace(/=+$/, "");
+}
+
+/** The server presented another host key than the pinned one: nothing may run there. */
+export class HostKeyMismatch extends Error {}
+
+/**
+ * Runs one command over SSH with a pinned host key; resolves with stdout (rejects on failure). Only
+ * the pinned key's algorithm is negotiated (as the command provider does), so a server with several
+ * host keys presents the pinned one; any other key is a HostKeyMismatch naming both fingerprints.
+ */
 export function sshExec(
     conn: { host: string; port: number; user: string; privateKey: string; hostKey: string },
     cmd: string,
     stdin: string,
     timeoutMs = 30_000,
 ): Promise<string> {
+    const pinned = fingerprint(conn.hostKey);
     const expected = Buffer.from(conn.hostKey.trim().split(/\s+/)[1] ?? "", "base64");
+    let offered: Buffer | undefined;
     return new Promise((resolve, reject) => {
         const c = new Client();
         const timer = setTimeout(() => {
@@ -55,6 +75,14 @@ export function sshExec(
         });
         c.on("error", (e) => {
             clearTimeout(timer);
+            if (offered && !offered.equals(expected)) {
+                const type = offered.subarray(4, 4 + offered.readUInt32BE(0)).toString();
+                return reject(new HostKeyMismatch(
+                    `the SSH host key of ${conn.host} is not the pinned one: the server offered ${type} ${fingerprintOf(offered)}, ` +
+                    `jhe:sshHostKey pins ${pinned.type} ${pinned.sha256}. Nothing was run on it. If the server was rebuilt, ` +
+                    `check its new key out of band (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on its console) and set ` +
+                    `jhe:sshHostKey; otherwise someone may be in between: do not go on`));
+            }
             reject(e);
         });
         c.connect({
@@ -63,7 +91,11 @@ export function sshExec(
             username: conn.user,
             privateKey: conn.privateKey,
             readyTimeout: 15_000,
-            hostVerifier: (key: Buffer) => key.equals(expected),
+            algorithms: { serverHostKey: [pinned.type as ServerHostKeyAlgorithm] },
+            hostVerifier: (key: Buffer) => {
+                offered = key;
+                return key.equals(expected);
+            },
         });
     });
 }
@@ -96,6 +128,7 @@ export function readPlan(config: JheConfig): pulumi.Output<Plan> {
             delete r.seconds;
             return r as Plan;
         } catch (e) {
+            if (e instanceof HostKeyMismatch) throw e; // refused before any command: the preview and up fail here
             return { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` };
         }
     });

@@ -65,17 +65,11 @@ export class JheRelease extends pulumi.ComponentResource {
         // 8. The optional Django superuser, once the release serves (re-run when its settings change).
         if (config.admin) {
             const a = config.admin;
-            new command.remote.Command(
-                "admin-user",
-                {
-                    connection: host.connection,
-                    create: toolStep(config.ssh.user, "superuser"),
-                    stdin: pulumi.secret(a.password.apply((pw) => JSON.stringify({ ...baseSpec(config), adminUser: a.user, adminEmail: a.email, adminPassword: pw }))),
-                    triggers: [a.user, a.email, a.password.apply((pw) => sha256(pw).slice(0, 16))],
-                    logging: "stderr",
-                },
-                { parent: this, dependsOn: [steps.finish] },
-            );
+            host.command("admin-user", {
+                create: toolStep(config.ssh.user, "superuser"),
+                stdin: pulumi.secret(a.password.apply((pw) => JSON.stringify({ ...baseSpec(config), adminUser: a.user, adminEmail: a.email, adminPassword: pw }))),
+                triggers: [a.user, a.email, a.password.apply((pw) => sha256(pw).slice(0, 16))],
+            }, { parent: this, dependsOn: [steps.finish] });
         }
         this.registerOutputs({});
     }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -25,13 +26,12 @@ func (s *server) runLocal(urn string, sp spec, prev map[string]string) (string, 
 	if sp.stdin != "" {
 		cmd.Stdin = strings.NewReader(sp.stdin)
 	}
-	out, errl := loggers(s, urn, sp.logging)
-	cmd.Stdout, cmd.Stderr = out, errl
+	out := newCapture(s, urn, sp.logging)
+	cmd.Stdout, cmd.Stderr = out.stdout(), out.stderr()
 	err := cmd.Run()
-	stdout, stderr := out.flush(), errl.flush()
+	stdout, stderr, combined := out.finish()
 	if err != nil {
-		return stdout, stderr, failure("local command failed", err,
-			sp.logging, stdout, stderr)
+		return stdout, stderr, fmt.Errorf("%w: running %q:\n%s", err, sp.command, combined)
 	}
 	return stdout, stderr, nil
 }

@@ -12,6 +12,15 @@
 //
 // Anything else (CopyToRemote, CopyFile, assetPaths/archivePaths) is refused in Check with a clear
 // error instead of being silently ignored.
+//
+// Behaviour mirrors the official v1.2.1 (provider/pkg/provider/remote/ and util/ of
+// github.com/pulumi/pulumi-command, on pulumi-go-provider v1.3.0): only the pinned host key's
+// algorithm is negotiated (connection.go, SSHConfig); every dial error is retried, 100 ms x1.5 up to
+// 5 s, "after N failed attempts: ..." (connection.go, dialWithRetry); key, password, keyboard-
+// interactive, then the agent whenever a socket is found; a failure is "<err>: running \"<cmd>\":\n"
+// plus all output (commandOutputs.go, run); output streams as status lines (util.go, LogOutput);
+// a refused `environment` variable is an error, a refused PULUMI_COMMAND_STDOUT/STDERR (set on update
+// and delete when not empty) a warning. tests/conformance states each behaviour the program uses.
 package main
 
 import (
@@ -19,6 +28,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -89,6 +99,14 @@ func (s *server) logf(urn string, sev diag.Severity, format string, args ...any)
 		return
 	}
 	_ = s.host.Log(context.Background(), sev, resource.URN(urn), fmt.Sprintf(format, args...))
+}
+
+// statusf logs a status message: shown while it is the latest, absent from the final diagnostics.
+func (s *server) statusf(urn string, sev diag.Severity, format string, args ...any) {
+	if s.host == nil {
+		return
+	}
+	_ = s.host.LogStatus(context.Background(), sev, resource.URN(urn), fmt.Sprintf(format, args...))
 }
 
 func tokenOf(urn string) string { return string(resource.URN(urn).Type()) }
@@ -297,9 +315,6 @@ func specFrom(in resource.PropertyMap, which resource.PropertyKey) spec {
 		command: str(in, which), stdin: str(in, "stdin"), dir: str(in, "dir"),
 		logging: str(in, "logging"), addPrevEnv: true, env: map[string]string{},
 	}
-	if sp.logging == "" {
-		sp.logging = "stdoutAndStderr"
-	}
 	if v, ok := in["addPreviousOutputInEnv"]; ok && v.IsBool() {
 		sp.addPrevEnv = v.BoolValue()
 	}
@@ -376,75 +391,76 @@ func (s *server) run(urn string, inputs, olds *structpb.Struct, op string, previ
 	return marshal(state)
 }
 
-// lineLogger forwards complete lines of a stream to the engine as info diagnostics.
-type lineLogger struct {
-	s      *server
-	urn    string
-	on     bool
-	buf    strings.Builder
-	all    strings.Builder
-	mu     sync.Mutex
-	header string
+// capture keeps a command's stdout, stderr and both interleaved as they arrive (upstream's
+// stdouterrbuf, which its failure message carries whole), and streams the lines of the streams that
+// `logging` selects (default: both) as status messages - shown while they are the latest, not kept
+// in the final output (upstream: util.LogOutput -> InfoStatus -> host.LogStatus, severity info).
+type capture struct {
+	s                        *server
+	urn                      string
+	logOut, logErr           bool
+	mu                       sync.Mutex
+	out, err, combined, line strings.Builder
 }
 
-func (l *lineLogger) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.all.Write(p)
-	if !l.on || l.urn == "" {
+type captureStream struct {
+	c      *capture
+	stderr bool
+}
+
+func newCapture(s *server, urn, logging string) *capture {
+	return &capture{s: s, urn: urn,
+		logOut: logging == "" || logging == "stdout" || logging == "stdoutAndStderr",
+		logErr: logging == "" || logging == "stderr" || logging == "stdoutAndStderr"}
+}
+
+func (c *capture) stdout() io.Writer { return &captureStream{c, false} }
+func (c *capture) stderr() io.Writer { return &captureStream{c, true} }
+
+func (w *captureStream) Write(p []byte) (int, error) {
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if w.stderr {
+		c.err.Write(p)
+	} else {
+		c.out.Write(p)
+	}
+	c.combined.Write(p)
+	if c.urn == "" || (w.stderr && !c.logErr) || (!w.stderr && !c.logOut) {
 		return len(p), nil
 	}
-	l.buf.Write(p)
+	c.line.Write(p)
 	for {
-		b := l.buf.String()
+		b := c.line.String()
 		i := strings.IndexByte(b, '\n')
 		if i < 0 {
 			break
 		}
-		l.s.logf(l.urn, diag.Info, "%s%s", l.header, b[:i])
-		l.buf.Reset()
-		l.buf.WriteString(b[i+1:])
+		c.s.statusf(c.urn, diag.Info, "%s", strings.TrimSuffix(b[:i], "\r"))
+		c.line.Reset()
+		c.line.WriteString(b[i+1:])
 	}
 	return len(p), nil
 }
 
-func (l *lineLogger) flush() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.on && l.urn != "" && l.buf.Len() > 0 {
-		l.s.logf(l.urn, diag.Info, "%s%s", l.header, l.buf.String())
+// finish returns stdout and stderr without one trailing newline (as upstream stores them), and the
+// interleaved output as it came.
+func (c *capture) finish() (string, string, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.urn != "" && c.line.Len() > 0 {
+		c.s.statusf(c.urn, diag.Info, "%s", c.line.String())
+		c.line.Reset()
 	}
-	return strings.TrimSuffix(l.all.String(), "\n")
+	return strings.TrimSuffix(c.out.String(), "\n"), strings.TrimSuffix(c.err.String(), "\n"), c.combined.String()
 }
 
-func loggers(s *server, urn, mode string) (*lineLogger, *lineLogger) {
-	out := &lineLogger{s: s, urn: urn, on: mode == "stdout" || mode == "stdoutAndStderr"}
-	errl := &lineLogger{s: s, urn: urn, on: mode == "stderr" || mode == "stdoutAndStderr"}
-	return out, errl
-}
-
-// failure reports a failed command with the tail of the streams its `logging` lets through.
-func failure(what string, err error, logging, stdout, stderr string) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %v", what, err)
-	if logging != "stdout" && logging != "stdoutAndStderr" {
-		stdout = ""
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
 	}
-	if logging != "stderr" && logging != "stdoutAndStderr" {
-		stderr = ""
-	}
-	if stdout != "" {
-		fmt.Fprintf(&b, "\nstdout:\n%s", tail(stdout, 4000))
-	}
-	if stderr != "" {
-		fmt.Fprintf(&b, "\nstderr:\n%s", tail(stderr, 8000))
-	}
-	return fmt.Errorf("%s", b.String())
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "…" + s[len(s)-n:]
+	sort.Strings(keys)
+	return keys
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pulumi/pulumi/sdk/v3/go/common/diag"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
@@ -52,6 +52,9 @@ func connFrom(m resource.PropertyMap) (*conn, error) {
 }
 
 func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
+	// Auth methods in the official order (provider/pkg/provider/remote/connection.go, SSHConfig): key,
+	// password, keyboard-interactive answering with the password, then the agent - used whenever a
+	// socket is found (agentSocketPath, else SSH_AUTH_SOCK), even with a key or a password.
 	var auths []ssh.AuthMethod
 	if c.privateKey != "" {
 		var signer ssh.Signer
@@ -62,7 +65,7 @@ func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
 			signer, err = ssh.ParsePrivateKey([]byte(c.privateKey))
 		}
 		if err != nil {
-			return nil, fmt.Errorf("connection.privateKey cannot be parsed: %w", err)
+			return nil, err
 		}
 		auths = append(auths, ssh.PublicKeys(signer))
 	}
@@ -78,113 +81,134 @@ func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
 			}))
 	}
 	sock := c.agentSocketPath
-	if sock == "" && c.privateKey == "" && c.password == "" {
+	if sock == "" {
 		sock = os.Getenv("SSH_AUTH_SOCK")
 	}
 	if sock != "" {
 		a, err := net.Dial("unix", sock)
 		if err != nil {
-			return nil, fmt.Errorf("connection.agentSocketPath %s: %w", sock, err)
+			return nil, err
 		}
 		auths = append(auths, ssh.PublicKeysCallback(agent.NewClient(a).Signers))
 	}
-	if len(auths) == 0 {
-		return nil, fmt.Errorf("connection needs privateKey, password or an SSH agent")
-	}
-	hostKeyCallback := ssh.InsecureIgnoreHostKey()
+	cfg := &ssh.ClientConfig{User: c.user, Auth: auths, HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+		Timeout: time.Duration(c.perDialTimeout) * time.Second}
 	if c.hostKey != "" {
+		// Pinned: only the pinned key's own algorithm is offered (HostKeyAlgorithms = [key.Type()]; for an
+		// RSA key that is "ssh-rsa" alone, as upstream), and the key must match exactly.
 		want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.hostKey))
 		if err != nil {
-			return nil, fmt.Errorf("connection.hostKey must be a public key line such as "+
-				"\"ssh-ed25519 AAAA…\": %w", err)
+			return nil, fmt.Errorf("failed to parse host key: %w", err)
 		}
-		hostKeyCallback = func(hostname string, _ net.Addr, got ssh.PublicKey) error {
-			if !bytes.Equal(got.Marshal(), want.Marshal()) {
-				return fmt.Errorf("host key mismatch for %s: the server offered %s %s, connection.hostKey pins %s %s",
-					hostname, got.Type(), ssh.FingerprintSHA256(got), want.Type(), ssh.FingerprintSHA256(want))
-			}
-			return nil
-		}
+		cfg.HostKeyCallback = ssh.FixedHostKey(want)
+		cfg.HostKeyAlgorithms = []string{want.Type()}
 	}
-	return &ssh.ClientConfig{
-		User: c.user, Auth: auths, HostKeyCallback: hostKeyCallback,
-		Timeout: time.Duration(c.perDialTimeout) * time.Second,
-	}, nil
+	return cfg, nil
 }
 
-// dial connects, retrying up to dialErrorLimit times (-1: until cancelled) with a short backoff.
-func (s *server) dial(c *conn) (*ssh.Client, error) {
+// retry dials like upstream's connection.go (dialWithRetry): attempts until one succeeds or more than
+// dialErrorLimit have failed (-1: no limit), waiting 100 ms x1.5 per failure (at most 5 s) as
+// pulumi/sdk's retry.Until does, with a status line per failure; every error is retried, even a host
+// key mismatch. The final error is "after <limit> failed attempts: <last error>".
+func (s *server) retry(urn, what string, limit int, f func() (*ssh.Client, error)) (*ssh.Client, error) {
+	delay := 100 * time.Millisecond
+	for dials := 1; ; dials++ {
+		client, err := f()
+		if err == nil {
+			return client, nil
+		}
+		if limit >= 0 && dials > limit {
+			return nil, fmt.Errorf("after %d failed attempts: %w", limit, err)
+		}
+		shown := "inf"
+		if limit >= 0 {
+			shown = strconv.Itoa(limit)
+		}
+		s.statusf(urn, diag.Info, "%s %d/%s failed: retrying", what, dials, shown)
+		select {
+		case <-s.ctx.Done():
+			return nil, s.ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(time.Duration(float64(delay)*1.5), 5*time.Second)
+	}
+}
+
+// dial connects to the server, through the proxy (bastion) when one is given. perDialTimeout bounds
+// the TCP connect only (ssh.Dial's ClientConfig.Timeout), not the SSH handshake.
+func (s *server) dial(urn string, c *conn) (*ssh.Client, error) {
 	cfg, err := c.clientConfig()
 	if err != nil {
 		return nil, err
 	}
 	addr := net.JoinHostPort(c.host, strconv.Itoa(c.port))
-	var via *ssh.Client
-	if c.proxy != nil {
-		if via, err = s.dial(c.proxy); err != nil {
-			return nil, fmt.Errorf("proxy %s: %w", c.proxy.host, err)
-		}
+	if c.proxy == nil {
+		return s.retry(urn, "Dial", c.dialErrorLimit, func() (*ssh.Client, error) { return ssh.Dial("tcp", addr, cfg) })
 	}
-	var lastErr error
-	for attempt := 1; c.dialErrorLimit < 0 || attempt <= max(c.dialErrorLimit, 1); attempt++ {
-		var nc net.Conn
-		if via != nil {
-			nc, lastErr = via.Dial("tcp", addr)
-		} else {
-			nc, lastErr = net.DialTimeout("tcp", addr, cfg.Timeout)
-		}
-		if lastErr == nil {
-			_ = nc.SetDeadline(time.Now().Add(cfg.Timeout))
-			sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
-			if err == nil {
-				_ = nc.SetDeadline(time.Time{})
-				return ssh.NewClient(sc, chans, reqs), nil
-			}
-			nc.Close()
-			lastErr = err
-			if strings.Contains(err.Error(), "host key mismatch") || strings.Contains(err.Error(), "unable to authenticate") {
-				break // retrying cannot fix these
-			}
-		}
-		select {
-		case <-s.ctx.Done():
-			return nil, fmt.Errorf("cancelled while connecting to %s", addr)
-		case <-time.After(time.Duration(min(attempt, 5)) * 500 * time.Millisecond):
-		}
+	pcfg, err := c.proxy.clientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	return nil, fmt.Errorf("cannot connect to %s@%s: %w", c.user, addr, lastErr)
+	paddr := net.JoinHostPort(c.proxy.host, strconv.Itoa(c.proxy.port))
+	via, err := s.retry(urn, "Dial proxy", c.proxy.dialErrorLimit, func() (*ssh.Client, error) { return ssh.Dial("tcp", paddr, pcfg) })
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	return s.retry(urn, "Dial from proxy", c.dialErrorLimit, func() (*ssh.Client, error) {
+		nc, err := via.Dial("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return ssh.NewClient(sc, chans, reqs), nil
+	})
 }
 
-// runRemote runs a command in one SSH session.
+// setenvRefused is upstream's text for a variable sshd did not accept (commandOutputs.go, logAndWrapSetenvErr).
+const setenvRefused = "Unable to set '%s'. This only works if your SSH server is configured to accept\n\tthese variables via AcceptEnv. " +
+	"Alternatively, if a Bash-like shell runs the command on the remote host, you could\n\tprefix the command itself with the " +
+	"variables in the form 'VAR=value command'"
+
+// runRemote runs a command in one SSH session (upstream: commandOutputs.go, run).
 func (s *server) runRemote(urn string, sp spec, prev map[string]string) (string, string, error) {
 	c, err := connFrom(sp.connection)
 	if err != nil {
 		return "", "", err
 	}
-	client, err := s.dial(c)
+	client, err := s.dial(urn, c)
 	if err != nil {
 		return "", "", err
 	}
 	defer client.Close()
 	sess, err := client.NewSession()
 	if err != nil {
-		return "", "", fmt.Errorf("opening an SSH session on %s: %w", c.host, err)
+		return "", "", err
 	}
 	defer sess.Close()
-	for k, v := range prev {
-		_ = sess.Setenv(k, v) // best effort: only servers with AcceptEnv PULUMI_COMMAND_* take it
+	// The user's environment first: a variable sshd refuses is an error (after an error diagnostic).
+	for _, k := range sortedKeys(sp.env) {
+		if err := sess.Setenv(k, sp.env[k]); err != nil {
+			s.logf(urn, diag.Error, setenvRefused, k)
+			return "", "", fmt.Errorf("could not set environment variable %q: %w", k, err)
+		}
 	}
-	for k, v := range sp.env {
-		if err := sess.Setenv(k, v); err != nil {
-			return "", "", fmt.Errorf("the server refused environment variable %s (add it to sshd's AcceptEnv, "+
-				"or pass the value on stdin): %w", k, err)
+	// The previous run's output, on update and delete, when not empty: a refusal is only a warning.
+	for _, k := range sortedKeys(prev) {
+		if prev[k] == "" {
+			continue
+		}
+		if err := sess.Setenv(k, prev[k]); err != nil {
+			s.logf(urn, diag.Warning, setenvRefused, k)
 		}
 	}
 	if sp.stdin != "" {
 		sess.Stdin = strings.NewReader(sp.stdin)
 	}
-	out, errl := loggers(s, urn, sp.logging)
-	sess.Stdout, sess.Stderr = out, errl
+	out := newCapture(s, urn, sp.logging)
+	sess.Stdout, sess.Stderr = out.stdout(), out.stderr()
 	done := make(chan error, 1)
 	go func() { done <- sess.Run(sp.command) }()
 	select {
@@ -192,12 +216,11 @@ func (s *server) runRemote(urn string, sp spec, prev map[string]string) (string,
 	case <-s.ctx.Done():
 		_ = sess.Signal(ssh.SIGTERM)
 		client.Close()
-		err = fmt.Errorf("cancelled")
+		err = s.ctx.Err()
 	}
-	stdout, stderr := out.flush(), errl.flush()
+	stdout, stderr, combined := out.finish()
 	if err != nil {
-		return stdout, stderr, failure(fmt.Sprintf("remote command on %s failed", c.host), err,
-			sp.logging, stdout, stderr)
+		return stdout, stderr, fmt.Errorf("%w: running %q:\n%s", err, sp.command, combined)
 	}
 	return stdout, stderr, nil
 }

@@ -9,7 +9,7 @@ import * as path from "path";
 import { quote } from "shell-quote";
 import { installFile, installTool, privileged, toolStep } from "../../components/commands";
 import { renderSite } from "../../components/nginx";
-import { planCommand } from "../../components/plan";
+import { fingerprint, planCommand } from "../../components/plan";
 import { renderUnit, verifyUnit } from "../../components/systemd";
 
 const sh = (cmd: string, stdin = "") => spawnSync("/bin/sh", ["-c", cmd], { input: stdin, encoding: "utf8" });
@@ -39,7 +39,12 @@ describe("command builders", function () {
         const cmd = privileged("deploy", "id -u");
         assert.match(cmd, /sudo -n true/);
         assert.match(cmd, /sudo -n sh -c 'id -u'/);
-        assert.match(cmd, /the SSH user deploy needs password-less sudo/);
+        assert.doesNotMatch(cmd, /deploy/, "the message is composed on the server, not in the command text");
+        // run with a sudo that wants a password: the server-side message names the user and sudo's answer
+        fs.writeFileSync(path.join(dir, "sudo"), "#!/bin/sh\necho 'sudo: a password is required' >&2; exit 1\n", { mode: 0o755 });
+        const r = sh(`PATH=${quote([dir])}:$PATH; ${cmd}`);
+        assert.strictEqual(r.status, 1);
+        assert.match(r.stderr, new RegExp(`the SSH user ${os.userInfo().username} needs password-less sudo on this server \\(sudo -n: sudo: a password is required\\)`));
         assert.strictEqual(privileged("root", "id -u"), "sh -c 'id -u'");
     });
 
@@ -124,5 +129,22 @@ describe("rendered unit and site", function () {
         assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/maintenance-on\) \{\s*return 503;/);
         assert.match(s, /return 301 https:\/\/\$host\$request_uri;/);
         assert.match(s, /server_name jhe\.example\.org;/);
+    });
+});
+
+describe("host key fingerprints (components/plan.ts)", function () {
+    it("match ssh-keygen -l for each key type a server has", function () {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jhe-fp-"));
+        try {
+            for (const t of ["ed25519", "ecdsa", "rsa"]) {
+                spawnSync("ssh-keygen", ["-q", "-t", t, "-N", "", "-f", path.join(dir, t)]);
+                const line = fs.readFileSync(path.join(dir, `${t}.pub`), "utf8");
+                const [bits, sha, , type] = spawnSync("ssh-keygen", ["-lf", path.join(dir, `${t}.pub`)], { encoding: "utf8" }).stdout.trim().split(" ");
+                assert.ok(Number(bits) > 0);
+                assert.deepStrictEqual(fingerprint(line), { type: line.split(" ")[0], sha256: sha }, `${t} ${type}`);
+            }
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 });

@@ -71,6 +71,8 @@ describe("config validation", function () {
         ["backups inside the app", { backupDir: "/opt/jupyterhealth-exchange/backups" }, /jhe:backupDir must lie outside/],
         ["host with a space", { host: "a b" }, /jhe:host must be a host name/],
         ["host key not a key line", { sshHostKey: "AAAA" }, /jhe:sshHostKey must be the server's public host key/],
+        ["RSA host key", { sshHostKey: "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7 root@jhe" },
+            /jhe:sshHostKey is the server's RSA key: .*only the ssh-rsa \(SHA-1\).*Pin its Ed25519 or ECDSA key instead/],
         ["port out of range", { sshPort: 70000 }, /jhe:sshPort must be a whole number from 1 to 65535/],
         ["user with capitals", { appUser: "Root" }, /jhe:appUser must be a Unix name/],
         ["db name with a dash", { dbName: "jhe-prod" }, /jhe:dbName must be a PostgreSQL name/],
