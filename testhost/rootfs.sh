@@ -28,13 +28,13 @@ debootstrap --variant=minbase --include="$pkgs" "$suite" "$tmp/fs" "$mirror" >"$
 fs="$tmp/fs"
 
 # --- make it a server that boots under systemd-nspawn and is configured per instance -------------
-# Host keys, authorized keys and the network address are bound in per instance at boot.
+# Host keys (RSA, ECDSA and Ed25519, as a stock Debian server has), authorized keys and the network
+# address are bound in per instance at boot. sshd_config stays Debian's (AcceptEnv LANG LC_*).
 rm -f "$fs"/etc/ssh/ssh_host_*
 cat > "$fs/etc/ssh/sshd_config.d/jhe-testhost.conf" <<'CONF'
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-HostKey /etc/ssh/ssh_host_ed25519_key
 UseDNS no
 CONF
 : > "$fs/etc/machine-id"

@@ -69,6 +69,7 @@ read = lambda f: open(os.path.join(inst, f)).read().strip() if os.path.exists(os
 print(json.dumps({
     "name": name, "state": state, "address": addr, "hostAddress": hostside, "sshPort": 22, "user": "root",
     "privateKeyPath": os.path.join(inst, "id_ed25519"), "hostKey": read("ssh_host_ed25519_key.pub"),
+    "hostKeys": {t: read(f"ssh_host_{t}_key.pub") for t in ("ed25519", "ecdsa", "rsa")},
     "knownHostsPath": os.path.join(inst, "known_hosts"), "pgPassword": read("pg_password"),
     "netns": "jhe-" + name, "legacy": read("legacy"), "siteUrl": read("site_url"),
     "upstreamRepo": "/srv/jhe-upstream.git", "wheelhouse": "/srv/wheelhouse",
@@ -128,11 +129,18 @@ up)
   flock -u 9
   addr="$NET_PREFIX.$idx.2"; hostaddr="$NET_PREFIX.$idx.1"
 
-  # Keys: the server's host key (pinned by the client) and the client's key, both per instance.
-  ssh-keygen -q -t ed25519 -N '' -C "jhe-testhost-$name" -f "$inst/ssh_host_ed25519_key"
+  # Keys: the server's host keys, one of each type a stock Debian server has (a client pins one), and
+  # the client's key, all per instance.
+  host_key_binds=()
+  : > "$inst/known_hosts"
+  for t in rsa ecdsa ed25519; do
+    ssh-keygen -q -t $t -N '' -C "jhe-testhost-$name" -f "$inst/ssh_host_${t}_key"
+    echo "$addr $(cut -d' ' -f1-2 "$inst/ssh_host_${t}_key.pub")" >> "$inst/known_hosts"
+    host_key_binds+=(--bind-ro="$inst/ssh_host_${t}_key:/etc/ssh/ssh_host_${t}_key"
+                     --bind-ro="$inst/ssh_host_${t}_key.pub:/etc/ssh/ssh_host_${t}_key.pub")
+  done
   ssh-keygen -q -t ed25519 -N '' -C "jhe-upgrade@$name" -f "$inst/id_ed25519"
   cp "$inst/id_ed25519.pub" "$inst/authorized_keys"
-  echo "$addr $(cut -d' ' -f1-2 "$inst/ssh_host_ed25519_key.pub")" > "$inst/known_hosts"
   head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$inst/pg_password"
   echo "jhe-$name" > "$inst/hostname"
   printf '127.0.0.1 localhost\n127.0.1.1 jhe-%s\n::1 localhost ip6-localhost ip6-loopback\n' "$name" > "$inst/hosts"
@@ -164,8 +172,7 @@ up)
     systemd-nspawn -b -D "$rootfs" --register=no --keep-unit --volatile=overlay -M "jhe-$name" \
       --resolv-conf=off --console=read-only --network-namespace-path="/run/netns/$netns" \
       --capability=CAP_NET_ADMIN \
-      --bind-ro="$inst/ssh_host_ed25519_key:/etc/ssh/ssh_host_ed25519_key" \
-      --bind-ro="$inst/ssh_host_ed25519_key.pub:/etc/ssh/ssh_host_ed25519_key.pub" \
+      "${host_key_binds[@]}" \
       --bind-ro="$inst/authorized_keys:/root/.ssh/authorized_keys" \
       --bind-ro="$inst/host0.network:/etc/systemd/network/10-host0.network" \
       --bind-ro="$inst/hostname:/etc/hostname" --bind-ro="$inst/hosts:/etc/hosts" \

@@ -9,14 +9,14 @@ import { HostInfo, query, request, servingVersion, sshOk, tableFingerprint, up }
 
 const APP = "/opt/jupyterhealth-exchange";
 
-describe("rollback and recovery (real engine, real server)", function () {
+describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed25519 host keys, pinned by ECDSA)", function () {
     this.timeout(900_000);
     let h: HostInfo;
     let stack: Stack;
 
     before(async function () {
         h = await up("e2erb", { legacy: "v1.0.0", patients: 30, observations: 2000 });
-        stack = await projectStack(h, "v1.0.0");
+        stack = await projectStack(h, "v1.0.0", { "jhe:sshHostKey": { value: h.hostKeys.ecdsa } });
         await stack.up();
     });
     after(async function () {

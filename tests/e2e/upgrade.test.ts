@@ -2,7 +2,9 @@
 // v1.0.0 -> v1.1.0 -> v1.2.0 -> v2.0.0, refuse v1.2.0 without its env var (changing nothing), keep
 // secrets out of every log, re-run as a no-op, and destroy without touching the server.
 import * as assert from "assert";
+import { execFileSync } from "child_process";
 import * as fs from "fs";
+import * as os from "os";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
@@ -12,7 +14,7 @@ import { HostInfo, query, request, servingVersion, ssh, sshOk, tableFingerprint,
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
 
-describe("upgrade (real engine, real server)", function () {
+describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host keys, pinned by Ed25519)", function () {
     this.timeout(900_000);
     let h: HostInfo;
     let stack: Stack;
@@ -43,6 +45,28 @@ describe("upgrade (real engine, real server)", function () {
         // The old checkout is left as it was (nothing deleted), the unit now runs `current`.
         await sshOk(h, `test -d ${APP}/.git && test -f ${APP}/.env && grep -q '${APP}/current/venv/bin/gunicorn' /etc/systemd/system/jhe.service`);
         assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Adopted v1\.0\.0/);
+    });
+
+    it("a changed host key (Ed25519 pin of another server) is refused before any command, naming both fingerprints", async function () {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jhe-key-"));
+        try {
+            execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(dir, "k")]);
+            const other = fs.readFileSync(path.join(dir, "k.pub"), "utf8").trim();
+            const before = await serverFingerprint(h);
+            await stack.setConfig("jhe:sshHostKey", { value: other });
+            const fp = (line: string) => execFileSync("ssh-keygen", ["-lf", "-"], { input: line }).toString().split(" ")[1];
+            for (const op of [() => stack.preview(), () => stack.up()]) {
+                await assert.rejects(op(), (e: Error) => {
+                    assert.ok(e.message.includes(`the server offered ssh-ed25519 ${fp(h.hostKeys.ed25519)}, jhe:sshHostKey pins ssh-ed25519 ${fp(other)}`),
+                        e.message.slice(-2000));
+                    return true;
+                });
+            }
+            assert.deepStrictEqual(await serverFingerprint(h), before, "nothing ran on the server");
+        } finally {
+            await stack.setConfig("jhe:sshHostKey", { value: h.hostKey });
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 
     it("a version change previews as replacements of exactly the versioned steps, with the plan", async function () {

@@ -19,7 +19,10 @@ export interface HostInfo {
     sshPort: number;
     user: string;
     privateKeyPath: string;
+    /** The server's Ed25519 host key line (what the stacks pin by default). */
     hostKey: string;
+    /** Every host key the server has, by type, as a stock Debian server: ed25519, ecdsa, rsa. */
+    hostKeys: { ed25519: string; ecdsa: string; rsa: string };
     knownHostsPath: string;
     pgPassword: string;
     netns: string;
