@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `npm test` (everything), `npm run test:unit|test:py|test:host|test:e2e|test:faults`: installs what is
+# `npm test` (everything), `npm run test:unit|test:py|test:host|test:conformance|test:e2e|test:faults`: installs what is
 # missing, checks types and lint (tsc; ruff + mypy for the host tool), then runs the chosen layers:
 # pytest for the host tool (py, and in all), mocha for the rest. Extra arguments go to mocha (e.g. --grep).
 # Closes with one line counting every test that ran: "N passed, N failed".
@@ -12,9 +12,11 @@ case "$layer" in
   host) files=("bin/tests/host/**/*.test.js") ;;
   e2e)  files=("bin/tests/e2e/**/*.test.js") ;;
   faults) files=("bin/tests/faults/**/*.test.js") ;;
+  conformance) files=("bin/tests/conformance/**/*.test.js") ;;
   py) files=() ;;
-  all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/host/**/*.test.js" "bin/tests/e2e/**/*.test.js" "bin/tests/faults/**/*.test.js") ;;
-  *) echo "usage: scripts/test.sh unit|py|host|e2e|faults|all [mocha args]" >&2; exit 2 ;;
+  all)  files=("bin/tests/unit/**/*.test.js" "bin/tests/host/**/*.test.js" "bin/tests/conformance/**/*.test.js"
+              "bin/tests/e2e/**/*.test.js" "bin/tests/faults/**/*.test.js") ;;
+  *) echo "usage: scripts/test.sh unit|py|host|conformance|e2e|faults|all [mocha args]" >&2; exit 2 ;;
 esac
 passed=0 failed=0 rc=0
 summary=$(mktemp); trap 'rm -f "$summary"' EXIT
@@ -41,6 +43,7 @@ fi
 if [[ ${#files[@]} -gt 0 ]]; then
   [[ -x node_modules/.bin/mocha ]] || npm ci --no-audit --no-fund
   npx --no-install tsc -p .
+  touch bin/index.js  # the program is built too: pulumi-main.js need not compile it again
   [[ $layer == unit ]] || { scripts/system-deps.sh && scripts/install-engine.sh; }
   : > "$summary"
   JHE_TEST_SUMMARY=$summary npx --no-install mocha --timeout 900000 "${files[@]}" "$@" || rc=$?
