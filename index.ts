@@ -9,7 +9,7 @@
 //   3. off-host backups  components/backupBucket.ts  S3 bucket, when jhe:backupBucket is set
 //   4. the upgrade       components/release.ts    preflight, prepare-release, backup, migrate,
 //                                                  switch-restart, health-gate, finish - replaced on
-//                                                  every jhe:version change; host/jhe_upgrade.py runs them.
+//                                                  every jhe:version change; the host tool (host/jhe_upgrade/) runs them.
 //                                                  By default the backup and the migration run on a
 //                                                  copy while the old version serves; the window is a
 //                                                  rename swap and the restart (jhe:migrationStrategy)

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# `npm run pulumi -- <args>`: the project's own Pulumi CLI with project-local state.
-# Builds the engine if needed and compiles the TypeScript program before commands that run it.
+# `npm run pulumi -- <args>`: the project's own Pulumi CLI with project-local state. Builds the engine
+# if needed; compiles nothing itself: commands that run the program (preview, up, destroy, refresh)
+# go through pulumi-main.js, which compiles the TypeScript program when a source is newer than bin/.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$JHE_ROOT/scripts/install-engine.sh"
-case "${1:-}" in
-  preview|up|update|destroy|refresh|import|stack|config) (cd "$JHE_ROOT" && npx --no-install tsc -p .) ;;
-esac
 cd "$JHE_ROOT"
 exec pulumi "$@"
