@@ -318,10 +318,12 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const adminUser = str(raw, "adminUser", p, false, "");
     const adminEmail = str(raw, "adminEmail", p, false, "");
     let admin: JheConfig["admin"];
-    if (adminUser) {
-        checked(p, "adminUser", adminUser, rx(/^[A-Za-z0-9@.+_-]{1,150}$/, "must be a Django user name (letters, digits, @ . + - _)"));
+    // The superuser logs in by what the app's user model says: a user name (Django's own model) or the
+    // e-mail address (JHE's JheUser: USERNAME_FIELD = "email"); the host tool picks the right one.
+    if (adminUser || adminEmail) {
+        if (adminUser) checked(p, "adminUser", adminUser, rx(/^[A-Za-z0-9@.+_-]{1,150}$/, "must be a Django user name (letters, digits, @ . + - _)"));
         if (adminEmail) checked(p, "adminEmail", adminEmail, rx(/^[^\s@]+@[^\s@]+\.[^\s@]+$/, "must be an e-mail address"));
-        if (!secrets.adminPassword) p.push("jhe:adminPassword is required with jhe:adminUser: `pulumi config set --secret jhe:adminPassword`");
+        if (!secrets.adminPassword) p.push("jhe:adminPassword is required with jhe:adminUser or jhe:adminEmail: `pulumi config set --secret jhe:adminPassword`");
         else admin = { user: adminUser, email: adminEmail, password: secrets.adminPassword };
     }
     checked(p, "tlsCertificate", tls.certificate, checkPath);

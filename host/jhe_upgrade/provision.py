@@ -1,6 +1,7 @@
 """A server made ready: app user, database, adoption of an in-place install, a superuser."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -12,7 +13,7 @@ from .release import build_release, switch_current
 from .spec import TAG, Spec
 from .state import current_version, load_state, release_lock, save_state, take_lock
 from .upgradelog import append_log
-from .util import Refusal, now, run
+from .util import Refusal, error_summary, now, run
 
 
 def ensure_user(spec: Spec) -> list[str]:
@@ -70,19 +71,48 @@ def step_adopt(spec: Spec) -> dict:
     return {"adopted": False, "layout": "none", "current": None, "provisioned": provisioned}
 
 
+# Run by `manage.py shell` with the release's settings: works with any user model - Django's (log in
+# by username) or a custom one such as JHE's JheUser (USERNAME_FIELD = "email", no username) - through
+# its own manager's create_superuser. Prints one JSON line.
+SUPERUSER_CODE = """
+import json, os, sys
+from django.contrib.auth import get_user_model
+U = get_user_model()
+field, email_field = U.USERNAME_FIELD, U.get_email_field_name()
+user, email, password = (os.environ.get(k, "") for k in ("JHE_ADMIN_USER", "JHE_ADMIN_EMAIL", "JHE_ADMIN_PASSWORD"))
+ident = email if field == email_field else user
+if not ident:
+    sys.exit(f"this app's users log in by {field}: set jhe:admin{'Email' if field == email_field else 'User'}")
+extra = {email_field: email} if email and field != email_field else {}
+missing = [f for f in U.REQUIRED_FIELDS if f not in extra and f != field]
+u = U._default_manager.filter(**{field: ident}).first()
+if u is None:
+    if missing:
+        sys.exit(f"this app's user model also requires {', '.join(missing)} for a superuser, which the stack cannot give")
+    U._default_manager.create_superuser(**{field: ident}, password=password, **extra)
+    made = True
+else:
+    u.is_staff = u.is_superuser = u.is_active = True
+    u.set_password(password)
+    u.save()
+    made = False
+print(json.dumps({"login": field, "as": ident, "result": "created" if made else "updated"}))
+"""
+
+
 def step_superuser(spec: Spec) -> dict:
     """A Django superuser from the stack's config (password a secret), created once; an existing one
-    gets the configured password."""
-    user, email, password = spec.raw.get("adminUser"), spec.raw.get("adminEmail") or "", spec.raw.get("adminPassword")
-    if not user or not password:
-        raise Refusal("jhe:adminUser and the secret jhe:adminPassword are both needed for a superuser")
+    gets the configured password. The identifier is what the app's user model logs in by: jhe:adminUser
+    for Django's own, jhe:adminEmail for an e-mail model such as JHE's."""
+    user, email, password = spec.raw.get("adminUser") or "", spec.raw.get("adminEmail") or "", spec.raw.get("adminPassword")
+    if not (user or email) or not password:
+        raise Refusal("a superuser needs jhe:adminUser (or jhe:adminEmail, for apps whose users log in by e-mail, as JHE) "
+                      "and the secret jhe:adminPassword")
     rel = spec.current.resolve()
-    env = {**os.environ, "DJANGO_SUPERUSER_USERNAME": user, "DJANGO_SUPERUSER_EMAIL": email, "DJANGO_SUPERUSER_PASSWORD": password}
-    code = ("import os; from django.contrib.auth import get_user_model; U = get_user_model(); "
-            "u, made = U.objects.get_or_create(username=os.environ['DJANGO_SUPERUSER_USERNAME'], "
-            "defaults={'email': os.environ['DJANGO_SUPERUSER_EMAIL']}); u.is_staff = u.is_superuser = True; "
-            "u.set_password(os.environ['DJANGO_SUPERUSER_PASSWORD']); u.save(); print('created' if made else 'updated')")
+    env = {**os.environ, "JHE_ADMIN_USER": user, "JHE_ADMIN_EMAIL": email, "JHE_ADMIN_PASSWORD": password}
     p = run(["runuser", "-u", spec.app_user, "--preserve-environment", "--", str(rel / "venv/bin/python"), "manage.py", "shell",
-             "-c", code],
-            cwd=rel, env=env, quiet=True)
-    return {"superuser": user, "result": p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "?"}
+             "-c", SUPERUSER_CODE], cwd=rel, env=env, quiet=True, check=False)
+    if p.returncode != 0:
+        raise Refusal(f"creating the superuser failed: {error_summary(p.stderr)}")
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"superuser": result["as"], "login": result["login"], "result": result["result"]}
