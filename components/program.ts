@@ -25,10 +25,13 @@ export function jheProgram(config: JheConfig) {
     //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
     const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install] });
 
-    // 5. The plan (read-only, also at preview) and what happened.
+    // 5. The plan (read-only, also at preview) and what happened. At preview the plan is the move to come;
+    //    after an up it is read again once finish is done, so it describes the server as it now is (the
+    //    first read still runs first: a changed host key stops the up there, naming both fingerprints).
     const r = release.results;
+    const planBefore = readPlan(config);
     return {
-        plan: readPlan(config),
+        plan: pulumi.runtime.isDryRun() ? planBefore : pulumi.all([planBefore, r.finish]).apply(() => readPlan(config)),
         deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
         // A rollback's backup of the newer database is written by finish, after the window.
         backup: pulumi.all([r.backup, r.finish]).apply(([b, f]) => {

@@ -48,7 +48,8 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         const res = await stack.up();
         const seconds = (Date.now() - t0) / 1000;
         assert.strictEqual(res.outputs.deployed.value.version, "v1.0.0");
-        assert.strictEqual(res.outputs.plan.value.action, "install");
+        // the plan after an up describes the server as it now is: nothing left to do
+        assert.deepStrictEqual([res.outputs.plan.value.from, res.outputs.plan.value.action], ["v1.0.0", "none"]);
         assert.strictEqual(await health(), "v1.0.0");
         assert.strictEqual((await request(h, "GET", "/admin/")).status, 302);
         const out = await sshOk(h, `stat -c '%U:%G %a' ${APP}/current/.env; readlink ${APP}/current; id -gn jheapp; systemctl is-enabled jhe

@@ -97,6 +97,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
         assert.deepStrictEqual(o.migrationsApplied, ["core.0002_observation_source", "core.0003_backfill_source"]);
+        assert.deepStrictEqual(o.plan, { from: "v1.1.0", to: "v1.1.0", action: "none" }, "the plan after up describes the server as it now is");
         assert.deepStrictEqual(o.backup.rowCounts, { core_patient: counts.patients, core_observation: counts.observations });
         const onServer = await sshOk(h, `sha256sum ${o.backup.location}/db.dump; stat -c '%a' ${o.backup.location} ${o.backup.location}/db.dump`);
         assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
