@@ -36,6 +36,7 @@ export const backup = outputs.backup;
 export const migrationsApplied = outputs.migrationsApplied;
 export const migration = outputs.migration;
 export const rollback = outputs.rollback;
+export const dependencies = outputs.dependencies;
 export const downtimeSeconds = outputs.downtimeSeconds;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;

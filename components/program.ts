@@ -47,6 +47,8 @@ export function jheProgram(config: JheConfig) {
             keptDatabase: (m.keptDatabase as string | undefined) ?? null,
         })),
         rollback: r.finish.apply((f) => (f.rollback as Record<string, unknown> | undefined) ?? null),
+        // How the release's dependencies were installed (as the lock pins them) and what `pip check` found.
+        dependencies: r.finish.apply((f) => (f.dependencies as Record<string, unknown> | undefined) ?? null),
         downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
         upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,

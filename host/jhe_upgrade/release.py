@@ -6,12 +6,13 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from .envfile import render_env
 from .gitrepo import tag_tree
-from .requirements import requirements_of
+from .requirements import lock_install, pip_check_problems, pip_install_args
 from .spec import Spec
-from .util import log, now, run, write_private
+from .util import Refusal, error_summary, log, now, run, write_private
 
 
 def release_ready(spec: Spec, tag: str) -> bool:
@@ -28,31 +29,62 @@ def build_release(spec: Spec, tag: str, env: dict[str, str]) -> dict:
         return info
     t = time.monotonic()
     spec.releases.mkdir(parents=True, exist_ok=True)
-    if rel.exists():  # a half-built leftover of an interrupted run: set it aside, never delete blindly
-        rel.rename(spec.releases / f".{tag}.incomplete-{int(time.time())}")
+    building = rel / ".jhe-building"
+    if rel.exists() and building.exists():
+        shutil.rmtree(rel)  # our own half-built leftover of an interrupted run: code from git and a venv, made again
+    elif rel.exists():  # something else under that name: set aside, never delete what we did not make
+        rel.rename(spec.releases / f".{tag}.set-aside-{int(time.time())}")
     # Built in place (a venv cannot move), complete only once .jhe-release.json is written.
-    tmp = rel
-    tmp.mkdir()
-    archive = subprocess.run(["git", "-C", str(spec.repo), "archive", "--format=tar", tag], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
-    run(["chown", "-R", f"{spec.app_user}:{spec.app_group}", str(tmp)])
-    tool, reqs, _py = requirements_of(tag_tree(spec.repo, tag))
-    run(["python3", "-m", "venv", str(tmp / "venv")], user=spec.app_user)
-    req_file = tmp / ".jhe-requirements.txt"
-    req_file.write_text("\n".join(reqs) + "\n")
-    shutil.chown(req_file, spec.app_user, spec.app_group)
-    pip = [str(tmp / "venv/bin/pip"), "install", "-q", "--disable-pip-version-check", "-r", str(req_file)]
-    if spec.wheelhouse:
-        pip += ["--no-index", "--find-links", spec.wheelhouse]
-    run(pip, user=spec.app_user, cwd=tmp, timeout=1800)
-    write_private(tmp / ".env", render_env(env), spec.app_user, spec.app_group)
-    py = str(tmp / "venv/bin/python")
-    run([py, "manage.py", "collectstatic", "--no-input", "-v", "0"], user=spec.app_user, cwd=tmp, timeout=600)
-    run([py, "manage.py", "check"], user=spec.app_user, cwd=tmp, timeout=300)
-    info = {"tag": tag, "built": now(), "installer": tool, "requirements": len(reqs), "seconds": round(time.monotonic() - t, 1)}
-    (tmp / ".jhe-release.json").write_text(json.dumps(info) + "\n")
-    log(f"release {tag} built in {info['seconds']} s ({tool}, {len(reqs)} packages)")
+    rel.mkdir()
+    building.write_text(f"{now()}\n")
+    try:
+        info = _build(spec, tag, env, rel)
+    except BaseException:
+        shutil.rmtree(rel, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
+    info["seconds"] = round(time.monotonic() - t, 1)
+    (rel / ".jhe-release.json").write_text(json.dumps(info) + "\n")
+    building.unlink()
+    log(f"release {tag} built in {info['seconds']} s ({info['installer']}, {info['requirements']} packages"
+        + (f"; pip check: {'; '.join(info['pipCheck'])}" if info["pipCheck"] else "") + ")")
     return info
+
+
+def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
+    archive = subprocess.run(["git", "-C", str(spec.repo), "archive", "--format=tar", tag], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(rel)], input=archive.stdout, check=True)
+    run(["chown", "-R", f"{spec.app_user}:{spec.app_group}", str(rel)])
+    lock = lock_install(tag_tree(spec.repo, tag))
+    run(["python3", "-m", "venv", str(rel / "venv")], user=spec.app_user)
+    req_file = rel / ".jhe-requirements.txt"
+    req_file.write_text("\n".join(lock["lines"]) + "\n")
+    shutil.chown(req_file, spec.app_user, spec.app_group)
+    pip = str(rel / "venv/bin/pip")
+    p = run(pip_install_args(pip, str(req_file), lock, spec.wheelhouse), user=spec.app_user, cwd=rel, timeout=1800, check=False)
+    if p.returncode != 0:
+        raise Refusal(f"installing {tag}'s dependencies as its {_LOCK_NAME[lock['tool']]} pins them failed "
+                      f"(nothing changed; the half-built release was removed): {error_summary(p.stderr)}")
+    # Installed as locked, without resolving: a lock whose pins contradict each other still installs (as
+    # `pipenv sync` does); pip check says what is inconsistent, reported but not fatal.
+    problems = pip_check_problems(run([pip, "check"], user=spec.app_user, cwd=rel, check=False, quiet=True).stdout)
+    write_private(rel / ".env", render_env(env), spec.app_user, spec.app_group)
+    py = str(rel / "venv/bin/python")
+    run([py, "manage.py", "collectstatic", "--no-input", "-v", "0"], user=spec.app_user, cwd=rel, timeout=600)
+    run([py, "manage.py", "check"], user=spec.app_user, cwd=rel, timeout=300)
+    return {"tag": tag, "built": now(), "installer": lock["tool"], "requirements": len(lock["lines"]), "exact": lock["exact"],
+            "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"]}
+
+
+_LOCK_NAME = {"pipenv": "Pipfile.lock", "uv": "uv.lock", "pip": "requirements"}
+
+
+def release_dependencies(spec: Spec, tag: str) -> dict | None:
+    """How a built release's dependencies were installed, and what `pip check` found in them."""
+    try:
+        info = json.loads((spec.release(tag) / ".jhe-release.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return {k: info.get(k) for k in ("installer", "requirements", "exact", "hashesChecked", "pipCheck")}
 
 
 def switch_current(spec: Spec, tag: str) -> None:

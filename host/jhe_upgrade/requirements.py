@@ -78,3 +78,105 @@ def version_ok(have: tuple[int, int], req: str | None) -> bool:
                 "<": have < want, "~=": have >= want, "!=": have != want}[op]:
             return False
     return True
+
+
+# ---- installing exactly what the lock says (as `pipenv sync` / `uv sync --frozen` do) ---------------
+
+def _pipfile_line(name: str, entry: dict) -> str | None:
+    """One Pipfile.lock entry as a pip requirement line (markers and hashes kept), None if unusable."""
+    if "version" in entry:
+        line = f"{name}{entry['version']}"
+    elif "git" in entry:
+        line = f"{name} @ git+{entry['git']}" + (f"@{entry['ref']}" if entry.get("ref") else "")
+    elif "file" in entry:
+        line = f"{name} @ {entry['file']}"
+    else:
+        return None
+    if entry.get("markers"):
+        line += f" ; {entry['markers']}"
+    return line + "".join(f" --hash={h}" for h in entry.get("hashes") or [])
+
+
+def _uv_markers(pkgs: list[dict], roots: list[str]) -> dict[str, str | None]:
+    """For each package reachable from `roots` (through `dependencies`, default groups only), the marker
+    under which uv would install it: None when always, else the OR of every path's markers."""
+    by_name = {p.get("name"): p for p in pkgs}
+    need: dict[str, str | None] = {}
+    todo: list[tuple[str, str | None]] = [(r, None) for r in roots]
+    seen: set[tuple[str, str | None]] = set()
+    while todo:
+        name, marker = todo.pop()
+        if (name, marker) in seen or len(seen) > 20000:
+            continue
+        seen.add((name, marker))
+        if name in need:
+            prev = need[name]
+            if prev is None:
+                continue  # installed always already
+            need[name] = None if marker is None else f"({prev}) or ({marker})"
+        else:
+            need[name] = marker
+        for dep in (by_name.get(name) or {}).get("dependencies") or []:
+            m = dep.get("marker")
+            both = marker if not m else (m if marker is None else f"({marker}) and ({m})")
+            todo.append((dep["name"], both))
+    return need
+
+
+def lock_install(tree: dict[str, str]) -> dict:
+    """What to install for a tag: {tool, lines (pip requirement lines), exact (every line pinned: install
+    with --no-deps, no resolution, as a lock manager does), hashed (every line carries hashes: pip
+    --require-hashes), skipped (entries that cannot be installed from a lock, named)}."""
+    lines: list[str] = []
+    skipped: list[str] = []
+    if "Pipfile.lock" in tree:
+        tool = "pipenv"
+        for name, entry in sorted(json.loads(tree["Pipfile.lock"]).get("default", {}).items()):
+            line = _pipfile_line(name, entry)
+            (lines.append(line) if line else skipped.append(name))
+    elif "uv.lock" in tree:
+        tool = "uv"
+        pkgs = _toml(tree["uv.lock"]).get("package", [])
+        project = _toml(tree.get("pyproject.toml", "")).get("project", {}).get("name")
+        root = next((p for p in pkgs if p.get("name") == project or "editable" in (p.get("source") or {})
+                     or "virtual" in (p.get("source") or {})), None)
+        markers: dict[str, str | None] = (_uv_markers(pkgs, [root["name"]]) if root and root.get("dependencies") is not None
+                                          else {p.get("name"): None for p in pkgs})
+        for p in sorted(pkgs, key=lambda p: p.get("name", "")):
+            name = p.get("name")
+            if not name or p is root or name not in markers or "version" not in p:
+                continue
+            hashes = [h for h in [(p.get("sdist") or {}).get("hash"), *[w.get("hash") for w in p.get("wheels") or []]] if h]
+            line = f"{name}=={p['version']}" + (f" ; {markers[name]}" if markers[name] else "")
+            lines.append(line + "".join(f" --hash={h}" for h in hashes))
+    elif "requirements.txt" in tree:
+        tool = "pip"
+        lines = [ln.strip() for ln in tree["requirements.txt"].splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    elif "pyproject.toml" in tree:
+        tool = "pip"
+        lines = list(_toml(tree["pyproject.toml"]).get("project", {}).get("dependencies", []))
+    else:
+        raise Refusal("the tag has no Pipfile.lock, uv.lock, requirements.txt or pyproject.toml to install from")
+    reqs = [ln for ln in lines if not ln.startswith("-")]
+    exact = tool in ("pipenv", "uv") or (bool(reqs) and all(re.match(r"^[A-Za-z0-9._\[\],-]+\s*===?\s*[^\s;,]+\s*(;|--hash|$)", r)
+                                                           or " @ " in r for r in reqs))
+    hashed = bool(reqs) and all("--hash=" in r for r in reqs)
+    return {"tool": tool, "lines": lines, "exact": exact, "hashed": hashed, "skipped": skipped}
+
+
+def pip_install_args(pip: str, req_file: str, lock: dict, wheelhouse: str | None) -> list[str]:
+    """pip's arguments for a lock: exact pins without resolving (--no-deps), hashes checked when the
+    lock has them, from the wheelhouse only when one is configured."""
+    args = [pip, "install", "-q", "--disable-pip-version-check", "-r", req_file]
+    if lock["exact"]:
+        args.append("--no-deps")
+    if lock["hashed"]:
+        args.append("--require-hashes")
+    if wheelhouse:
+        args += ["--no-index", "--find-links", wheelhouse]
+    return args
+
+
+def pip_check_problems(output: str) -> list[str]:
+    """`pip check`'s findings, one per line ("No broken requirements found." is none)."""
+    return [ln.strip() for ln in output.splitlines() if ln.strip() and not ln.startswith("No broken requirements")]

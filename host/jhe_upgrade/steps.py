@@ -27,7 +27,7 @@ from .gitrepo import fetch_tags, tag_exists, tag_migrations, tag_tree
 from .health import health, smoke_test
 from .plan import migration_delta
 from .recovery import fail_health, recover
-from .release import build_release, prune_releases, switch_current
+from .release import build_release, prune_releases, release_dependencies, switch_current
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import rollback_database
 from .spec import Spec
@@ -340,6 +340,7 @@ def step_finish(spec: Spec) -> dict:
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
         "envAdded": added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
+        "dependencies": release_dependencies(spec, to),
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})

@@ -15,6 +15,15 @@ def append_log(spec: Spec, entry: str) -> None:
         f.write("\n" + entry)
 
 
+def _dependencies_line(d: dict) -> str:
+    lock = {"pipenv": "Pipfile.lock", "uv": "uv.lock"}.get(d.get("installer") or "", "requirements")
+    how = "installed exactly as pinned" if d.get("exact") else "resolved by pip"
+    checks = "hashes checked" if d.get("hashesChecked") else "no hashes in the lock"
+    problems = d.get("pipCheck") or []
+    return (f"- Dependencies: {d.get('requirements')} from {lock}, {how}, {checks}; pip check: "
+            + ("; ".join(problems) if problems else "no problems"))
+
+
 def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: str) -> str:
     """The entry of a finished install, upgrade or rollback, from finish's summary and the move's state."""
     frm, to, rb = summary["from"], summary["to"], summary.get("rollback")
@@ -45,7 +54,8 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
-        f"- Environment variables added by {to}: {', '.join(added) if added else 'none'}", "",
+        f"- Environment variables added by {to}: {', '.join(added) if added else 'none'}",
+        *([_dependencies_line(summary["dependencies"])] if summary.get("dependencies") else []), "",
         "**Rollback plan:**",
         f"- Backup: {b.get('path') or 'none'} (sha256 {b.get('sha256') or '-'}, rows {json.dumps(b.get('rowCounts') or {})})",
         f"- Set jhe:version back to {frm} and run `pulumi up`", "",

@@ -9,7 +9,9 @@ def summary(**over: object) -> dict:
                "backup": {"id": "b1", "path": "/backups/jhe/b1", "sha256": "9e1c", "rowCounts": {"core_patient": 100},
                           "keptDatabase": "jhe_production_was_v1_0_0_20261129"},
                "envAdded": ["JHE_FEATURE_X"], "smoke": {"/health": "200", "/admin/": "302"}, "kind": "upgrade",
-               "rollback": None, "stagedFallback": None}
+               "rollback": None, "stagedFallback": None,
+               "dependencies": {"installer": "pipenv", "requirements": 70, "exact": True, "hashesChecked": True,
+                                "pipCheck": ["pyopenssl 24.2.1 has requirement cryptography<44, but you have cryptography 48.0.1."]}}
     s.update(over)
     return s
 
@@ -22,7 +24,9 @@ def test_upgrade_entry() -> None:
                  "**Database before the upgrade:** kept as jhe_production_was_v1_0_0_20261129",
                  "- Migrations applied: core.0002_observation_source", "- Environment variables added by v1.1.0: JHE_FEATURE_X",
                  '- Backup: /backups/jhe/b1 (sha256 9e1c, rows {"core_patient": 100})',
-                 "- Set jhe:version back to v1.0.0 and run `pulumi up`", "- /health: 200"]:
+                 "- Set jhe:version back to v1.0.0 and run `pulumi up`", "- /health: 200",
+                 "- Dependencies: 70 from Pipfile.lock, installed exactly as pinned, hashes checked; pip check: "
+                 "pyopenssl 24.2.1 has requirement cryptography<44, but you have cryptography 48.0.1."]:
         assert line in e.splitlines(), line
 
 
