@@ -74,7 +74,7 @@ def stamp_name(base: str, what: str, exists: Callable[[str], bool] | None = None
         name = aux_name(base, f"_{what}_{t}" + (f"_{n}" if n > 1 else ""))
         if not exists(name):
             return name
-    raise RuntimeError(f"no free database name for {base}_{what}_{t} (1000 taken)")
+    raise RuntimeError(f"no free database name for {base}_{what}_{t} (999 taken)")
 
 
 def backend_pids(db: str) -> list[int]:
@@ -146,7 +146,10 @@ def tables_written(before: dict, after: dict) -> list[str]:
 
 def kept_name(spec: Spec, frm: str | None) -> str:
     """A new name for the database as `frm` had it, kept when it is left: <db>_was_<version>_<time>."""
-    return stamp_name(spec.db_name, "was_" + re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower()))
+    version = re.sub(r"[^a-z0-9]+", "_", (frm or "none").lower())
+    if len(version) > 24:  # a long tag: its start and a digest of the whole, so the name still fits
+        version = f"{version[:15]}_{hashlib.sha256(version.encode()).hexdigest()[:8]}"
+    return stamp_name(spec.db_name, "was_" + version)
 
 
 def live_marker(db: str) -> dict:

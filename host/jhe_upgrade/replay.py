@@ -22,9 +22,12 @@ def _q(name: str) -> str:
 def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None = None, cols: str | None = None,
           to_file: Path | None = None) -> None:
     """COPY rows of `query` in src_db into dst_db.table(cols), or as CSV into to_file."""
-    out = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", src_db,
-                            "-c", f"\\copy ({query}) TO STDOUT" + (" WITH CSV HEADER" if to_file else "")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    # The query (its key lists can be large) goes on stdin as a script, never on the command line.
+    out = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", src_db, "-f", "-"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    assert out.stdin is not None
+    out.stdin.write((f"\\copy ({query}) TO STDOUT" + (" WITH CSV HEADER" if to_file else "") + "\n").encode())
+    out.stdin.close()
     assert out.stdout is not None and out.stderr is not None
     if to_file:
         fd = os.open(to_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

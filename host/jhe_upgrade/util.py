@@ -42,8 +42,10 @@ def run(args: list[str], *, user: str | None = None, cwd: str | Path | None = No
 
 
 def psql(db: str, sql: str, *, check: bool = True) -> str:
-    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-               user="postgres", cwd="/", check=check, quiet=True).stdout.strip()
+    """Runs SQL as postgres and returns its unaligned output. The SQL goes on stdin, never on the command
+    line: a replay's key lists can be far larger than one argument may be (128 KiB)."""
+    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+               user="postgres", cwd="/", check=check, quiet=True, input=sql + "\n").stdout.strip()
 
 
 def sql_literal(s: str) -> str:

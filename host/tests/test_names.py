@@ -34,3 +34,24 @@ def test_stamp_name_takes_the_next_free_name_and_stops() -> None:
     assert second != first and re.search(r"_was_v1_0_0_\d{14}_2$", second) and len(second) <= 63
     with pytest.raises(RuntimeError, match="no free database name"):
         stamp_name(base, "was_v1_0_0", lambda name: True)
+
+
+def test_long_tags_still_give_kept_names_that_fit(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jhe_upgrade import db
+    from jhe_upgrade.db import kept_name
+    monkeypatch.setattr(db, "db_exists", lambda name: False)
+    name = kept_name(make_spec(tmp_path, dbName="jhe_" + "q" * 50), "release-" + "x" * 90)
+    assert len(name) <= 63 and "_was_release_" in name
+
+
+def test_sql_goes_to_psql_on_stdin_never_on_its_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jhe_upgrade import util
+    seen: dict = {}
+
+    def fake_run(args: list[str], **kw: object) -> object:
+        seen.update(args=args, input=kw.get("input"))
+        return type("P", (), {"stdout": "ok\n"})()
+    monkeypatch.setattr(util, "run", fake_run)
+    keys = ",".join(f"'{i:032x}'" for i in range(8000))  # ~300 KB: more than one argument may hold
+    assert util.psql("jhe_production", f"SELECT 1 WHERE id::text IN ({keys})") == "ok"
+    assert max(len(a) for a in seen["args"]) < 100 and keys in seen["input"]
