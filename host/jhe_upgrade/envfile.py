@@ -58,7 +58,7 @@ def parse_env(text: str) -> dict[str, str]:
     """A .env as python-dotenv reads it (interpolation aside), in the file's order. A key without `=`
     (python-dotenv: None, so unset for JHE) is left out."""
     out: dict[str, str] = {}
-    pos = 0
+    pos = 1 if text.startswith("\ufeff") else 0  # a byte order mark, skipped as python-dotenv does
     while True:
         pos = _take(_BLANKS, text, pos).end()
         if pos >= len(text):
@@ -110,7 +110,12 @@ def render_env(env: dict[str, str]) -> str:
     for k, v in env.items():
         if "\0" in v:
             raise ValueError(f"{k}: a .env value cannot hold a NUL character")
-        key = k if re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", k) else f"'{k}'"  # python-dotenv reads both
+        if re.fullmatch(r"[^=#\s]+", k):
+            key = k  # python-dotenv's unquoted key
+        elif "'" not in k and k:
+            key = f"'{k}'"  # its quoted key (spaces, '=', '#')
+        else:
+            raise ValueError(f"the .env key {k!r} cannot be written so that python-dotenv reads it back")
         lines.append(f"{key}={render_value(v)}")
     return "\n".join(lines) + "\n"
 
