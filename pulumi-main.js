@@ -12,8 +12,10 @@ const sources = [path.join(__dirname, "index.ts"), path.join(__dirname, "tsconfi
     ...fs.readdirSync(path.join(__dirname, "components")).filter((f) => f.endsWith(".ts")).map((f) => path.join(__dirname, "components", f))];
 const mtime = (f) => (fs.existsSync(f) ? fs.statSync(f).mtimeMs : 0);
 if (sources.some((f) => mtime(f) > mtime(built))) {
+    const tsc = require.resolve("typescript/bin/tsc"); // a dev dependency: `npm ci` installs it
     try {
-        execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", path.join(__dirname, "tsconfig.program.json")],
+        // noEmitOnError: a program with type errors leaves the old build in place and is compiled again next time
+        execFileSync(process.execPath, [tsc, "-p", path.join(__dirname, "tsconfig.program.json")],
             { stdio: ["ignore", process.stderr, process.stderr] });
     } catch (e) {
         throw new Error("the TypeScript program does not compile (tsc's errors above); fix them and run again");

@@ -75,6 +75,12 @@ export function sshExec(
         });
         c.on("error", (e) => {
             clearTimeout(timer);
+            if (!offered && /host key|hostkey/i.test(e.message)) {
+                return reject(new HostKeyMismatch(
+                    `the SSH server ${conn.host} has no ${pinned.type} host key, which jhe:sshHostKey pins (${pinned.sha256}); ` +
+                    `it offers other types only (${e.message}). Nothing was run on it. If the server was rebuilt, check its new key ` +
+                    `out of band and set jhe:sshHostKey; otherwise do not go on`));
+            }
             if (offered && !offered.equals(expected)) {
                 const type = offered.subarray(4, 4 + offered.readUInt32BE(0)).toString();
                 return reject(new HostKeyMismatch(

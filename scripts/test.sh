@@ -2,7 +2,7 @@
 # `npm test` (everything), `npm run test:unit|test:py|test:host|test:conformance|test:e2e|test:faults`: installs what is
 # missing, checks types and lint (tsc; ruff + mypy for the host tool), then runs the chosen layers:
 # pytest for the host tool (py, and in all), mocha for the rest. Extra arguments go to mocha (e.g. --grep).
-# Closes with one line counting every test that ran: "N passed, N failed".
+# `all` closes with one line counting every test that ran (pytest and mocha): "total: N passed, N failed".
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$JHE_ROOT"
@@ -46,8 +46,15 @@ if [[ ${#files[@]} -gt 0 ]]; then
   touch bin/index.js  # the program is built too: pulumi-main.js need not compile it again
   [[ $layer == unit ]] || { scripts/system-deps.sh && scripts/install-engine.sh; }
   : > "$summary"
-  JHE_TEST_SUMMARY=$summary npx --no-install mocha --timeout 900000 "${files[@]}" "$@" || rc=$?
-  add_counts "$summary"
+  mocha_rc=0
+  JHE_TEST_SUMMARY=$summary npx --no-install mocha --timeout 900000 "${files[@]}" "$@" || mocha_rc=$?
+  if [[ -s $summary ]]; then
+    add_counts "$summary"
+  elif [[ $mocha_rc -ne 0 ]]; then
+    echo "test: mocha exited $mocha_rc without a result; counted as one failure" >&2
+    failed=$((failed + 1))
+  fi
+  [[ $mocha_rc -eq 0 ]] || rc=$mocha_rc
 fi
 [[ $layer == all ]] && echo && echo "total: $passed passed, $failed failed"
 [[ $layer == all || $layer == py ]] || exit "$rc"

@@ -19,6 +19,13 @@ type conn struct {
 	host, user, password, privateKey, privateKeyPassword, agentSocketPath, hostKey string
 	port, dialErrorLimit, perDialTimeout                                           int
 	proxy                                                                          *conn
+	// Given at all (even empty), as upstream tests them: an empty hostKey is a parse error, not "unpinned".
+	hasPassword, hasPrivateKey, hasHostKey bool
+}
+
+func has(m resource.PropertyMap, k resource.PropertyKey) bool {
+	v, ok := m[k]
+	return ok && v.IsString()
 }
 
 func num(m resource.PropertyMap, k resource.PropertyKey, def int) int {
@@ -34,6 +41,7 @@ func connFrom(m resource.PropertyMap) (*conn, error) {
 		privateKey: str(m, "privateKey"), privateKeyPassword: str(m, "privateKeyPassword"),
 		agentSocketPath: str(m, "agentSocketPath"), hostKey: strings.TrimSpace(str(m, "hostKey")),
 		port: num(m, "port", 22), dialErrorLimit: num(m, "dialErrorLimit", 10), perDialTimeout: num(m, "perDialTimeout", 15),
+		hasPassword: has(m, "password"), hasPrivateKey: has(m, "privateKey"), hasHostKey: has(m, "hostKey"),
 	}
 	if c.host == "" {
 		return nil, fmt.Errorf("connection.host is empty")
@@ -56,7 +64,7 @@ func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
 	// password, keyboard-interactive answering with the password, then the agent - used whenever a
 	// socket is found (agentSocketPath, else SSH_AUTH_SOCK), even with a key or a password.
 	var auths []ssh.AuthMethod
-	if c.privateKey != "" {
+	if c.hasPrivateKey {
 		var signer ssh.Signer
 		var err error
 		if c.privateKeyPassword != "" {
@@ -69,7 +77,7 @@ func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
 		}
 		auths = append(auths, ssh.PublicKeys(signer))
 	}
-	if c.password != "" {
+	if c.hasPassword {
 		pw := c.password
 		auths = append(auths, ssh.Password(pw), ssh.KeyboardInteractive(
 			func(_, _ string, qs []string, _ []bool) ([]string, error) {
@@ -93,7 +101,7 @@ func (c *conn) clientConfig() (*ssh.ClientConfig, error) {
 	}
 	cfg := &ssh.ClientConfig{User: c.user, Auth: auths, HostKeyCallback: ssh.InsecureIgnoreHostKey(),
 		Timeout: time.Duration(c.perDialTimeout) * time.Second}
-	if c.hostKey != "" {
+	if c.hasHostKey {
 		// Pinned: only the pinned key's own algorithm is offered (HostKeyAlgorithms = [key.Type()]; for an
 		// RSA key that is "ssh-rsa" alone, as upstream), and the key must match exactly.
 		want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(c.hostKey))
