@@ -1,6 +1,11 @@
 """The plan computed from facts read off a server (recorded here), as `pulumi preview` shows it."""
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+from jhe_upgrade.envfile import env_added, env_example
+from jhe_upgrade.gitrepo import tag_migrations
 from jhe_upgrade.plan import migration_delta, plan_from_facts
 
 V100 = ["core.0001_initial", "admin.0001_initial", "auth.0001_initial"]
@@ -68,3 +73,37 @@ def test_rollback_without_a_backup_will_be_refused() -> None:
 def test_code_only_downgrade_is_a_rollback() -> None:
     p = plan_from_facts(facts(**{"from": "v1.2.0", "to": "v1.1.0"}))
     assert p["action"] == "rollback" and p["summary"].startswith("rollback v1.2.0 -> v1.1.0 (code only")
+
+
+def _git(repo: Path, *args: str, input: str | None = None) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, input=input,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                        "PATH": "/usr/bin:/bin", "HOME": str(repo)})
+
+
+def test_env_added_and_migrations_read_from_the_tags_of_a_real_repository(tmp_path: Path) -> None:
+    """The env-example diff (the runbook's `diff .env dot_env_example.txt`, per tag) and a tag's migrations,
+    read with git from tags as JHE has them: dot_env_example.txt renamed .env.example later."""
+    repo = tmp_path / "jhe"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "core" / "migrations").mkdir(parents=True)
+    (repo / "core" / "migrations" / "0001_initial.py").write_text("")
+    (repo / "core" / "migrations" / "__init__.py").write_text("")
+    (repo / "dot_env_example.txt").write_text("SITE_URL=http://localhost:8000\nDEBUG=True # comment\nSECRET_KEY=\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "a")
+    _git(repo, "tag", "v0.0.11")
+    (repo / "dot_env_example.txt").unlink()
+    (repo / ".env.example").write_text("SITE_URL=http://localhost:8000\nDEBUG=True\nSECRET_KEY=\nOW_API_URL=\nOW_API_KEY=\n")
+    (repo / "core" / "migrations" / "0002_jheclient.py").write_text("")
+    (repo / "oauth2_provider" / "migrations").mkdir(parents=True)  # an app of the project with migrations
+    (repo / "oauth2_provider" / "migrations" / "0014_x.py").write_text("")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "b")
+    _git(repo, "tag", "v0.0.12")
+    assert env_example(repo, "v0.0.11")[0] == "dot_env_example.txt"
+    assert env_example(repo, "v0.0.12")[0] == ".env.example"
+    assert env_added(repo, "v0.0.11", "v0.0.12") == ["OW_API_URL", "OW_API_KEY"]
+    assert env_added(repo, None, "v0.0.11") == ["SITE_URL", "DEBUG", "SECRET_KEY"]  # an install: all of them are new
+    assert tag_migrations(repo, "v0.0.12") == ["core.0001_initial", "core.0002_jheclient", "oauth2_provider.0014_x"]

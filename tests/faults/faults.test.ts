@@ -15,7 +15,7 @@ const APP = "/opt/jupyterhealth-exchange";
 interface Row { scenario: string; outcome: string; acked: number; lost: number; seconds: number }
 const table: Row[] = [];
 
-describe("faults (real engine, real server, a writer running throughout)", function () {
+describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys pinned by Ed25519, a writer running throughout)", function () {
     this.timeout(1_800_000);
     let h: HostInfo;
     let stack: Stack;
