@@ -58,6 +58,11 @@ export function toolSpec(config: JheConfig, withEnv: boolean): pulumi.Output<str
 
 export interface JheHostArgs {
     config: JheConfig;
+    /**
+     * Known only once the server has shown the pinned host key (the plan's read): every command waits
+     * for it, so a changed key stops preview and up before any command, with both fingerprints named.
+     */
+    checkedHost?: pulumi.Input<string>;
 }
 
 export class JheHost extends pulumi.ComponentResource {
@@ -76,7 +81,7 @@ export class JheHost extends pulumi.ComponentResource {
         super("jhe:upgrade:JheHost", name, {}, opts);
         const c = (this.config = args.config);
         this.connection = {
-            host: c.ssh.host,
+            host: args.checkedHost ?? c.ssh.host,
             port: c.ssh.port,
             user: c.ssh.user,
             privateKey: c.ssh.privateKey,

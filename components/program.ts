@@ -10,9 +10,13 @@ import { JheRelease } from "./release";
 import { SystemdService } from "./systemd";
 
 export function jheProgram(config: JheConfig) {
+    // 0. The plan, read from the server first (read-only): it also checks the server's host key, and
+    //    every command waits for that check.
+    const planBefore = readPlan(config);
+
     // 1. The server: SSH with a pinned host key, the host-side tool, the releases layout (adopting
     //    an in-place install without downtime beyond one restart).
-    const host = new JheHost("server", { config });
+    const host = new JheHost("server", { config, checkedHost: planBefore.apply(() => config.ssh.host) });
 
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
     const service = new SystemdService("systemd", { host, config });
@@ -25,11 +29,9 @@ export function jheProgram(config: JheConfig) {
     //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
     const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install] });
 
-    // 5. The plan (read-only, also at preview) and what happened. At preview the plan is the move to come;
-    //    after an up it is read again once finish is done, so it describes the server as it now is (the
-    //    first read still runs first: a changed host key stops the up there, naming both fingerprints).
+    // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read
+    //    again once finish is done, so it describes the server as it now is.
     const r = release.results;
-    const planBefore = readPlan(config);
     return {
         plan: pulumi.runtime.isDryRun() ? planBefore : pulumi.all([planBefore, r.finish]).apply(() => readPlan(config)),
         deployed: r.finish.apply((f) => ({ version: config.version, previous: (f.from as string | null) ?? null })),
