@@ -111,8 +111,10 @@ export function checkTag(v: string): string | undefined {
 }
 
 export function checkEnvValue(name: string, v: string): string | undefined {
-    if (/[\n\r\0]/.test(v)) return `the value of ${name} must be one line (no newline or NUL)`;
-    if (v.length > 4096) return `the value of ${name} must be at most 4096 characters`;
+    // Newlines are fine (a PEM key such as OIDC_RSA_PRIVATE_KEY, set from a file): .env gets them as \n
+    // escapes in double quotes, which python-dotenv turns back into newlines.
+    if (v.includes("\0")) return `the value of ${name} must not contain a NUL character`;
+    if (v.length > 16384) return `the value of ${name} must be at most 16384 characters`;
     if (v.includes("${")) return `the value of ${name} must not contain "\${": JHE's .env reader expands \${NAME}, so it cannot be passed literally`;
     return undefined;
 }

@@ -3,6 +3,7 @@
 // secrets out of every log, re-run as a no-op, and destroy without touching the server.
 import * as assert from "assert";
 import { execFileSync } from "child_process";
+import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -98,6 +99,9 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
         assert.deepStrictEqual(o.migrationsApplied, ["core.0002_observation_source", "core.0003_backfill_source"]);
         assert.deepStrictEqual(o.plan, { from: "v1.1.0", to: "v1.1.0", action: "none" }, "the plan after up describes the server as it now is");
+        const lockCount = Object.keys(JSON.parse(await sshOk(h, `git -C ${APP}/repo.git show v1.1.0:Pipfile.lock`)).default).length;
+        assert.deepStrictEqual(o.dependencies, { installer: "pipenv", requirements: lockCount, exact: true, hashesChecked: false, pipCheck: [] });
+        assert.strictEqual((await sshOk(h, `ls -a ${APP}/releases`)).split("\n").filter((f) => f.includes("incomplete") || f.includes("set-aside")).length, 0);
         assert.deepStrictEqual(o.backup.rowCounts, { core_patient: counts.patients, core_observation: counts.observations });
         const onServer = await sshOk(h, `sha256sum ${o.backup.location}/db.dump; stat -c '%a' ${o.backup.location} ${o.backup.location}/db.dump`);
         assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
@@ -143,6 +147,9 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const token = `tok-${Math.random().toString(36).slice(2)}-Zq9`;
         await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Test Hospital" }, true);
         await stack.setConfig("jhe:secretEnv.JHE_API_TOKEN", { value: token, secret: true }, true);
+        // A multi-line PEM key as JHE's OIDC_RSA_PRIVATE_KEY (made now, never committed), set as from a file.
+        const oidc = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString().trim();
+        await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: oidc, secret: true }, true);
         const key = fs.readFileSync(h.privateKeyPath, "utf8").split("\n").filter((l) => l && !l.startsWith("-----"));
         // Sample the server's process list while the upgrade runs.
         let sampling = true;
@@ -163,6 +170,8 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.strictEqual(res.outputs.deployed.value.version, "v1.2.0");
         assert.strictEqual(await health(), "v1.2.0");
         assert.match(await sshOk(h, `cat ${APP}/current/.env`), new RegExp(`JHE_API_TOKEN=${token}`), "the secret reached the server's .env");
+        const read = JSON.parse(await sshOk(h, `cd ${APP}/current && venv/bin/python -c 'import json, dotenv; print(json.dumps(dotenv.dotenv_values(".env")))'`));
+        assert.strictEqual(read.OIDC_RSA_PRIVATE_KEY, oidc, "python-dotenv reads the multi-line key back as it was set");
         const stateFiles = fs.readdirSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe"))
             .map((f) => fs.readFileSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe", f), "utf8"));
         const places: Record<string, string> = {
@@ -173,6 +182,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         for (const [where, content] of Object.entries(places)) {
             assert.ok(!content.includes(token), `the secret env value appears in ${where}`);
             for (const line of key) assert.ok(!content.includes(line), `a line of the SSH private key appears in ${where}`);
+            for (const line of oidc.split("\n").slice(1, -1)) assert.ok(!content.includes(line), `a line of the OIDC key appears in ${where}`);
         }
     });
 

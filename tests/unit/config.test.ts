@@ -83,7 +83,7 @@ describe("config validation", function () {
         ["DEBUG=False on prod", { stage: "prod", env: { DEBUG: "False" } }, /jhe:env.DEBUG: JHE turns DEBUG on for any non-empty value/],
         ["empty SMTP_PORT", { env: { SMTP_PORT: "" } }, /jhe:env.SMTP_PORT: an empty SMTP_PORT crashes every manage.py command/],
         ["secret in plain env", { env: { SECRET_KEY: "abc" } }, /jhe:env.SECRET_KEY: a secret; set it with/],
-        ["newline in env", { env: { SITE_NAME: "a\nb" } }, /jhe:env.SITE_NAME must be one line/],
+        ["NUL in env", { env: { SITE_NAME: "a\0b" } }, /jhe:env.SITE_NAME must not contain a NUL character/],
         ["bad env name", { env: { "lower-case": "x" } }, /jhe:env.lower-case: names must be upper-case/],
         ["bad bucket", { backupBucket: "Not_A_Bucket" }, /jhe:backupBucket must be/],
     ];
@@ -99,9 +99,9 @@ describe("config validation", function () {
     });
 
     it("checks secret .env values without ever printing them", function () {
-        const p = problems(good, { ...secrets, secretEnvNames: ["SECRET_KEY"], secretEnvValues: { SECRET_KEY: "s3cr3t\nvalue" } });
+        const p = problems(good, { ...secrets, secretEnvNames: ["SECRET_KEY"], secretEnvValues: { SECRET_KEY: "s3cr3t\0value" } });
         assert.strictEqual(p.length, 1);
-        assert.match(p[0], /jhe:secretEnv.SECRET_KEY must be one line/);
+        assert.match(p[0], /jhe:secretEnv.SECRET_KEY must not contain a NUL/);
         assert.ok(!p[0].includes("s3cr3t"));
     });
 });

@@ -47,12 +47,12 @@ describe("config fuzz", function () {
         });
     }
 
-    it("jhe:env values: newlines, NUL and ${...} are refused; anything else is accepted as data", function () {
+    it("jhe:env values: NUL and ${...} are refused; anything else (newlines too) is accepted as data", function () {
         for (const v of NASTY) {
             try {
                 const c = validateConfig({ ...BASE, env: { JHE_NOTE: v } }, { sshPrivateKey: pulumi.output("k") });
                 assert.strictEqual(c.env.JHE_NOTE, v);
-                assert.ok(!/[\n\r\0]/.test(v) && !v.includes("${"), `accepted ${JSON.stringify(v)}`);
+                assert.ok(!v.includes("\0") && !v.includes("${"), `accepted ${JSON.stringify(v)}`);
             } catch (e) {
                 assert.ok(e instanceof ConfigError);
                 assert.ok(e.problems.some((p) => p.includes("jhe:env.JHE_NOTE")), e.message);
