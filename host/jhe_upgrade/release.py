@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .envfile import render_env
 from .gitrepo import tag_tree
-from .requirements import lock_install, pip_check_problems, pip_install_args
+from .requirements import LOCK_FILES, lock_install, pip_check_problems, pip_install_args
 from .spec import Spec
 from .util import Refusal, error_summary, log, now, run, write_private
 
@@ -62,7 +62,7 @@ def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
     pip = str(rel / "venv/bin/pip")
     p = run(pip_install_args(pip, str(req_file), lock, spec.wheelhouse), user=spec.app_user, cwd=rel, timeout=1800, check=False)
     if p.returncode != 0:
-        raise Refusal(f"installing {tag}'s dependencies as its {_LOCK_NAME[lock['tool']]} pins them failed "
+        raise Refusal(f"installing {tag}'s dependencies as its {LOCK_FILES[lock['tool']]} pins them failed "
                       f"(nothing changed; the half-built release was removed): {error_summary(p.stderr)}")
     # Installed as locked, without resolving: a lock whose pins contradict each other still installs (as
     # `pipenv sync` does); pip check says what is inconsistent, reported but not fatal.
@@ -74,8 +74,6 @@ def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
     return {"tag": tag, "built": now(), "installer": lock["tool"], "requirements": len(lock["lines"]), "exact": lock["exact"],
             "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"]}
 
-
-_LOCK_NAME = {"pipenv": "Pipfile.lock", "uv": "uv.lock", "pip": "requirements"}
 
 
 def release_dependencies(spec: Spec, tag: str) -> dict | None:

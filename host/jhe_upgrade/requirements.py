@@ -11,30 +11,31 @@ except ImportError:  # Python < 3.11: uv.lock/pyproject read by a small fallback
 
 from .util import Refusal, run
 
+# What each installer's lock is called, for messages and the upgrade log.
+LOCK_FILES = {"pipenv": "Pipfile.lock", "uv": "uv.lock", "pip": "requirements"}
+
 
 def requirements_of(tree: dict[str, str]) -> tuple[str, list[str], str | None]:
-    """(tool, pinned requirements, python requirement) from a tag's dependency files."""
+    """(tool, the pinned requirements without markers or hashes, python requirement) from a tag's
+    dependency files: what preflight checks (the Django pin, the Python version). The same lines as
+    lock_install installs."""
+    lock = lock_install(tree)
+    reqs = [re.split(r"\s+(?:;|--hash=)", ln, maxsplit=1)[0] for ln in lock["lines"] if " @ " not in ln]
+    return lock["tool"], reqs, python_requirement(tree)
+
+
+def python_requirement(tree: dict[str, str]) -> str | None:
+    """The Python a tag asks for: Pipfile.lock's (or the Pipfile's) python_version, else pyproject's
+    requires-python."""
     if "Pipfile.lock" in tree:
-        lock = json.loads(tree["Pipfile.lock"])
-        reqs = [f"{n}{s['version']}" for n, s in sorted(lock.get("default", {}).items()) if "version" in s]
-        py = lock.get("_meta", {}).get("requires", {}).get("python_version")
+        py = json.loads(tree["Pipfile.lock"]).get("_meta", {}).get("requires", {}).get("python_version")
         if not py and "Pipfile" in tree:
             m = re.search(r'python_version\s*=\s*"([^"]+)"', tree["Pipfile"])
             py = m.group(1) if m else None
-        return "pipenv", reqs, (f"=={py}" if py else None)
-    if "uv.lock" in tree:
-        pkgs = _toml(tree["uv.lock"]).get("package", [])
-        proj = _toml(tree.get("pyproject.toml", "")).get("project", {})
-        name = proj.get("name")
-        reqs = [f"{p['name']}=={p['version']}" for p in pkgs if p.get("name") != name and "version" in p]
-        return "uv", reqs, proj.get("requires-python")
-    if "requirements.txt" in tree:
-        reqs = [l.strip() for l in tree["requirements.txt"].splitlines() if l.strip() and not l.startswith("#")]
-        return "pip", reqs, None
-    if "pyproject.toml" in tree:
-        proj = _toml(tree["pyproject.toml"]).get("project", {})
-        return "pip", list(proj.get("dependencies", [])), proj.get("requires-python")
-    raise Refusal("the tag has no Pipfile.lock, uv.lock, requirements.txt or pyproject.toml to install from")
+        return f"=={py}" if py else None
+    if "requirements.txt" in tree and "uv.lock" not in tree:
+        return None
+    return _toml(tree.get("pyproject.toml", "")).get("project", {}).get("requires-python")
 
 
 def _toml(text: str) -> dict:

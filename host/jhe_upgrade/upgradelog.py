@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .requirements import LOCK_FILES
 from .spec import Spec
 from .util import version_key
 
@@ -16,7 +17,7 @@ def append_log(spec: Spec, entry: str) -> None:
 
 
 def _dependencies_line(d: dict) -> str:
-    lock = {"pipenv": "Pipfile.lock", "uv": "uv.lock"}.get(d.get("installer") or "", "requirements")
+    lock = LOCK_FILES.get(d.get("installer") or "", "requirements")
     how = "installed exactly as pinned" if d.get("exact") else "resolved by pip"
     checks = "hashes checked" if d.get("hashesChecked") else "no hashes in the lock"
     problems = d.get("pipCheck") or []
