@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,7 +30,7 @@ func (s *server) runLocal(urn string, sp spec, prev map[string]string) (string, 
 	err := cmd.Run()
 	stdout, stderr, combined := out.finish()
 	if err != nil {
-		return stdout, stderr, fmt.Errorf("%w: running %q:\n%s", err, sp.command, combined)
+		return stdout, stderr, commandFailed(err, sp.command, combined)
 	}
 	return stdout, stderr, nil
 }

@@ -456,6 +456,12 @@ func (c *capture) finish() (string, string, string) {
 	return strings.TrimSuffix(c.out.String(), "\n"), strings.TrimSuffix(c.err.String(), "\n"), c.combined.String()
 }
 
+// commandFailed is upstream's failure text (commandOutputs.go, run): the error, the command quoted,
+// then all its output as it came.
+func commandFailed(err error, command, output string) error {
+	return fmt.Errorf("%w: running %q:\n%s", err, command, output)
+}
+
 func sortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

@@ -228,7 +228,7 @@ func (s *server) runRemote(urn string, sp spec, prev map[string]string) (string,
 	}
 	stdout, stderr, combined := out.finish()
 	if err != nil {
-		return stdout, stderr, fmt.Errorf("%w: running %q:\n%s", err, sp.command, combined)
+		return stdout, stderr, commandFailed(err, sp.command, combined)
 	}
 	return stdout, stderr, nil
 }
