@@ -7,9 +7,11 @@ import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM
 import { JheConfig } from "./config";
 import { bundleTool } from "./toolBundle";
 
-/** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file. */
+/** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file
+ * (once per program run: the host-tool resource and every read of the plan send the same text). */
+let bundled: string | undefined;
 export function toolSource(): string {
-    return bundleTool();
+    return (bundled ??= bundleTool());
 }
 
 export function sha256(text: string): string {

@@ -22,8 +22,12 @@ export interface Plan {
 
 /** A host key line's type and SHA256 fingerprint, as `ssh-keygen -l` prints it. */
 export function fingerprint(keyLine: string): { type: string; sha256: string } {
-    const [type, b64] = keyLine.trim().split(/\s+/);
-    return { type, sha256: fingerprintOf(Buffer.from(b64 ?? "", "base64")) };
+    return { type: keyLine.trim().split(/\s+/)[0], sha256: fingerprintOf(keyBlob(keyLine)) };
+}
+
+/** The key itself (the base64 part of the line), as the server presents it. */
+function keyBlob(keyLine: string): Buffer {
+    return Buffer.from(keyLine.trim().split(/\s+/)[1] ?? "", "base64");
 }
 
 function fingerprintOf(blob: Buffer): string {
@@ -45,7 +49,7 @@ export function sshExec(
     timeoutMs = 30_000,
 ): Promise<string> {
     const pinned = fingerprint(conn.hostKey);
-    const expected = Buffer.from(conn.hostKey.trim().split(/\s+/)[1] ?? "", "base64");
+    const expected = keyBlob(conn.hostKey);
     let offered: Buffer | undefined;
     return new Promise((resolve, reject) => {
         const c = new Client();
