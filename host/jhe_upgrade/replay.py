@@ -156,7 +156,8 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
     t, pk, common = plan["table"], plan["pk"], plan["common"]
     replayed, exported, notes = out["rowsReplayed"], out["rowsExported"], out["notes"]
     collist = ",".join(_q(c) for c in common)
-    if plan["mode"] == "ordered":
+    ordered = plan["mode"] == "ordered"
+    if ordered:
         maxid = psql(dst_db, f"SELECT coalesce(max({_q(pk)})::text, '') FROM {_q(t)}")
         below = f"{_q(pk)} <= {sql_literal(maxid)}" if maxid else "false"
         have_old = bool(maxid)
@@ -164,11 +165,11 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
         below = "true"
         have_old = psql(dst_db, f"SELECT EXISTS (SELECT 1 FROM {_q(t)})") == "t"
     dst_ids = _ids(dst_db, t, pk) if have_old else set()
-    src_below = _ids(src_db, t, pk, below) if have_old or plan["mode"] == "set" else set()
+    src_below = _ids(src_db, t, pk, below) if have_old or not ordered else set()
     # New rows: above dst's highest key (sequences), and any below it that dst never had.
     gaps = sorted(src_below - dst_ids)
-    conds = ([f"NOT ({below})"] if plan["mode"] == "ordered" else []) + [_in_list(pk, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
-    n_new = (int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE NOT ({below})")) if plan["mode"] == "ordered" else 0) + len(gaps)
+    conds = ([f"NOT ({below})"] if ordered else []) + [_in_list(pk, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
+    n_new = (int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE NOT ({below})")) if ordered else 0) + len(gaps)
     if n_new:
         export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         done = 0
@@ -179,7 +180,7 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
                 _copy(src_db, f"SELECT {collist} FROM {_q(t)} WHERE {c} ORDER BY {_q(pk)}", dst_db, _q(t), collist)
                 done += 1
             replayed[t] = n_new
-            if plan["mode"] == "ordered":
+            if ordered:
                 psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{pk}') AS s, "
                              f"max({_q(pk)}) AS m FROM {_q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
         except RuntimeError as e:

@@ -49,12 +49,12 @@ def is_noop(spec: Spec, state: dict) -> bool:
 
 
 def _target(spec: Spec) -> tuple[dict, str | None, str]:
-    spec.need_version()
+    to = spec.need_version()
     state = load_state(spec)
     t = state.get("target") or {}
-    if t.get("to") != spec.version and not is_noop(spec, state):
-        raise Refusal(f"no preflight recorded for {spec.version}; run `pulumi up` again (preflight runs first)")
-    return state, t.get("from", spec.version), spec.need_version()
+    if t.get("to") != to and not is_noop(spec, state):
+        raise Refusal(f"no preflight recorded for {to}; run `pulumi up` again (preflight runs first)")
+    return state, t.get("from", to), to
 
 
 def _upgrade_done(spec: Spec, state: dict, to: str) -> bool:
