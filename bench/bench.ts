@@ -4,7 +4,7 @@
 // Timings are measured in one run on a shared machine: read them as ratios, not absolutes.
 import * as fs from "fs";
 import * as path from "path";
-import { projectStack, removeStack } from "../tests/helpers/stack";
+import { leaveUnset, projectStack, removeStack } from "../tests/helpers/stack";
 import { account, Probe, Prober } from "../tests/helpers/prober";
 import { lostWrites, Writer } from "../tests/helpers/writer";
 import { down, ssh, sshOk, up } from "../tests/helpers/testhost";
@@ -50,6 +50,7 @@ async function runbook(size: number) {
 async function program(size: number, withWriter = false) {
     const h = await up(withWriter ? "bench-pw" : "bench-pg", { legacy: FROM, patients: 1000, observations: size, dataOnDisk: true });
     const stack = await projectStack(h, FROM);
+    await leaveUnset(stack, "JHE_FEATURE_X"); // new in v1.1.0's env example; the app does without it
     try {
         await stack.up(); // adoption: not part of the measured upgrade
         let t0 = Date.now();

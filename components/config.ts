@@ -41,6 +41,11 @@ export interface JheConfig {
     secretEnv: pulumi.Output<Record<string, string>>;
     /** Names of the secret .env settings (the names are not secret, their values are). */
     secretEnvNames: string[];
+    /**
+     * Variables left unset on purpose: new in a version's env example, but this server does without
+     * them (or must not have them, like DEBUG). The release's .env does not set them.
+     */
+    envUnset: string[];
     tls: { certificate: string; key: string; selfSigned: boolean };
     /** An optional Django superuser made from config (password a secret). */
     admin?: { user: string; email: string; password: pulumi.Output<string> };
@@ -92,6 +97,11 @@ const TAG = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^[0-9a-fA-F:]+$/;
 const HOST_KEY = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
+/** Settings jhe-upgrade writes into every release's .env itself, and the config they come from. */
+const TOOL_WRITTEN: Record<string, string> = {
+    SITE_URL: "from jhe:siteUrl", DB_NAME: "from jhe:dbName", DB_USER: "from jhe:dbUser", DB_PASSWORD: "from jhe:dbPassword",
+    DB_HOST: "localhost unless jhe:env.DB_HOST says otherwise", DB_PORT: "5432 unless jhe:env.DB_PORT says otherwise",
+};
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const REPO = /^(?:(?:https?|ssh|git):\/\/[A-Za-z0-9@:%._\/~+-]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._\/~-]+|\/(?:[A-Za-z0-9._-]+\/?)*)$/;
 
@@ -195,7 +205,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
-        "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword",
+        "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -306,6 +316,24 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
             if (why) p.push(why);
         }
     }
+    const envUnset: string[] = [];
+    if (raw.envUnset !== undefined && raw.envUnset !== null) {
+        if (!Array.isArray(raw.envUnset)) {
+            p.push("jhe:envUnset must be a list of variable names (pulumi config set --path 'jhe:envUnset[0]' DEBUG)");
+        } else {
+            for (const [i, k] of (raw.envUnset as unknown[]).entries()) {
+                if (typeof k !== "string" || !ENV_NAME.test(k)) {
+                    p.push(`jhe:envUnset[${i}]: must be a variable name of upper-case letters, digits and '_' (got ${JSON.stringify(k)})`);
+                } else if (k in env || secretEnvNames.includes(k)) {
+                    p.push(`jhe:envUnset[${i}]: ${k} is also set in jhe:${k in env ? "env" : "secretEnv"}; keep one`);
+                } else if (TOOL_WRITTEN[k]) {
+                    p.push(`jhe:envUnset[${i}]: jhe-upgrade writes ${k} into every release's .env itself (${TOOL_WRITTEN[k]}); remove it from the list`);
+                } else if (k === "SECRET_KEY") {
+                    p.push(`jhe:envUnset[${i}]: SECRET_KEY cannot be left unset (every JHE worker would invent its own and sessions break); set it with \`pulumi config set --secret --path 'jhe:secretEnv.SECRET_KEY' …\``);
+                } else if (!envUnset.includes(k)) envUnset.push(k);
+            }
+        }
+    }
 
     const selfSignedRaw = raw.tlsSelfSigned;
     if (selfSignedRaw !== undefined && !["true", "false", true, false].includes(selfSignedRaw as string | boolean)) {
@@ -360,6 +388,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         env,
         secretEnv: secrets.secretEnv ?? pulumi.output({} as Record<string, string>),
         secretEnvNames,
+        envUnset,
         tls,
         admin,
         wheelhouse,
@@ -384,6 +413,7 @@ export function loadConfig(): JheConfig {
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
     raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
     raw.env = cfg.getObject("env");
+    raw.envUnset = cfg.getObject("envUnset");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {

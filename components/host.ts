@@ -41,6 +41,7 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
         wheelhouse: config.wheelhouse ?? null,
         healthTimeout: config.healthTimeoutSeconds,
         migrationStrategy: config.migrationStrategy,
+        envUnset: config.envUnset,
         owner: stackOwner(),
     };
 }

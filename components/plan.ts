@@ -15,7 +15,10 @@ export interface Plan {
     pendingMigrations?: string[];
     migrationsToUndo?: string[];
     envAdded?: string[];
-    envMissingRequired?: string[];
+    /** Variables new in the target's env example that neither the .env, the stack nor jhe:envUnset decides. */
+    envMissing?: string[];
+    /** What JHE does with those of them it treats specially (DEBUG, SECRET_KEY, ...). */
+    envHints?: Record<string, string>;
     note?: string;
     error?: string;
 }

@@ -49,6 +49,9 @@ p up -s "$stack" --yes --non-interactive --suppress-progress
 step "4. Upgrade plan: set the version, read the preview"
 p config set jhe:version v1.1.0 -s "$stack"
 p preview -s "$stack" --non-interactive
+echo "# The plan's envMissing names JHE_FEATURE_X: new in v1.1.0's env example, set nowhere. Preflight would"
+echo "# refuse until it is set or left unset on purpose; this server does without it:"
+p config set --path 'jhe:envUnset[0]' JHE_FEATURE_X -s "$stack"
 
 step "5. The upgrade"
 p up -s "$stack" --yes --non-interactive --suppress-progress --suppress-outputs
@@ -61,9 +64,11 @@ out=$(pulumi stack output -s "$stack" --json)
 up_summary=$(python3 -c '
 import json, sys
 o = json.loads(sys.argv[1]); b = o.get("backup") or {}
-print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, rows %s)" % (
+rc = b.get("rowCounts") or {}
+print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, %d rows in %d tables: %s)" % (
     o["deployed"]["previous"], o["deployed"]["version"], o["downtimeSeconds"], ", ".join(o["migrationsApplied"]) or "none",
-    b.get("location"), (b.get("sha256") or "")[:12], ", ".join("%s=%s" % kv for kv in (b.get("rowCounts") or {}).items())))
+    b.get("location"), (b.get("sha256") or "")[:12], sum(rc.values()), len(rc),
+    ", ".join("%s=%s" % kv for kv in rc.items() if kv[0].startswith("core_"))))
 ' "$out")
 
 step "7. Users keep writing on v1.1.0: 20 observations through nginx"

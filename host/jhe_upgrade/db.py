@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .spec import Spec
-from .util import Refusal, psql, run, sql_literal
+from .util import Refusal, psql, quote_ident, run, sql_literal
 
 
 def applied_migrations(spec: Spec, db: str | None = None) -> list[str]:
@@ -27,12 +27,14 @@ def pg_major() -> int:
 
 
 def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
+    """Exact row counts of every table of the database's public schema (every app's, Django's own
+    too), in one statement: one consistent snapshot."""
     db = db or spec.db_name
-    out = {}
-    for t in ("core_patient", "core_observation"):
-        if psql(db, f"SELECT to_regclass('public.{t}') IS NOT NULL") == "t":
-            out[t] = int(psql(db, f"SELECT count(*) FROM {t}"))
-    return out
+    tables = [t for t in psql(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines() if t]
+    if not tables:
+        return {}
+    sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)
+    return {t: int(n) for t, n in (line.split("|") for line in psql(db, sql).splitlines() if line)}
 
 
 def db_exists(name: str) -> bool:

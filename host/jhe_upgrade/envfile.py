@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from .gitrepo import show, tag_exists
@@ -54,15 +55,14 @@ def _value(text: str, pos: int) -> tuple[str, int]:
     return re.sub(r"\s+#.*", "", m.group(1)).rstrip(), m.end()
 
 
-def parse_env(text: str) -> dict[str, str]:
-    """A .env as python-dotenv reads it (interpolation aside), in the file's order. A key without `=`
-    (python-dotenv: None, so unset for JHE) is left out."""
-    out: dict[str, str] = {}
+def _bindings(text: str) -> Iterator[tuple[str, str | None]]:
+    """(key, value) pairs as python-dotenv reads them (interpolation aside), in the file's order; value
+    None for a key without `=` (python-dotenv's None, unset for JHE)."""
     pos = 1 if text.startswith("\ufeff") else 0  # a byte order mark, skipped as python-dotenv does
     while True:
         pos = _take(_BLANKS, text, pos).end()
         if pos >= len(text):
-            return out
+            return
         try:
             pos = _take(_EXPORT, text, pos).end()
             key = None
@@ -83,12 +83,22 @@ def parse_env(text: str) -> dict[str, str]:
                     value, pos = _value(text, pos)
             pos = _take(_COMMENT, text, pos).end()
             pos = _take(_EOL, text, pos).end()
-            if key is not None and value is None:
-                out.pop(key, None)  # `KEY` alone: python-dotenv's None, unset for JHE (also after a value)
-            elif key is not None and value is not None:
-                out[key] = value  # a repeated key: the last value, in the first one's place
+            if key is not None:
+                yield key, value
         except _Unreadable as e:
             pos = _take(_REST, text, e.args[0]).end()
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """A .env as python-dotenv reads it (interpolation aside), in the file's order. A key without `=`
+    (python-dotenv: None, so unset for JHE) is left out."""
+    out: dict[str, str] = {}
+    for key, value in _bindings(text):
+        if value is None:
+            out.pop(key, None)  # `KEY` alone unsets, also after a value
+        else:
+            out[key] = value  # a repeated key: the last value, in the first one's place
+    return out
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.,:/@+=%-]*")
@@ -120,37 +130,55 @@ def render_env(env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def example_vars(text: str) -> dict[str, bool]:
-    """An env example's variables: name -> required. A variable right after a '# optional' comment
-    line may be left out; every other one is required."""
-    out: dict[str, bool] = {}
-    optional = False
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("#"):
-            optional = optional or bool(re.match(r"#\s*optional\b", s, re.I))
-            continue
-        m = re.match(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", s)
-        if m:
-            out[m.group(1)] = not optional
-        optional = False
-    return out
+# Settings jhe-upgrade writes into every release's .env itself (from jhe:siteUrl, jhe:dbName, jhe:dbUser,
+# jhe:dbPassword): never reported missing, never left unset.
+TOOL_WRITTEN = ("SITE_URL", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST", "DB_PORT")
+
+# What JHE does with a setting (DESIGN.md §8), told wherever the setting is named missing.
+HINTS = {
+    "DEBUG": "JHE turns debug on for any non-empty value, \"False\" too; to keep debug off, leave it unset",
+    "SECRET_KEY": "without it every JHE worker invents its own and sessions break; set it as a secret",
+    "SMTP_PORT": "an empty value crashes every manage.py command; a port number, or leave it unset",
+    "OIDC_RSA_PRIVATE_KEY": "JHE's OIDC signing key: without it /o/.well-known/jwks.json answers 500 and every "
+                            "OIDC login fails; set it as a secret from the PEM file (< oidc.pem)",
+}
 
 
-def env_example(repo: Path, tag: str) -> tuple[str | None, dict[str, bool]]:
+def example_vars(text: str) -> list[str]:
+    """An env example's variable names, in its order, read as python-dotenv reads a .env. An example
+    marks nothing optional or required: what is new in a version's example is for the operator to set
+    or to leave unset on purpose (jhe:envUnset). Its values are placeholders, never copied anywhere."""
+    return list(dict.fromkeys(k for k, _ in _bindings(text)))
+
+
+def env_example(repo: Path, tag: str) -> tuple[str | None, list[str]]:
     """The tag's env example file (`.env.example`, before that `dot_env_example.txt`) and its variables."""
     for name in (".env.example", "dot_env_example.txt"):
         text = show(repo, tag, name)
         if text is not None:
             return name, example_vars(text)
-    return None, {}
+    return None, []
 
 
 def env_added(repo: Path, frm: str | None, to: str) -> list[str]:
-    """Variables in `to`'s env example that `frm`'s does not have."""
+    """Variables in `to`'s env example that `frm`'s does not have (all of them on an install), as the
+    runbook diffs the two examples."""
     _, wanted = env_example(repo, to)
-    _, had = env_example(repo, frm) if frm and tag_exists(repo, frm) else (None, {})
+    _, had = env_example(repo, frm) if frm and tag_exists(repo, frm) else (None, [])
     return [k for k in wanted if k not in had]
+
+
+def env_missing(added: list[str], configured: set[str], unset: list[str]) -> list[str]:
+    """Of the variables a version's example adds, those nobody decided on: neither in the .env the
+    release gets (the live one plus the stack's), nor written by the tool, nor listed in jhe:envUnset."""
+    return [k for k in added if k not in configured and k not in unset and k not in TOOL_WRITTEN]
+
+
+def missing_text(tag: str, example_name: str | None, k: str, unset_index: int) -> str:
+    hint = f" ({HINTS[k]})" if k in HINTS else ""
+    return (f"{tag}'s {example_name or 'env example'} adds {k}{hint}, which neither the server's .env nor the "
+            f"stack sets: set it (`pulumi config set --path 'jhe:env.{k}' <value>`, or `--secret --path "
+            f"'jhe:secretEnv.{k}'`) or leave it unset on purpose (`pulumi config set --path 'jhe:envUnset[{unset_index}]' {k}`)")
 
 
 def target_env(spec: Spec, tag: str) -> dict[str, str]:
@@ -168,18 +196,16 @@ def target_env(spec: Spec, tag: str) -> dict[str, str]:
         env["DB_PASSWORD"] = spec.raw["dbPassword"]
     env.setdefault("DB_HOST", "localhost")
     env.setdefault("DB_PORT", "5432")
+    for k in spec.env_unset:
+        env.pop(k, None)  # left unset on purpose: the release's .env does not set it, even if the live one did
     return env
 
 
-def env_problems(spec: Spec, tag: str, env: dict[str, str]) -> list[str]:
-    problems = []
-    example_name, wanted = env_example(spec.repo, tag)
-    for k, required in wanted.items():
-        if required and k not in env:
-            problems.append(
-                f"{tag} requires the environment variable {k} (see its {example_name}), which the server's .env "
-                f"and the stack's config do not set: `pulumi config set --path 'jhe:env.{k}' <value>` "
-                f"(or --secret --path 'jhe:secretEnv.{k}' for a secret)")
+def env_problems(spec: Spec, frm: str | None, tag: str, env: dict[str, str]) -> list[str]:
+    example_name, _ = env_example(spec.repo, tag)
+    missing = env_missing(env_added(spec.repo, frm, tag), set(env), spec.env_unset)
+    # SECRET_KEY has a check of its own below
+    problems = [missing_text(tag, example_name, k, len(spec.env_unset)) for k in missing if k != "SECRET_KEY"]
     if spec.stage == "prod" and env.get("DEBUG", "") != "":
         problems.append("DEBUG is set in the server's .env; JHE turns DEBUG on for any non-empty value "
                         "(even \"False\"); on a prod stack remove it (jhe:env.DEBUG = \"\")")

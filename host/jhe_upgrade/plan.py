@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
-from .envfile import env_added, env_example, parse_env
+from .envfile import HINTS, TOOL_WRITTEN, env_added, env_missing, parse_env
 from .gitrepo import tag_exists, tag_migrations
 from .spec import Spec
 from .staging import choose_strategy
@@ -22,8 +22,8 @@ def migration_delta(to_migs: list[str], applied: list[str]) -> tuple[list[str], 
 
 def plan_from_facts(f: dict) -> dict:
     """The plan from what was read: from, to, pending, undo, backup (the newest taken when leaving
-    `to`, or None), keptExists, strategy/why (when migrations are pending), wanted (the target's env
-    example: name -> required), configured (names set by the live .env or the stack), envAdded."""
+    `to`, or None), keptExists, strategy/why (when migrations are pending), envAdded (names new in the
+    target's env example), configured (names the live .env or the stack sets), unset (jhe:envUnset)."""
     frm, to = f["from"], f["to"]
     out: dict = {"from": frm, "to": to, "pendingMigrations": f["pending"], "migrationsToUndo": f["undo"]}
     backwards = bool(f["undo"]) or version_key(to) < version_key(frm)
@@ -44,7 +44,8 @@ def plan_from_facts(f: dict) -> dict:
                                f"(in the window instead if anything is written meanwhile)" if f["strategy"] == "staged"
                                else f": backup and migrations in the window ({f['why']})")
     out["envAdded"] = f["envAdded"]
-    out["envMissingRequired"] = [k for k, req in f["wanted"].items() if req and k not in f["configured"]]
+    out["envMissing"] = env_missing(f["envAdded"], f["configured"], f["unset"])
+    out["envHints"] = {k: HINTS[k] for k in out["envMissing"] if k in HINTS}
     return out
 
 
@@ -68,9 +69,9 @@ def step_plan(spec: Spec) -> dict:
         facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
     elif frm and pending:
         facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name))
-    _, facts["wanted"] = env_example(repo, to)
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
-    facts["configured"] = set(live) | set(spec.env) | set(spec.secret_env) | {"SITE_URL"}
+    facts["configured"] = (set(live) - set(spec.env_unset)) | set(spec.env) | set(spec.secret_env) | set(TOOL_WRITTEN)
+    facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     return plan_from_facts(facts)

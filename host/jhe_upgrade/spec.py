@@ -53,6 +53,9 @@ class Spec:
             raise Refusal(f"spec.migrationStrategy must be staged or in-window (got {self.strategy!r})")
         self.env = {k: str(v) for k, v in (d.get("env") or {}).items()}
         self.secret_env = {k: str(v) for k, v in (d.get("secretEnv") or {}).items()}
+        self.env_unset = [str(k) for k in (d.get("envUnset") or [])]
+        if not all(ENV_NAME.match(k) for k in self.env_unset):
+            raise Refusal(f"spec.envUnset is malformed ({self.env_unset!r})")
         for k, v in {**self.env, **self.secret_env}.items():
             if not ENV_NAME.match(k) or "\0" in v or "${" in v:  # newlines are written as \n escapes
                 raise Refusal(f"spec env {k} is malformed")

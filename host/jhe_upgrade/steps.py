@@ -103,7 +103,7 @@ def _preflight(spec: Spec) -> dict:
     if django and re.match(r"^(5\.|6\.)", django) and pg < 14:
         problems.append(f"Django {django} needs PostgreSQL 14 or newer; the server has {pg}")
     env = target_env(spec, to)
-    problems += env_problems(spec, to, env)
+    problems += env_problems(spec, frm, to, env)
     # Disk: the backup (about the database's size, compressed) plus a release, with headroom.
     db_bytes = db_size(spec.db_name)
     need = db_bytes + 300 * 1024 * 1024

@@ -52,6 +52,11 @@ def sql_literal(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+def quote_ident(name: str) -> str:
+    """A PostgreSQL identifier, quoted (any name a table may have)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

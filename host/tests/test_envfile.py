@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import pytest
+from conftest import make_spec
 from dotenv import dotenv_values
 
-from jhe_upgrade.envfile import example_vars, parse_env, render_env, render_value
+from jhe_upgrade.envfile import env_missing, example_vars, missing_text, parse_env, render_env, render_value, target_env
 
 
 def dotenv(text: str, interpolate: bool = False) -> dict[str, str]:
@@ -97,7 +99,32 @@ def test_render_refuses_nul() -> None:
 
 
 def test_example_vars() -> None:
-    text = ("# optional\nOW_API_URL=\nDEBUG=True # comment\n#optional: a note\nexport SECRET_KEY=\n"
-            "# Optional\n\nSITE_URL=http://localhost:8000\n")
-    # the marker covers the next variable only; a blank line ends it
-    assert example_vars(text) == {"OW_API_URL": False, "DEBUG": True, "SECRET_KEY": False, "SITE_URL": True}
+    """The real example's style: inline comments, quoted placeholders, a multi-line quoted value, empty
+    values, comment lines. Names only, in order: an example marks nothing optional."""
+    text = ("DEBUG=True # static files are not served locally without it\nSITE_URL=\"http://localhost:8000\"\n\n"
+            "OIDC_RSA_PRIVATE_KEY=\"-----BEGIN PRIVATE KEY-----\nMII...\n-----END PRIVATE KEY-----\"\n"
+            "#  if unset a random value is used\nexport SECRET_KEY=\n# OW_COMMENTED=x\nOW_API_URL\nDEBUG=again\n")
+    assert example_vars(text) == ["DEBUG", "SITE_URL", "OIDC_RSA_PRIVATE_KEY", "SECRET_KEY", "OW_API_URL"]
+
+
+def test_env_missing_rule() -> None:
+    added = ["DEBUG", "SITE_URL", "DB_PASSWORD", "OW_API_URL", "OW_API_KEY", "JHE_INSTANCE_NAME"]
+    # set in the .env the release gets, listed in envUnset, or written by the tool: decided; the rest is missing
+    assert env_missing(added, {"OW_API_KEY"}, ["DEBUG"]) == ["OW_API_URL", "JHE_INSTANCE_NAME"]
+    assert env_missing(added, {"OW_API_KEY", "OW_API_URL", "JHE_INSTANCE_NAME"}, ["DEBUG"]) == []
+
+
+def test_missing_text_names_the_fix_and_what_jhe_does() -> None:
+    t = missing_text("v0.0.11", "dot_env_example.txt", "DEBUG", 2)
+    assert "v0.0.11's dot_env_example.txt adds DEBUG (JHE turns debug on for any non-empty value" in t
+    assert "`pulumi config set --path 'jhe:envUnset[2]' DEBUG`" in t and "jhe:env.DEBUG" in t
+
+
+def test_target_env_leaves_unset_names_out_and_keeps_the_rest(tmp_path: Path) -> None:
+    s = make_spec(tmp_path, env={"OW_API_URL": "http://ow"}, envUnset=["DEBUG"])
+    root = tmp_path / "app" / "releases" / "v1.1.0"
+    root.mkdir(parents=True)
+    (root / ".env").write_text('DEBUG=False\nSECRET_KEY="k#1"\nDB_PASSWORD=pw\n')
+    env = target_env(s, "v1.1.0")
+    assert "DEBUG" not in env and env["SECRET_KEY"] == "k#1" and env["OW_API_URL"] == "http://ow"
+    assert [env[k] for k in ("DB_NAME", "DB_USER", "DB_HOST", "DB_PORT")] == ["jhe_production", "jheuser", "localhost", "5432"]

@@ -13,8 +13,8 @@ V110 = V100 + ["core.0002_observation_source", "core.0003_backfill_source"]
 
 
 def facts(**over: object) -> dict:
-    f: dict = {"from": "v1.0.0", "to": "v1.1.0", "pending": [], "undo": [], "wanted": {"SITE_URL": True, "JHE_FEATURE_X": False},
-               "configured": {"SITE_URL", "DB_NAME"}, "envAdded": ["JHE_FEATURE_X"]}
+    f: dict = {"from": "v1.0.0", "to": "v1.1.0", "pending": [], "undo": [],
+               "configured": {"SITE_URL", "DB_NAME"}, "envAdded": ["JHE_FEATURE_X"], "unset": ["JHE_FEATURE_X"]}
     f.update(over)
     return f
 
@@ -32,7 +32,7 @@ def test_upgrade_with_migrations_on_a_staged_copy() -> None:
     p = plan_from_facts(facts(pending=V110[3:], strategy="staged", why="..."))
     assert p["action"] == "upgrade" and p["migrationStrategy"] == "staged"
     assert p["summary"].startswith("upgrade v1.0.0 -> v1.1.0: backup and migrations on a copy while v1.0.0 serves")
-    assert p["envAdded"] == ["JHE_FEATURE_X"] and p["envMissingRequired"] == []
+    assert p["envAdded"] == ["JHE_FEATURE_X"] and p["envMissing"] == []
 
 
 def test_upgrade_in_the_window_says_why() -> None:
@@ -46,9 +46,10 @@ def test_code_only_upgrade() -> None:
     assert "migrationStrategy" not in p
 
 
-def test_missing_required_variable_is_listed() -> None:
-    p = plan_from_facts(facts(wanted={"SITE_URL": True, "JHE_INSTANCE_NAME": True}, configured={"SITE_URL"}))
-    assert p["envMissingRequired"] == ["JHE_INSTANCE_NAME"]
+def test_a_variable_new_in_the_example_and_set_nowhere_is_listed_with_what_jhe_does() -> None:
+    p = plan_from_facts(facts(envAdded=["JHE_INSTANCE_NAME", "DEBUG", "DB_PORT"], configured={"SITE_URL"}, unset=[]))
+    assert p["envMissing"] == ["JHE_INSTANCE_NAME", "DEBUG"]  # DB_PORT: the tool writes it
+    assert list(p["envHints"]) == ["DEBUG"] and "any non-empty value" in p["envHints"]["DEBUG"]
 
 
 def test_install_on_a_bare_server() -> None:

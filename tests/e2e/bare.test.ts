@@ -3,7 +3,7 @@
 import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { stepOps } from "../helpers/engine";
-import { projectStack, removeStack, teardown } from "../helpers/stack";
+import { leaveUnset, projectStack, removeStack, teardown } from "../helpers/stack";
 import { HostInfo, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -44,6 +44,12 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
     it("pulumi up installs JHE v1.0.0 on the bare server as a sudo user: packages, user, database, .env, release, unit, TLS site, superuser", async function () {
         stack = await projectStack(h, "v1.0.0", { "jhe:sshUser": { value: "deploy" }, ...secretConfig() });
         await stack.setConfig("jhe:secretEnv.SECRET_KEY", { value: `sk-${Math.random().toString(36).slice(2)}`, secret: true }, true);
+        // An install: every variable of v1.0.0's env example is new. The tool writes SITE_URL and DB_*;
+        // SECRET_KEY is set; DEBUG stays unset (JHE would turn debug on for any value).
+        const plan = (await stack.preview({ diff: true })).stdout;
+        assert.match(plan, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "DEBUG"\s*\]/);
+        assert.match(plan, /envHints\s*:\s*\{\s*\+?\s*DEBUG: "JHE turns debug on for any non-empty value/);
+        await leaveUnset(stack, "DEBUG", "JHE_FEATURE_X");
         const t0 = Date.now();
         const res = await stack.up();
         const seconds = (Date.now() - t0) / 1000;
@@ -59,6 +65,8 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         const su = await query<{ is_superuser: boolean }>(h, "SELECT is_superuser FROM auth_user WHERE username = 'admin'");
         assert.deepStrictEqual(su, [{ is_superuser: true }]);
         assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Install of v1\.0\.0/);
+        const env = await sshOk(h, `cat ${APP}/current/.env`);
+        assert.doesNotMatch(env, /^(DEBUG|JHE_FEATURE_X)=|jhe_dev|jhepassword|change-me/m, "no example value reached the .env");
         console.log(`      bare server to serving v1.0.0: ${seconds.toFixed(1)} s (pulumi up)`);
     });
 

@@ -4,7 +4,7 @@ import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp } from "../helpers/engine";
 import { Prober } from "../helpers/prober";
-import { projectStack, serverFingerprint, teardown } from "../helpers/stack";
+import { leaveUnset, projectStack, serverFingerprint, teardown } from "../helpers/stack";
 import { HostInfo, query, request, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -17,6 +17,7 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
     before(async function () {
         h = await up("e2erb", { legacy: "v1.0.0", patients: 30, observations: 2000 });
         stack = await projectStack(h, "v1.0.0", { "jhe:sshHostKey": { value: h.hostKeys.ecdsa } });
+        await leaveUnset(stack, "JHE_FEATURE_X");
         await stack.up();
     });
     after(async function () {

@@ -9,7 +9,7 @@ import * as os from "os";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
-import { projectStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { leaveUnset, projectStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
 import { HostInfo, query, request, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -81,6 +81,8 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         }
         assert.match(pre.stdout, /pendingMigrations\s*:\s*\[\s*\+?\s*\[0\]: "core\.0002_observation_source"\s*\+?\s*\[1\]: "core\.0003_backfill_source"/);
         assert.match(pre.stdout, /envAdded\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
+        // new in v1.1.0's example, set nowhere: the plan lists it (preflight would refuse until decided)
+        assert.match(pre.stdout, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
         assert.match(pre.stdout, /action\s*:\s*"none" => "upgrade"/);
         assert.match(pre.stdout, /summary\s*:.*"upgrade v1\.0\.0 -> v1\.1\.0: backup and migrations on a copy while v1\.0\.0 serves, then a rename swap in the window/);
     });
@@ -94,6 +96,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const dbProps = "SELECT d.datacl::text AS acl, s.setconfig::text AS config FROM pg_database d " +
             "LEFT JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = 'jhe_production'";
         const propsBefore = await query(h, dbProps);
+        await leaveUnset(stack, "JHE_FEATURE_X"); // the operator's answer: v1.1.0 runs without it
         const res = await stack.up();
         const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
@@ -102,7 +105,12 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const lockCount = Object.keys(JSON.parse(await sshOk(h, `git -C ${APP}/repo.git show v1.1.0:Pipfile.lock`)).default).length;
         assert.deepStrictEqual(o.dependencies, { installer: "pipenv", requirements: lockCount, exact: true, hashesChecked: false, pipCheck: [] });
         assert.strictEqual((await sshOk(h, `ls -a ${APP}/releases`)).split("\n").filter((f) => f.includes("incomplete") || f.includes("set-aside")).length, 0);
-        assert.deepStrictEqual(o.backup.rowCounts, { core_patient: counts.patients, core_observation: counts.observations });
+        // every table of every app is counted (the kept pre-upgrade database still has v1.0.0's rows)
+        const tables = (await query<{ t: string }>(h, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", [], o.migration.keptDatabase)).map((r) => r.t);
+        assert.deepStrictEqual(Object.keys(o.backup.rowCounts).sort(), tables);
+        assert.ok(tables.includes("django_session") && tables.includes("auth_permission"), tables.join());
+        assert.deepStrictEqual([o.backup.rowCounts.core_patient, o.backup.rowCounts.core_observation], [counts.patients, counts.observations]);
+        assert.strictEqual(o.backup.rowCounts.django_migrations, (await query(h, "SELECT 1 FROM django_migrations", [], o.migration.keptDatabase)).length);
         const onServer = await sshOk(h, `sha256sum ${o.backup.location}/db.dump; stat -c '%a' ${o.backup.location} ${o.backup.location}/db.dump`);
         assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
         assert.match(onServer, /\n700\n600\n$/);
@@ -131,12 +139,14 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.match(log, /- \/health: 200\n- \/admin\/: 302/);
     });
 
-    it("v1.2.0 without its required env var is refused in preflight, naming it; nothing on the server changes", async function () {
+    it("v1.2.0 with a variable new in its env example and set nowhere is refused in preflight, naming it and both fixes; nothing on the server changes", async function () {
         const before = await serverFingerprint(h);
         await stack.setConfig("jhe:version", { value: "v1.2.0" });
         await assert.rejects(stack.up(), (e: Error) => {
-            assert.match(e.message, /v1\.2\.0 requires the environment variable JHE_INSTANCE_NAME/);
+            assert.match(e.message, /v1\.2\.0's dot_env_example\.txt adds JHE_INSTANCE_NAME, which neither the server's \.env nor the stack sets/);
             assert.match(e.message, /pulumi config set --path 'jhe:env\.JHE_INSTANCE_NAME'/);
+            assert.match(e.message, /pulumi config set --path 'jhe:envUnset\[1\]' JHE_INSTANCE_NAME/);
+            assert.doesNotMatch(e.message, /JHE_FEATURE_X/, "listed in jhe:envUnset: decided");
             return true;
         });
         assert.deepStrictEqual(await serverFingerprint(h), before);

@@ -7,7 +7,7 @@ import * as fs from "fs";
 import * as path from "path";
 import { Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, ROOT } from "../helpers/engine";
-import { projectStack, removeStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { leaveUnset, projectStack, removeStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
 import { HostInfo, query, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 import { lostWrites, Writer } from "../helpers/writer";
 
@@ -23,6 +23,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     before(async function () {
         h = await up("faults", { legacy: "v1.0.0", patients: 20, observations: 2000 });
         stack = await projectStack(h, "v1.0.0");
+        await leaveUnset(stack, "JHE_FEATURE_X");
         await stack.up();
     });
     after(async function () {
@@ -83,7 +84,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         await scenario("required env var missing (v1.2.0)", "v1.0.0", async () => {
             const before = await serverFingerprintStable();
             await setVersion("v1.2.0");
-            await assert.rejects(stack.up(), /requires the environment variable JHE_INSTANCE_NAME/);
+            await assert.rejects(stack.up(), /v1\.2\.0's dot_env_example\.txt adds JHE_INSTANCE_NAME, which neither the server's \.env nor the stack sets/);
             assert.deepStrictEqual(await serverFingerprintStable(), before);
             await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
             await setVersion("v1.0.0");
@@ -227,6 +228,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
 
     it("two pulumi up on one server at once: the second is refused by the host lock, naming the holder", async function () {
         const other = await projectStack(h, "v2.0.0");
+        await leaveUnset(other, "JHE_FEATURE_X");
         await other.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Fault Hospital" }, true);
         try {
             await scenario("two pulumi up at once", "v2.0.0", async () => {

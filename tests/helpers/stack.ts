@@ -34,6 +34,14 @@ export async function projectStack(h: HostInfo, version: string, extra: ConfigMa
     return stack;
 }
 
+/**
+ * Lists variables as left unset on purpose (jhe:envUnset), as an operator answers a preflight that
+ * names a variable new in the target's env example (the fixture's v1.1.0 adds JHE_FEATURE_X).
+ */
+export async function leaveUnset(stack: Stack, ...names: string[]): Promise<void> {
+    for (const [i, k] of names.entries()) await stack.setConfig(`jhe:envUnset[${i}]`, { value: k }, true);
+}
+
 export async function removeStack(stack: Stack): Promise<void> {
     await stack.workspace.removeStack(stack.name, { force: true }).catch(() => undefined);
     fs.rmSync(path.join(ROOT, `Pulumi.${stack.name}.yaml`), { force: true });

@@ -110,13 +110,17 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         assert.strictEqual((await tableFingerprint(h, "core_observation")).rows, OBSERVATIONS + 1);
     });
 
-    it("v1.1.0: a schema migration and a data migration; the new env var is optional", async function () {
+    it("v1.1.0: a schema migration and a data migration; the new env var (in an example like JHE's) is optional at run time", async function () {
         const r = await handUpgrade("v1.1.0");
         assert.strictEqual(r.code, 0, r.stderr);
         assert.deepStrictEqual(await applied(), ["0001_initial", "0002_observation_source", "0003_backfill_source"]);
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source IS DISTINCT FROM 'device'");
         assert.strictEqual(Number(n), 0);
-        assert.match(await sshOk(h, `grep -B1 '^JHE_FEATURE_X=' ${APP}/dot_env_example.txt`), /# optional/);
+        // as JHE writes its example: placeholders, inline comments, DEBUG=True, no optional/required markers
+        const example = await sshOk(h, `cat ${APP}/dot_env_example.txt`);
+        assert.match(example, /^DEBUG=True # /m);
+        assert.match(example, /^JHE_FEATURE_X="on"$/m);
+        assert.doesNotMatch(example, /#\s*optional/i);
         await restart();
         assert.deepStrictEqual(await healthVersion(), { status: 200, version: "v1.1.0" });
     });

@@ -86,6 +86,11 @@ describe("config validation", function () {
         ["NUL in env", { env: { SITE_NAME: "a\0b" } }, /jhe:env.SITE_NAME must not contain a NUL character/],
         ["bad env name", { env: { "lower-case": "x" } }, /jhe:env.lower-case: names must be upper-case/],
         ["bad bucket", { backupBucket: "Not_A_Bucket" }, /jhe:backupBucket must be/],
+        ["envUnset not a list", { envUnset: "DEBUG" }, /jhe:envUnset must be a list of variable names \(pulumi config set --path 'jhe:envUnset\[0\]' DEBUG\)/],
+        ["envUnset bad name", { envUnset: ["DEBUG", "ow-url"] }, /jhe:envUnset\[1\]: must be a variable name/],
+        ["envUnset and env both", { env: { OW_API_URL: "x" }, envUnset: ["OW_API_URL"] }, /jhe:envUnset\[0\]: OW_API_URL is also set in jhe:env; keep one/],
+        ["envUnset of a setting the tool writes", { envUnset: ["DB_NAME"] }, /jhe:envUnset\[0\]: jhe-upgrade writes DB_NAME into every release's .env itself \(from jhe:dbName\)/],
+        ["envUnset of SECRET_KEY", { envUnset: ["SECRET_KEY"] }, /jhe:envUnset\[0\]: SECRET_KEY cannot be left unset/],
     ];
     for (const [what, patch, re] of bad) {
         it(`rejects ${what}`, function () {
@@ -93,6 +98,14 @@ describe("config validation", function () {
             assert.ok(p.some((m) => re.test(m)), `expected ${re} in:\n${p.join("\n")}`);
         });
     }
+
+    it("takes a list of variables left unset, also on prod (DEBUG unset is debug off)", function () {
+        assert.deepStrictEqual(problems({ ...good, stage: "prod", envUnset: ["DEBUG", "OW_API_URL"] }), []);
+        const p = problems(good, { ...secrets, secretEnvNames: ["OW_API_KEY"], secretEnvValues: { OW_API_KEY: "k" } });
+        assert.deepStrictEqual(p, []);
+        assert.match(problems({ ...good, envUnset: ["OW_API_KEY"] }, { ...secrets, secretEnvNames: ["OW_API_KEY"], secretEnvValues: { OW_API_KEY: "k" } }).join("\n"),
+            /jhe:envUnset\[0\]: OW_API_KEY is also set in jhe:secretEnv; keep one/);
+    });
 
     it("allows DEBUG on a staging stack", function () {
         assert.deepStrictEqual(problems({ ...good, env: { DEBUG: "1" } }), []);
