@@ -30,16 +30,24 @@ CREATE ROLE jheuser LOGIN PASSWORD '$db_password';
 CREATE DATABASE jhe_production OWNER jheuser ENCODING 'UTF8';
 SQL
 
-# .env in the app root, as JHE reads it.
+# .env in the app root, as JHE's docs have operators write it: the OIDC key (made here, never
+# committed) on one line with \n escapes in double quotes, comments, quotes, `export`, an empty value,
+# a value with '#', '=', '$', spaces and non-ASCII letters - all of which python-dotenv reads.
 umask 077
+oidc_key=$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | awk 'BEGIN{ORS=""} {print sep $0; sep="\\n"}')
 cat > "$APP/.env" <<ENV
-SITE_URL=$JHE_SITE_URL
-SECRET_KEY=$secret_key
-DB_NAME=jhe_production
+# JupyterHealth Exchange settings (from dot_env_example.txt)
+export SITE_URL=$JHE_SITE_URL
+SECRET_KEY='$secret_key'
+DB_NAME="jhe_production"
 DB_USER=jheuser
 DB_PASSWORD=$db_password
-DB_HOST=localhost
+DB_HOST="localhost" # the local PostgreSQL
 DB_PORT=5432
+
+OIDC_RSA_PRIVATE_KEY="$oidc_key"
+JHE_SUPPORT_CONTACT="Ünïcode Clinic <help@example.org> # not a comment, a=b \$5"
+JHE_EMPTY_SETTING=
 ENV
 chown jheapp:www-data "$APP/.env"
 umask 022
@@ -74,6 +82,18 @@ INSERT INTO core_observation (subject_patient_id, code, value, value_attachment_
              'trace', md5(g::text || 'a') || md5(g::text || 'b'))),
          now() - make_interval(secs => g)
   FROM generate_series(1, $JHE_OBSERVATIONS) g, (SELECT min(id) AS min_id FROM core_patient) p;
+-- The other kinds of table JHE has: practitioners (its custom user model), a study and its patients
+-- (a join table keyed by both sides), FHIR resources keyed by UUID - some "cache" copies a later
+-- version's data migration deletes.
+INSERT INTO core_jheuser (password, is_superuser, email, identifier, user_type, is_staff, is_active, date_joined)
+  SELECT '!', false, 'practitioner' || g || '@example.org', 'P' || g, 'practitioner', false, true, now() FROM generate_series(1, 3) g;
+INSERT INTO core_study (name, created) VALUES ('Blood pressure study', now());
+INSERT INTO core_studypatient (study_id, patient_id, joined)
+  SELECT s.id, p.id, now() FROM core_study s, (SELECT id FROM core_patient ORDER BY id LIMIT 10) p;
+INSERT INTO core_fhirauxresource (id, patient_id, resource_type, kind, data, created)
+  SELECT gen_random_uuid(), p.id, 'Device', CASE WHEN p.rn % 2 = 0 THEN 'cache' ELSE 'record' END,
+         jsonb_build_object('resourceType', 'Device', 'n', p.rn), now()
+  FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM core_patient ORDER BY id LIMIT 6) p;
 ANALYZE;
 SQL
 

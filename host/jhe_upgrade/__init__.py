@@ -15,7 +15,8 @@ The package, one module per concern, bottom to top:
     state                  state.json, the host lock, registered backups
     gitrepo, envfile,      the repository and a tag's facts; .env and env examples;
     requirements           dependencies and version checks
-    db, backup, dbmoves    PostgreSQL facts; dumps and snapshots; swaps and restores by rename
+    db, rowkeys,           PostgreSQL facts; rows by key (every key type, renamed columns, migrations' deletions);
+    backup, dbmoves        dumps and snapshots; swaps and restores by rename
     window, health,        maintenance page and service; health gate and smoke tests;
     upgradelog, release    UPGRADE_LOG.md; releases/<tag>
     recovery, staging,     the old version back after a failure; the staged copy;

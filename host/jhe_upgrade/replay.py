@@ -2,21 +2,13 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from .rowkeys import SCHEMA_TABLES, columns, in_list, key_expr, key_kind, keys, primary_key, q, read_deleted_keys, tables
 from .spec import Spec
 from .util import psql, sql_literal
-
-SKIP_REPLAY = {"django_migrations", "django_content_type", "auth_permission", "django_session"}
-
-
-def _q(name: str) -> str:
-    if not re.match(r"^[a-z_][a-z0-9_]*$", name):
-        raise RuntimeError(f"unexpected identifier {name!r}")
-    return f'"{name}"'
 
 
 def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None = None, cols: str | None = None,
@@ -46,22 +38,6 @@ def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None 
         raise RuntimeError((err_in or err_out).decode(errors="replace").strip()[-400:])
 
 
-def _ids(db: str, t: str, pk: str, where: str = "true") -> set[str]:
-    return set(psql(db, f"SELECT {_q(pk)}::text FROM {_q(t)} WHERE {where}").splitlines())
-
-
-def _hashes(db: str, t: str, pk: str, collist: str, where: str) -> dict[str, str]:
-    rows = psql(db, f"SELECT {_q(pk)}, md5(ROW({collist})::text) FROM {_q(t)} WHERE {where}").splitlines()
-    return dict(line.split("|", 1) for line in rows if line)
-
-
-def _in_list(pk: str, ids: list[str]) -> str:
-    return f"{_q(pk)}::text IN ({','.join(sql_literal(k) for k in ids)})"
-
-
-INTEGER_TYPES = {"smallint", "integer", "bigint"}
-
-
 def replay_order(tables: list[str], edges: list[tuple[str, str]]) -> list[str]:
     """Parents before children: `edges` are (child, parent) foreign keys; a cycle is taken as it comes
     (its failures are exported)."""
@@ -75,30 +51,27 @@ def replay_order(tables: list[str], edges: list[tuple[str, str]]) -> list[str]:
     return order
 
 
-def key_kind(pk: list[tuple[str, str]]) -> str:
-    """A table's primary key as the replay sees it, from its (column, type) list: integer (ids from a
-    sequence), uuid, text, other (one column of another type), composite, none."""
-    if not pk:
-        return "none"
-    if len(pk) > 1:
-        return "composite"
-    typ = pk[0][1]
-    return ("integer" if typ in INTEGER_TYPES else "uuid" if typ == "uuid"
-            else "text" if typ in ("text", "character varying") or typ.startswith("character varying(") else "other")
-
-
-def table_plan(table: str, pk: list[tuple[str, str]], dst_cols: list[str], src_cols: list[str], required: set[str]) -> dict:
-    """How one table's rows are compared: `ordered` (integer keys: rows above the older database's
-    highest key are new, plus any below it that it never had), `set` (any other single-column key: the
-    keys each side has), or not at all (no single-column key: noted)."""
+def table_plan(table: str, pk: list[tuple[str, str]], dst_cols: list[str], src_cols: list[str], required: set[str],
+               renames: dict[str, str] | None = None) -> dict:
+    """How one table's rows are compared. `ordered` (integer keys): rows above the older database's
+    highest key are new, plus any below it that it never had. `set` (every other key - uuid, text,
+    composite - and tables without one, whose rows are compared whole): the keys each side has.
+    `renames` (older column -> newer) pairs the columns a RenameField moved."""
+    renames = renames or {}
     kind = key_kind(pk)
-    common = [c for c in dst_cols if c in set(src_cols)]
-    plan = {"table": table, "key": kind, "pk": pk[0][0] if len(pk) == 1 else None, "common": common,
-            "missing": sorted(required - set(common)), "mode": None, "note": None}
-    if kind in ("none", "composite"):
-        plan["note"] = f"{table}: no single-column primary key, not compared"
-    else:
-        plan["mode"] = "ordered" if kind == "integer" else "set"
+    src = set(src_cols)
+    pairs = [(c, renames.get(c, c)) for c in dst_cols if renames.get(c, c) in src]
+    common, src_common = [d for d, _ in pairs], [n for _, n in pairs]
+    pk_cols = [c for c, _ in pk]
+    plan = {"table": table, "key": kind, "pk": pk_cols, "common": common, "srcCommon": src_common,
+            "missing": sorted(required - set(common)), "mode": "ordered" if kind == "integer" else "set", "note": None}
+    if not set(pk_cols) <= set(common):
+        plan["mode"], plan["note"] = None, f"{table}: its key ({', '.join(pk_cols)}) is not in the newer table, not compared"
+    elif kind == "none":
+        plan["note"] = f"{table}: no primary key, rows compared whole (identical rows count once)"
+    rename = dict(pairs)
+    plan["dstKey"] = key_expr(kind, pk_cols, common)
+    plan["srcKey"] = key_expr(kind, [rename.get(c, c) for c in pk_cols], src_common)
     return plan
 
 
@@ -110,105 +83,150 @@ def _marker_condition(src_db: str, since: dict | None) -> str | None:
     return None
 
 
-def _read_plan(src_db: str, dst_db: str, t: str) -> dict:
-    pk = [tuple(line.split("|", 1)) for line in psql(
-        dst_db, f"SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
-                f"CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) "
-                f"JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                f"WHERE i.indrelid = 'public.{t}'::regclass AND i.indisprimary ORDER BY k.n").splitlines() if line]
-
-    def cols_of(db: str) -> list[str]:
-        return psql(db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-                        f"AND table_name = '{t}' AND is_generated = 'NEVER' ORDER BY ordinal_position").splitlines()
+def _read_plan(src_db: str, dst_db: str, t: str, renames: dict[str, str]) -> dict:
     required = set(psql(dst_db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
                                 f"AND table_name = '{t}' AND is_nullable = 'NO' AND column_default IS NULL "
                                 f"AND is_identity = 'NO'").splitlines())
-    return table_plan(t, [(a, b) for a, b in pk], cols_of(dst_db), cols_of(src_db), required)
+    return table_plan(t, primary_key(dst_db, t), columns(dst_db, t), columns(src_db, t), required, renames)
 
 
-def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path, since: dict | None = None) -> dict:
+def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path, since: dict | None = None,
+                renames: dict[str, dict[str, str]] | None = None, deleted_by_migrations: dict | None = None) -> dict:
     """Rows written to src_db (the newer version's database) after dst_db's state was kept are
-    inserted into dst_db where its schema allows; what cannot be inserted, and rows changed or deleted
-    since, are exported as CSV to export_dir. Never silently dropped. `since` (a live_marker of when
-    the newer version began serving) narrows the search for changed rows to those written after it."""
-    tables = [t for t in psql(dst_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines()
-              if t and t not in SKIP_REPLAY]
-    src_tables = set(psql(src_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").splitlines())
+    inserted into dst_db where its schema allows; what cannot be inserted, rows changed or deleted by
+    users since, and rows of tables only the newer version has are exported as CSV to export_dir.
+    Never silently dropped. `since` (a live_marker of when the newer version began serving) narrows
+    the search to rows written after it; `deleted_by_migrations` (recorded when the newer version's
+    migrations ran) tells their deletions - undone by the older database itself - from users'.
+    `tables` in the result says, for every table something was written to, what was done."""
+    dst_tables, src_tables = tables(dst_db), set(tables(src_db))
     edges = [(c, p) for c, p in (line.split("|") for line in psql(
         dst_db, "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
                 "WHERE contype = 'f' AND connamespace = 'public'::regnamespace").splitlines() if line)]
     newer = _marker_condition(src_db, since)
-    out: dict = {"rowsReplayed": {}, "rowsExported": {}, "notes": []}
-    for t in replay_order(tables, edges):
-        if t not in src_tables:
+    out: dict = {"rowsReplayed": {}, "rowsExported": {}, "notes": [], "tables": {}}
+    for t in replay_order([t for t in dst_tables if t in src_tables], edges):
+        if t in SCHEMA_TABLES:
+            n = int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE {newer or 'false'}"))
+            if n:
+                out["tables"][t] = {"written": n, "done": "not replayed: Django's bookkeeping, as the older migrations left it"}
             continue
-        plan = _read_plan(src_db, dst_db, t)
+        plan = _read_plan(src_db, dst_db, t, (renames or {}).get(t, {}))
         if not plan["mode"]:
             out["notes"].append(plan["note"])
             continue
-        _replay_table(src_db, dst_db, plan, export_dir, newer, out)
+        if plan["note"]:
+            out["notes"].append(plan["note"])
+        _replay_table(src_db, dst_db, plan, export_dir, newer, (deleted_by_migrations or {}).get(t), out)
+    for t in sorted(src_tables - set(dst_tables) - SCHEMA_TABLES):
+        _only_in_newer(src_db, t, export_dir, newer, out)
     return {"rowsReplayed": out["rowsReplayed"], "rowsExported": out["rowsExported"],
-            "exportDir": str(export_dir) if out["rowsExported"] else None,
+            "exportDir": str(export_dir) if out["rowsExported"] else None, "tables": out["tables"],
             "notes": out["notes"], "comparedSince": "marker" if newer else "all rows"}
 
 
-def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer: str | None, out: dict) -> None:
-    t, pk, common = plan["table"], plan["pk"], plan["common"]
+def _only_in_newer(src_db: str, t: str, export_dir: Path, newer: str | None, out: dict) -> None:
+    """A table the older version does not have: its rows written since the newer version began serving
+    (all of them without a marker) are exported; rows its migrations made are counted only."""
+    total = int(psql(src_db, f"SELECT count(*) FROM {q(t)}"))
+    n = int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE {newer}")) if newer else total
+    entry: dict = {"onlyInNewer": True}
+    if n:
+        export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _copy(src_db, f"SELECT * FROM {q(t)} WHERE {newer or 'true'}", to_file=export_dir / f"{t}.only-in-newer.csv")
+        out["rowsExported"][f"{t}.only-in-newer"] = n
+        entry.update(new=n, exported=f"{t}.only-in-newer.csv",
+                     done="exported: the older version has no such table")
+    if total - n:
+        entry["madeByMigrations"] = total - n
+        entry.setdefault("done", "nothing to keep: rows the newer version's migrations made")
+    if n or total:
+        out["tables"][t] = entry
+
+
+def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer: str | None,
+                  mig_deleted: dict | None, out: dict) -> None:
+    t, dst_k, src_k = plan["table"], plan["dstKey"], plan["srcKey"]
     replayed, exported, notes = out["rowsReplayed"], out["rowsExported"], out["notes"]
-    collist = ",".join(_q(c) for c in common)
+    collist, src_collist = ",".join(q(c) for c in plan["common"]), ",".join(q(c) for c in plan["srcCommon"])
     ordered = plan["mode"] == "ordered"
+    entry: dict = {}
     if ordered:
-        maxid = psql(dst_db, f"SELECT coalesce(max({_q(pk)})::text, '') FROM {_q(t)}")
-        below = f"{_q(pk)} <= {sql_literal(maxid)}" if maxid else "false"
+        pk, src_pk = q(plan["pk"][0]), q(plan["srcCommon"][plan["common"].index(plan["pk"][0])])
+        maxid = psql(dst_db, f"SELECT coalesce(max({pk})::text, '') FROM {q(t)}")
+        below = f"{src_pk} <= {sql_literal(maxid)}" if maxid else "false"
         have_old = bool(maxid)
     else:  # set: every key is compared, whatever its order
         below = "true"
-        have_old = psql(dst_db, f"SELECT EXISTS (SELECT 1 FROM {_q(t)})") == "t"
-    dst_ids = _ids(dst_db, t, pk) if have_old else set()
-    src_below = _ids(src_db, t, pk, below) if have_old or not ordered else set()
+        have_old = psql(dst_db, f"SELECT EXISTS (SELECT 1 FROM {q(t)})") == "t"
+    dst_ids = keys(dst_db, t, dst_k) if have_old else set()
+    src_below = keys(src_db, t, src_k, below) if have_old or not ordered else set()
     # New rows: above dst's highest key (sequences), and any below it that dst never had.
     gaps = sorted(src_below - dst_ids)
-    conds = ([f"NOT ({below})"] if ordered else []) + [_in_list(pk, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
-    n_new = (int(psql(src_db, f"SELECT count(*) FROM {_q(t)} WHERE NOT ({below})")) if ordered else 0) + len(gaps)
+    conds = ([f"NOT ({below})"] if ordered else []) + [in_list(src_k, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
+    n_new = (int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE NOT ({below})")) if ordered else 0) + len(gaps)
+    order = f" ORDER BY {src_k}"
     if n_new:
         export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        entry["new"] = n_new
         done = 0
         try:
             if plan["missing"]:
                 raise RuntimeError(f"{t} in the older schema requires {', '.join(plan['missing'])}, which the newer rows lack")
             for c in conds:
-                _copy(src_db, f"SELECT {collist} FROM {_q(t)} WHERE {c} ORDER BY {_q(pk)}", dst_db, _q(t), collist)
+                _copy(src_db, f"SELECT {src_collist} FROM {q(t)} WHERE {c}{order}", dst_db, q(t), collist)
                 done += 1
-            replayed[t] = n_new
+            replayed[t] = entry["replayed"] = n_new
             if ordered:
-                psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{pk}') AS s, "
-                             f"max({_q(pk)}) AS m FROM {_q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
+                psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{plan['pk'][0]}') AS s, "
+                             f"max({pk}) AS m FROM {q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
         except RuntimeError as e:
             for i, c in enumerate(conds):
                 name = f"{t}.new-rows.csv" if i == 0 else f"{t}.new-rows-{i}.csv"
-                _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {c} ORDER BY {_q(pk)}", to_file=export_dir / name)
-            exported[f"{t}.new-rows"] = n_new
+                _copy(src_db, f"SELECT * FROM {q(t)} WHERE {c}{order}", to_file=export_dir / name)
+            exported[f"{t}.new-rows"] = entry["exportedNew"] = n_new
             notes.append(f"{t}: {n_new} newer rows exported" + (" (some inserted before the failure)" if done else ", not inserted")
                          + f" ({e})")
     if have_old:
         # Rows that existed before and were changed or deleted since: exported, for a person to judge.
         # With a marker only rows written after it can differ (the rest were never touched since).
         cand = f"({below}) AND {newer}" if newer else below
-        new_h = _hashes(src_db, t, pk, collist, cand)
+        new_h = _hashes(src_db, t, src_k, src_collist, cand)
         if not newer or len(new_h) > 20000:
-            old_h = _hashes(dst_db, t, pk, collist, "true")
+            old_h = _hashes(dst_db, t, dst_k, collist, "true")
         else:
-            keys = [k for k in new_h if k in dst_ids]
+            ks = [k for k in new_h if k in dst_ids]
             old_h = {}
-            for i in range(0, len(keys), 5000):
-                old_h.update(_hashes(dst_db, t, pk, collist, _in_list(pk, keys[i:i + 5000])))
+            for i in range(0, len(ks), 5000):
+                old_h.update(_hashes(dst_db, t, dst_k, collist, in_list(dst_k, ks[i:i + 5000])))
         changed = [k for k, v in new_h.items() if k in old_h and old_h[k] != v]
-        deleted = sorted(dst_ids - src_below)
+        deleted = dst_ids - src_below
+        by_migrations = read_deleted_keys(mig_deleted)
+        if by_migrations is not None:
+            entry["deletedByMigrations"] = len(deleted & by_migrations)
+            deleted -= by_migrations  # back with the older database, as they were before the upgrade
+        elif mig_deleted and deleted:
+            notes.append(f"{t}: the newer version's migrations deleted {mig_deleted.get('count')} rows (not recorded by key): "
+                         f"the {len(deleted)} rows deleted since are all exported")
         if changed or deleted:
             export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if changed:
-            _copy(src_db, f"SELECT * FROM {_q(t)} WHERE {_in_list(pk, changed)}", to_file=export_dir / f"{t}.changed-rows.csv")
-            exported[f"{t}.changed-rows"] = len(changed)
+            _copy(src_db, f"SELECT * FROM {q(t)} WHERE {in_list(src_k, changed)}", to_file=export_dir / f"{t}.changed-rows.csv")
+            exported[f"{t}.changed-rows"] = entry["changed"] = len(changed)
         if deleted:
-            _copy(dst_db, f"SELECT * FROM {_q(t)} WHERE {_in_list(pk, deleted)}", to_file=export_dir / f"{t}.deleted-since.csv")
-            exported[f"{t}.deleted-since"] = len(deleted)
+            _copy(dst_db, f"SELECT * FROM {q(t)} WHERE {in_list(dst_k, sorted(deleted))}", to_file=export_dir / f"{t}.deleted-since.csv")
+            exported[f"{t}.deleted-since"] = entry["deletedByUsers"] = len(deleted)
+    if any(entry.values()):
+        entry["done"] = "; ".join(x for x in (
+            f"{entry['replayed']} new rows inserted" if entry.get("replayed") else "",
+            f"{entry['exportedNew']} new rows exported (not insertable)" if entry.get("exportedNew") else "",
+            f"{entry['changed']} changed rows exported for review" if entry.get("changed") else "",
+            f"{entry['deletedByUsers']} rows deleted by users exported for review (they are back)" if entry.get("deletedByUsers") else "",
+            f"{entry['deletedByMigrations']} rows the newer migrations deleted are back" if entry.get("deletedByMigrations") else "",
+        ) if x)
+        out["tables"][t] = {"key": plan["key"], **{k: v for k, v in entry.items() if v}}
+
+
+def _hashes(db: str, t: str, key: str, collist: str, where: str) -> dict[str, str]:
+    rows = psql(db, f"SELECT {key}, md5(ROW({collist})::text) FROM {q(t)} WHERE {where}").splitlines()
+    return dict(line.rsplit("|", 1) for line in rows if line)

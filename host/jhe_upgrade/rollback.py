@@ -8,6 +8,7 @@ from .db import applied_migrations, db_exists, row_counts, stamp_name
 from .dbmoves import restore_backup, swap_in
 from .recovery import recover
 from .replay import replay_rows
+from .rowkeys import column_renames
 from .spec import Spec
 from .state import save_state
 from .util import Refusal, now
@@ -37,7 +38,8 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
         state["dbTouched"] = True
         save_state(spec, state)
         export = spec.backup_dir / f"{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}-{frm}-to-{to}-rows-not-replayed"
-        stats = replay_rows(spec, kept, spec.db_name, export, entry.get("liveSince"))
+        renames = column_renames(spec.release(frm), state["target"].get("undo", [])) if frm else {}
+        stats = replay_rows(spec, kept, spec.db_name, export, entry.get("liveSince"), renames, entry.get("deletedByMigrations"))
     except Exception as e:  # put B's database back as it was, then B serves again
         what = recover(spec, state, frm, f"replaying rows into {to}'s database failed: {e}", restore_db=True)
         raise Refusal(f"rolling back {frm} -> {to} failed while replaying rows ({e}); {frm}'s database is back unchanged: {what}") from e

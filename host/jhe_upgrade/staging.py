@@ -10,6 +10,7 @@ from .backup import take_backup, verify_backup
 from .db import applied_migrations, aux_name, copy_db_properties, data_dir_free, db_exists, drain, kept_name, table_marks, tables_written
 from .dbmoves import swap_back, swap_in
 from .recovery import end_failed_move
+from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
 from .state import register_backup, save_state
 from .upgradelog import append_log
@@ -106,6 +107,7 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         raise RuntimeError(f"pg_restore into the staged copy failed: {p.stderr.strip()[-400:]}")
     st["restoreSeconds"] = round(time.monotonic() - t, 2)
     before = set(applied_migrations(spec, sdb))
+    counters = deletion_counters(sdb)
     st["phase"] = "migrating"
     save_state(spec, state)
     t = time.monotonic()
@@ -124,6 +126,10 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         drop_staged(spec, state)
         raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed on a staged copy of the database: {err}")
     st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
+    # The rows the migrations deleted: the copy against the live database, unchanged since the dump
+    # (else the window migrates the live database and records them again).
+    st["deletedByMigrations"] = migration_deletions(spec.db_name, sdb, counters, deletion_counters(sdb),
+                                                    deletions_dir(spec, frm, to))
     save_state(spec, state)
     log(f"staged copy {sdb} migrated ({len(applied)} migrations, {st['migrateSeconds']} s) while {frm} serves")
     return st
@@ -194,6 +200,7 @@ def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str
     register_backup(state, frm, to, b)
     st["phase"] = "swapped"
     state["dbTouched"] = True
-    state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True}
+    state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True,
+                         "deletedByMigrations": st.get("deletedByMigrations") or {}}
     save_state(spec, state)
     return True

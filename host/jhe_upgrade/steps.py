@@ -30,6 +30,7 @@ from .recovery import fail_health, recover
 from .release import build_release, prune_releases, release_dependencies, switch_current
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import rollback_database
+from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
@@ -234,6 +235,7 @@ def step_migrate(spec: Spec) -> dict:
 
 def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     before = set(applied_migrations(spec))
+    counters = deletion_counters(spec.db_name)
     rel = spec.release(to)
     t = time.monotonic()
     state["dbTouched"] = True
@@ -246,7 +248,12 @@ def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         err = error_summary(p.stderr)
         what = recover(spec, state, frm, f"`manage.py migrate` of {to} failed: {err}", restore_db=True)
         raise Refusal(f"the migration of {to} failed ({err}); nothing was lost: {what}")
-    state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2)}
+    seconds = round(time.monotonic() - t, 2)
+    # The rows the migrations deleted, against the window's snapshot (without one: their count only).
+    snap = (state.get("backup") or {}).get("snapshot")
+    deleted = migration_deletions(snap if snap and db_exists(snap) else None, spec.db_name, counters,
+                                  deletion_counters(spec.db_name), deletions_dir(spec, frm, to))
+    state["migrated"] = {"to": to, "applied": applied, "seconds": seconds, "deletedByMigrations": deleted}
     save_state(spec, state)
     return {}
 
@@ -327,6 +334,8 @@ def step_finish(spec: Spec) -> dict:
     if b.get("path"):
         if (state.get("cutover") or {}).get("since"):
             b["liveSince"] = state["cutover"]["since"]  # a later rollback compares only rows written after it
+        if (state.get("migrated") or {}).get("deletedByMigrations"):
+            b["deletedByMigrations"] = state["migrated"]["deletedByMigrations"]  # ... and tells them from users'
         register_backup(state, frm, to, b)
         save_state(spec, state)
     migrated = (state.get("migrated") or {}).get("applied", [])

@@ -40,6 +40,8 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         f"- Rows written since, replayed: {json.dumps(rb['rowsReplayed'])}",
         f"- Rows exported for review (not replayable): {json.dumps(rb['rowsExported'])}"
         + (f" in {rb['exportDir']}" if rb.get("exportDir") else ""),
+        "- Tables written since the cutover, and what was done:",
+        *[f"  - {t}: {e.get('done', '-')}" for t, e in sorted((rb.get("tables") or {}).items())],
         "",
     ]
     staged = (state.get("migrated") or {}).get("staged")

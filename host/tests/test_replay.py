@@ -1,9 +1,12 @@
 """How a rollback's replay compares each table: order by foreign keys, and the plan per key type."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from jhe_upgrade.replay import key_kind, replay_order, table_plan
+from jhe_upgrade.replay import replay_order, table_plan
+from jhe_upgrade.rowkeys import column_renames, key_kind, renames_in
 
 
 def test_parents_before_children() -> None:
@@ -21,22 +24,24 @@ def test_a_cycle_is_taken_as_it_comes() -> None:
     assert sorted(order) == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("pk,kind,mode", [
-    ([("id", "bigint")], "integer", "ordered"),
-    ([("id", "integer")], "integer", "ordered"),
-    ([("id", "uuid")], "uuid", "set"),                       # core_fhirauxresource: PostgreSQL has no max(uuid)
-    ([("session_key", "character varying(40)")], "text", "set"),
-    ([("code", "text")], "text", "set"),
-    ([("at", "timestamp with time zone")], "other", "set"),
-    ([("patient_id", "bigint"), ("organization_id", "bigint")], "composite", None),
-    ([], "none", None),
+@pytest.mark.parametrize("pk,kind,key", [
+    ([("id", "bigint")], "integer", '"id"::text'),
+    ([("id", "integer")], "integer", '"id"::text'),
+    ([("id", "uuid")], "uuid", '"id"::text'),                # core_fhirauxresource: PostgreSQL has no max(uuid)
+    ([("session_key", "character varying(40)")], "text", '"session_key"::text'),   # django_session
+    ([("code", "text")], "text", '"code"::text'),
+    ([("at", "timestamp with time zone")], "other", '"at"::text'),
+    ([("study_id", "bigint"), ("patient_id", "bigint")], "composite", 'ROW("study_id","patient_id")::text'),
+    ([], "none", 'md5(ROW("a","b")::text)'),                 # no key: the row itself, in the shared column order
 ])
-def test_plan_per_key_type(pk: list[tuple[str, str]], kind: str, mode: str | None) -> None:
+def test_every_key_type_is_compared(pk: list[tuple[str, str]], kind: str, key: str) -> None:
+    cols = [c for c, _ in pk] + ["a", "b"]
     assert key_kind(pk) == kind
-    p = table_plan("t", pk, ["id", "a", "b"], ["id", "a", "c"], set())
-    assert p["key"] == kind and p["mode"] == mode
-    assert p["pk"] == (pk[0][0] if len(pk) == 1 else None)
-    assert (p["note"] is None) == (mode is not None)
+    p = table_plan("t", pk, cols, cols + ["c"], set())
+    assert p["key"] == kind and p["mode"] == ("ordered" if kind == "integer" else "set")
+    assert p["dstKey"] == key
+    assert p["srcKey"] == p["dstKey"]
+    assert (p["note"] is None) == (kind != "none")
 
 
 def test_columns_compared_and_required_columns_the_newer_rows_lack() -> None:
@@ -44,3 +49,31 @@ def test_columns_compared_and_required_columns_the_newer_rows_lack() -> None:
                    {"id", "legacy"})
     assert p["common"] == ["id", "subject_id", "value"]  # the older table's column order
     assert p["missing"] == ["legacy"]
+
+
+def test_a_renamed_column_is_paired_with_its_older_name() -> None:
+    # v1.1.0 renamed core_study.name to title: the newer rows' title goes into the older name column
+    p = table_plan("core_study", [("id", "bigint")], ["id", "name", "created"], ["id", "title", "created"], {"name"}, {"name": "title"})
+    assert (p["common"], p["srcCommon"], p["missing"]) == (["id", "name", "created"], ["id", "title", "created"], [])
+    # a renamed column of a composite key: both sides still name the same rows
+    p = table_plan("j", [("a_id", "bigint"), ("b_id", "bigint")], ["a_id", "b_id"], ["a_id", "bee_id"], set(), {"b_id": "bee_id"})
+    assert (p["dstKey"], p["srcKey"]) == ('ROW("a_id","b_id")::text', 'ROW("a_id","bee_id")::text')
+
+
+def test_a_key_the_newer_table_lacks_is_not_compared() -> None:
+    p = table_plan("t", [("code", "text")], ["code", "a"], ["a"], set())
+    assert p["mode"] is None and "its key (code) is not in the newer table" in p["note"]
+
+
+def test_renames_read_from_the_migrations_undone(tmp_path: Path) -> None:
+    mig = tmp_path / "core" / "migrations"
+    mig.mkdir(parents=True)
+    (mig / "0004_study_title.py").write_text(
+        'operations = [\n    migrations.RenameField(model_name="study", old_name="name", new_name="title"),\n'
+        "    migrations.RenameField(\n        model_name='Patient',\n        new_name='given',\n"
+        "        old_name='name_given',\n    ),\n]\n")
+    (mig / "0005_again.py").write_text('migrations.RenameField(model_name="study", old_name="title", new_name="label")\n')
+    assert renames_in("core", (mig / "0004_study_title.py").read_text()) == [
+        ("core_study", "name", "title"), ("core_patient", "name_given", "given")]
+    got = column_renames(tmp_path, ["core.0005_again", "core.0004_study_title", "oauth2_provider.0014_x"])
+    assert got == {"core_study": {"name": "label"}, "core_patient": {"name_given": "given"}}

@@ -34,10 +34,13 @@ def test_fallback_rollback_and_install_entries() -> None:
     e = finish_entry("op", "o", summary(stagedFallback={"written": ["core_observation"]}), {}, "t")
     assert "**Migration:** in the window (written since the backup began: core_observation)" in e
     rb = {"restoredFrom": "b1", "keptDatabase": "jhe_production_replaced_1", "rowsReplayed": {"core_observation": 20},
-          "rowsExported": {}, "exportDir": None}
+          "rowsExported": {}, "exportDir": None,
+          "tables": {"core_observation": {"key": "integer", "new": 20, "replayed": 20, "done": "20 new rows inserted"},
+                     "django_session": {"key": "text", "new": 1, "replayed": 1, "done": "1 new rows inserted"}}}
     e = finish_entry("op", "o", summary(**{"from": "v1.1.0", "to": "v1.0.0"}, kind="rollback", rollback=rb),
                      {"target": {"undo": ["core.0002_observation_source"]}}, "t")
     assert e.startswith("## Rollback to v1.0.0 - t")
+    assert "  - core_observation: 20 new rows inserted\n  - django_session: 1 new rows inserted" in e
     assert "- Migrations undone: core.0002_observation_source" in e and '- Rows written since, replayed: {"core_observation": 20}' in e
     e = finish_entry("op", "o", summary(**{"from": None}, backup=None), {}, "t")
     assert e.startswith("## Install of v1.1.0 - t") and "- Backup: none (sha256 -, rows {})" in e

@@ -4,7 +4,7 @@ import * as assert from "assert";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { stepOps } from "../helpers/engine";
 import { leaveUnset, projectStack, removeStack, teardown } from "../helpers/stack";
-import { HostInfo, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
+import { adminLogin, HostInfo, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 
@@ -12,12 +12,13 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
     this.timeout(900_000);
     let h: HostInfo;
     let stack: Stack;
+    const adminPassword = `pw-${Math.random().toString(36).slice(2)}`;
     const secretConfig = () => ({
         "jhe:dbPassword": { value: `db-${Math.random().toString(36).slice(2)}`, secret: true },
         "jhe:tlsSelfSigned": { value: "true" },
-        "jhe:adminUser": { value: "admin" },
+        // the fixture's user model is JHE's: people log in by e-mail, there is no username
         "jhe:adminEmail": { value: "admin@example.org" },
-        "jhe:adminPassword": { value: `pw-${Math.random().toString(36).slice(2)}`, secret: true },
+        "jhe:adminPassword": { value: adminPassword, secret: true },
     });
 
     before(async function () {
@@ -62,8 +63,12 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
             cd /tmp && sudo -u postgres psql -tAc "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'jhe_production'"
             openssl x509 -noout -subject -in /etc/ssl/jhe/jhe.crt`);
         assert.match(out, /^jheapp:www-data 600\nreleases\/v1\.0\.0\nwww-data\nenabled\njheuser\nsubject=CN ?= ?e2ebare\.jhe\.test\n$/);
-        const su = await query<{ is_superuser: boolean }>(h, "SELECT is_superuser FROM auth_user WHERE username = 'admin'");
+        const su = await query<{ is_superuser: boolean }>(h, "SELECT is_superuser FROM core_jheuser WHERE email = 'admin@example.org'");
         assert.deepStrictEqual(su, [{ is_superuser: true }]);
+        // the superuser logs in (by e-mail) through nginx: a session in use, in django_session (a text key)
+        const login = await adminLogin(h, "admin@example.org", adminPassword);
+        assert.strictEqual(login.status, 302);
+        assert.deepStrictEqual(await query(h, "SELECT session_key FROM django_session"), [{ session_key: login.sessionid }]);
         assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Install of v1\.0\.0/);
         const env = await sshOk(h, `cat ${APP}/current/.env`);
         assert.doesNotMatch(env, /^(DEBUG|JHE_FEATURE_X)=|jhe_dev|jhepassword|change-me/m, "no example value reached the .env");

@@ -55,6 +55,20 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
             "SELECT 7, min(id), 'gap-fill', 1, now() FROM core_patient");
         await query(h, "UPDATE core_observation SET value = value + 1000 WHERE id = 8");
         await query(h, "DELETE FROM core_observation WHERE id = 9");
+        // ... and rows in every other kind of table: a UUID key (one users' record deleted too; v1.1.0's
+        // own migration deleted the 3 "cache" rows), a composite key, a column v1.1.0 renamed, a text key
+        // (a session, made by the app itself), a user of the custom model, a table only v1.1.0 has.
+        await query(h, "INSERT INTO core_fhirauxresource (id, patient_id, resource_type, kind, data, created) " +
+            "SELECT gen_random_uuid(), min(id), 'Device', 'record', '{}', now() FROM core_patient, generate_series(1, 2) GROUP BY 3");
+        await query(h, "DELETE FROM core_fhirauxresource WHERE id = (SELECT id FROM core_fhirauxresource WHERE kind = 'record' ORDER BY created LIMIT 1)");
+        await query(h, "INSERT INTO core_studypatient (study_id, patient_id, joined) SELECT s.id, p.id, now() FROM core_study s, " +
+            "(SELECT id FROM core_patient ORDER BY id DESC LIMIT 2) p");
+        await query(h, "INSERT INTO core_study (title, created) VALUES ('Sleep study', now())");
+        await query(h, "INSERT INTO core_jheuser (password, is_superuser, email, identifier, user_type, is_staff, is_active, date_joined) " +
+            "VALUES ('!', false, 'new.practitioner@example.org', 'P9', 'practitioner', false, true, now())");
+        await query(h, "INSERT INTO core_patientidentifier (patient_id, system, value) SELECT min(id), 'urn:mrn', 'MRN-' || g FROM core_patient, generate_series(1, 2) g GROUP BY g");
+        const session = (await sshOk(h, `cd ${APP}/current && sudo -u jheapp venv/bin/python manage.py shell -c ` +
+            `"from django.contrib.sessions.backends.db import SessionStore; s = SessionStore(); s['who'] = 'nurse'; s.create(); print(s.session_key)"`)).trim();
         await setVersion("v1.0.0");
         const events: EngineEvent[] = [];
         const pre = await stack.preview({ onEvent: (e) => events.push(e) });
@@ -66,11 +80,32 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         assert.strictEqual(await health(), "v1.0.0");
         assert.deepStrictEqual(await missing(written), [], "every observation written after the upgrade survived");
         const rb = res.outputs.rollback.value;
-        assert.deepStrictEqual(rb.rowsReplayed, { core_observation: 13 });
+        assert.deepStrictEqual(rb.rowsReplayed, {
+            core_observation: 13, core_fhirauxresource: 2, core_studypatient: 2, core_study: 1, core_jheuser: 1, django_session: 1,
+        });
+        // every table written since the cutover is listed with what was done
+        assert.deepStrictEqual(Object.keys(rb.tables).sort(), [
+            "core_fhirauxresource", "core_jheuser", "core_observation", "core_patientidentifier", "core_study", "core_studypatient", "django_session",
+        ]);
+        assert.deepStrictEqual(rb.tables.core_fhirauxresource, {
+            key: "uuid", new: 2, replayed: 2, deletedByUsers: 1, deletedByMigrations: 3,
+            done: "2 new rows inserted; 1 rows deleted by users exported for review (they are back); 3 rows the newer migrations deleted are back",
+        });
+        assert.deepStrictEqual([rb.tables.core_studypatient.key, rb.tables.django_session.key], ["composite", "text"]);
+        assert.deepStrictEqual(rb.tables.core_patientidentifier, {
+            onlyInNewer: true, new: 2, exported: "core_patientidentifier.only-in-newer.csv", done: "exported: the older version has no such table",
+        });
+        assert.match(await sshOk(h, `cat ${rb.exportDir}/core_patientidentifier.only-in-newer.csv`), /^id,system,value,patient_id\n1,urn:mrn,MRN-1,/);
+        assert.deepStrictEqual(await query(h, "SELECT count(*)::int AS n FROM core_fhirauxresource WHERE kind = 'cache'"), [{ n: 3 }]);
+        assert.deepStrictEqual(await query(h, "SELECT name FROM core_study WHERE name = 'Sleep study'"), [{ name: "Sleep study" }], "the renamed column's value");
+        assert.deepStrictEqual(await query(h, "SELECT session_key FROM django_session WHERE session_key = $1", [session]), [{ session_key: session }]);
         assert.strictEqual(rb.restoredBy, "rename");
         assert.strictEqual(rb.comparedSince, "marker");
         // The changed and the deleted row cannot be replayed blindly: exported for a person to judge.
-        assert.deepStrictEqual(rb.rowsExported, { "core_observation.changed-rows": 1, "core_observation.deleted-since": 1 });
+        assert.deepStrictEqual(rb.rowsExported, {
+            "core_observation.changed-rows": 1, "core_observation.deleted-since": 1, "core_fhirauxresource.deleted-since": 1,
+            "core_patientidentifier.only-in-newer": 2,
+        });
         assert.match(await sshOk(h, `cat ${rb.exportDir}/core_observation.changed-rows.csv`), /^id,.*\n8,/);
         assert.match(await sshOk(h, `cat ${rb.exportDir}/core_observation.deleted-since.csv`), /^id,.*\n9,/);
         assert.deepStrictEqual(await query(h, "SELECT code FROM core_observation WHERE id = 7"), [{ code: "gap-fill" }]);
@@ -90,7 +125,9 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         assert.strictEqual(bk.rowCounts.core_observation, (await tableFingerprint(h, "core_observation", rb.keptDatabase)).rows);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
         assert.match(log, /## Rollback to v1\.0\.0 .*\n\n\*\*Performed by:.*\n\*\*From:\*\* v1\.1\.0 {2}\*\*To:\*\* v1\.0\.0/);
-        assert.match(log, /Rows written since, replayed: \{"core_observation": 13\}/);
+        assert.match(log, /Rows written since, replayed: \{[^}]*"core_observation": 13/);
+        assert.match(log, /\n {2}- core_fhirauxresource: 2 new rows inserted; 1 rows deleted by users exported for review \(they are back\); 3 rows the newer migrations deleted are back\n/);
+        assert.match(log, /\n {2}- core_patientidentifier: exported: the older version has no such table\n/);
         console.log(`      rollback v1.1.0 -> v1.0.0: pulumi up ${rto.toFixed(1)} s, downtime ${res.outputs.downtimeSeconds.value} s`);
     });
 

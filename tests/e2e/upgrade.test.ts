@@ -9,8 +9,8 @@ import * as os from "os";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
-import { leaveUnset, projectStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { HostInfo, query, request, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { leaveUnset, projectStack, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { dotenvValues, HostInfo, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
@@ -19,6 +19,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
     this.timeout(900_000);
     let h: HostInfo;
     let stack: Stack;
+    let envAtStart: Record<string, string | null>;
     let seeded: { patients: number; observations: string };
 
     before(async function () {
@@ -37,6 +38,8 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
 
     it("adopts the runbook's in-place install with no data loss and serves the same version from releases/", async function () {
         const obsBefore = await tableFingerprint(h, "core_observation");
+        envAtStart = await dotenvValues(h, `${APP}/.env`);
+        const since = (await sshOk(h, "date +%s")).trim();
         const res = await stack.up();
         assert.strictEqual(res.summary.result, "succeeded");
         assert.strictEqual(res.outputs.deployed.value.version, "v1.0.0");
@@ -46,6 +49,12 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         // The old checkout is left as it was (nothing deleted), the unit now runs `current`.
         await sshOk(h, `test -d ${APP}/.git && test -f ${APP}/.env && grep -q '${APP}/current/venv/bin/gunicorn' /etc/systemd/system/jhe.service`);
         assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## Adopted v1\.0\.0/);
+        // at most one restart (onto the new unit), and .env the same in meaning: every value python-dotenv
+        // reads - the one-line OIDC key with \n escapes, quotes, '#', '$', non-ASCII, empty, export - as before
+        assert.ok(await serviceStarts(h, Number(since)) <= 1, "adoption restarts the service at most once");
+        assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), envAtStart);
+        assert.match(String(envAtStart.OIDC_RSA_PRIVATE_KEY), /^-----BEGIN PRIVATE KEY-----\n[^]+\n-----END PRIVATE KEY-----$/);
+        assert.strictEqual(envAtStart.JHE_SUPPORT_CONTACT, "Ünïcode Clinic <help@example.org> # not a comment, a=b $5");
     });
 
     it("a changed host key (Ed25519 pin of another server) is refused before any command, naming both fingerprints", async function () {
@@ -79,7 +88,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
             const ops = [...stepOps(events)].find(([urn]) => urn.endsWith(`::${untouched}`))?.[1];
             assert.deepStrictEqual(ops, ["same"], `${untouched}: ${ops}`);
         }
-        assert.match(pre.stdout, /pendingMigrations\s*:\s*\[\s*\+?\s*\[0\]: "core\.0002_observation_source"\s*\+?\s*\[1\]: "core\.0003_backfill_source"/);
+        assert.match(pre.stdout, new RegExp("pendingMigrations\\s*:\\s*\\[" + V110_MIGRATIONS.map((m, i) => `\\s*\\+?\\s*\\[${i}\\]: "${m.replace(/\./g, "\\.")}"`).join("")));
         assert.match(pre.stdout, /envAdded\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
         // new in v1.1.0's example, set nowhere: the plan lists it (preflight would refuse until decided)
         assert.match(pre.stdout, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
@@ -100,7 +109,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const res = await stack.up();
         const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
-        assert.deepStrictEqual(o.migrationsApplied, ["core.0002_observation_source", "core.0003_backfill_source"]);
+        assert.deepStrictEqual(o.migrationsApplied, V110_MIGRATIONS);
         assert.deepStrictEqual(o.plan, { from: "v1.1.0", to: "v1.1.0", action: "none" }, "the plan after up describes the server as it now is");
         const lockCount = Object.keys(JSON.parse(await sshOk(h, `git -C ${APP}/repo.git show v1.1.0:Pipfile.lock`)).default).length;
         assert.deepStrictEqual(o.dependencies, { installer: "pipenv", requirements: lockCount, exact: true, hashesChecked: false, pipCheck: [] });
@@ -127,12 +136,13 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.match(JSON.stringify(propsBefore), /jhe_reporting=c.*work_mem=12MB/);
         for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
         assert.strictEqual(await health(), "v1.1.0");
+        assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), envAtStart, "the upgraded release's .env means what the runbook's did");
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source = 'device'");
         assert.strictEqual(Number(n), counts.observations);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
         assert.match(log, /## Upgrade to v1\.1\.0 - .*\n\n\*\*Performed by:\*\* root from [0-9.]+ \(stack organization\/jhe\//);
         assert.match(log, /\*\*From:\*\* v1\.0\.0 {2}\*\*To:\*\* v1\.1\.0/);
-        assert.match(log, /Migrations applied: core\.0002_observation_source, core\.0003_backfill_source/);
+        assert.match(log, new RegExp(`Migrations applied: ${V110_MIGRATIONS.join(", ").replace(/\./g, "\\.")}`));
         assert.match(log, /\*\*Migration:\*\* on a staged copy while the old version served; swapped in by rename/);
         assert.match(log, /Environment variables added by v1\.1\.0: JHE_FEATURE_X/);
         assert.match(log, new RegExp(`Backup: ${o.backup.location} \\(sha256 ${o.backup.sha256}`));

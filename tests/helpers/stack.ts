@@ -7,6 +7,11 @@ import { ConfigMap, LocalWorkspace, Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, pulumiCommand, ROOT } from "./engine";
 import { down, HostInfo, leftovers, query, sshOk } from "./testhost";
 
+/** The fixture's v1.1.0 migrations, in order (tests/fixtures/jhe-app/tags/v1.1.0). */
+export const V110_MIGRATIONS = [
+    "core.0002_observation_source", "core.0003_backfill_source", "core.0004_study_title_patientidentifier", "core.0005_drop_aux_cache",
+];
+
 export const STATE_DIR = path.join(ROOT, ".cache", "e2e-state");
 
 /** The stack config that aims the program at a test server (the legacy layout's names are defaults). */

@@ -125,10 +125,11 @@ export interface HttpResult {
 }
 
 /** HTTPS to the server's nginx with the site's Host/SNI, whatever the DNS says (self-signed cert). */
-export function request(host: HostInfo, method: string, urlPath: string, body?: unknown, timeoutMs = 10_000): Promise<HttpResult> {
+export function request(host: HostInfo, method: string, urlPath: string, body?: unknown, timeoutMs = 10_000,
+    headers: Record<string, string> = {}): Promise<HttpResult> {
     const site = new URL(host.siteUrl ?? `https://${host.name}.jhe.test`);
     return new Promise((resolve, reject) => {
-        const data = body === undefined ? undefined : JSON.stringify(body);
+        const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
         const req = https.request(
             {
                 host: host.address,
@@ -141,6 +142,7 @@ export function request(host: HostInfo, method: string, urlPath: string, body?: 
                 headers: {
                     Host: site.hostname,
                     ...(data ? { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(data) } : {}),
+                    ...headers,
                 },
             },
             (res) => {
@@ -153,6 +155,38 @@ export function request(host: HostInfo, method: string, urlPath: string, body?: 
         req.on("error", reject);
         req.end(data);
     });
+}
+
+/** A .env on the server as JHE reads it: python-dotenv itself (of the app's venv), no interpolation aside. */
+export async function dotenvValues(host: HostInfo, file: string): Promise<Record<string, string | null>> {
+    const py = `$(ls -d /opt/jupyterhealth-exchange/current/venv /opt/jupyterhealth-exchange/venv 2>/dev/null | head -n1)/bin/python`;
+    return JSON.parse(await sshOk(host, `${py} -c 'import json, sys, dotenv; print(json.dumps(dotenv.dotenv_values(sys.argv[1])))' ${file}`));
+}
+
+/** How many times the unit was started since `sinceEpochSeconds` (systemd's own journal lines). */
+export async function serviceStarts(host: HostInfo, sinceEpochSeconds: number, unit = "jhe"): Promise<number> {
+    const out = await sshOk(host, `journalctl -u ${unit} --since @${Math.floor(sinceEpochSeconds)} -o cat --no-pager | grep -c '^Started ' || true`);
+    return Number(out.trim());
+}
+
+function cookie(headers: HttpResult["headers"], name: string): string | undefined {
+    const all = ([] as string[]).concat(headers["set-cookie"] ?? []);
+    return all.map((c) => new RegExp(`^${name}=([^;]*)`).exec(c)?.[1]).find((v) => v !== undefined);
+}
+
+/** Logs into Django's admin through nginx as a person does (form, CSRF cookie): the status (302 when
+ * the login worked) and the session cookie the app made. */
+export async function adminLogin(host: HostInfo, login: string, password: string): Promise<{ status: number; sessionid?: string }> {
+    const site = new URL(host.siteUrl ?? `https://${host.name}.jhe.test`);
+    const page = await request(host, "GET", "/admin/login/");
+    const token = /name="csrfmiddlewaretoken" value="([^"]+)"/.exec(page.body)?.[1];
+    const csrf = cookie(page.headers, "csrftoken");
+    if (!token || !csrf) throw new Error(`no CSRF token on /admin/login/ (status ${page.status})`);
+    const form = new URLSearchParams({ csrfmiddlewaretoken: token, username: login, password, next: "/admin/" }).toString();
+    const r = await request(host, "POST", "/admin/login/", form, 10_000, {
+        "Content-Type": "application/x-www-form-urlencoded", Cookie: `csrftoken=${csrf}`, Referer: `${site.origin}/admin/login/`,
+    });
+    return { status: r.status, sessionid: cookie(r.headers, "sessionid") };
 }
 
 /** What a finished instance may have left on this machine (all must be empty after `down`). */

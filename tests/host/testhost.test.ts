@@ -113,7 +113,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
     it("v1.1.0: a schema migration and a data migration; the new env var (in an example like JHE's) is optional at run time", async function () {
         const r = await handUpgrade("v1.1.0");
         assert.strictEqual(r.code, 0, r.stderr);
-        assert.deepStrictEqual(await applied(), ["0001_initial", "0002_observation_source", "0003_backfill_source"]);
+        assert.deepStrictEqual(await applied(), ["0001_initial", "0002_observation_source", "0003_backfill_source", "0004_study_title_patientidentifier", "0005_drop_aux_cache"]);
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source IS DISTINCT FROM 'device'");
         assert.strictEqual(Number(n), 0);
         // as JHE writes its example: placeholders, inline comments, DEBUG=True, no optional/required markers
@@ -146,7 +146,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         const cols = await query<{ column_name: string }>(
             h, "SELECT column_name FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'unit'");
         assert.strictEqual(cols.length, 1, "the first operation of the failed migration stays applied");
-        assert.ok(!(await applied()).includes("0004_observation_unit"), "the failed migration is not recorded");
+        assert.ok(!(await applied()).includes("0006_observation_unit"), "the failed migration is not recorded");
         assert.notStrictEqual((await tableFingerprint(h, "core_observation")).checksum, before.checksum, "rows were changed");
     });
 
@@ -158,7 +158,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
              sudo -u postgres pg_restore -d jhe_production < /root/v1.2.0.dump
              cd ${APP} && sudo -u jheapp git checkout -q v1.2.0`,
         );
-        assert.deepStrictEqual(await applied(), ["0001_initial", "0002_observation_source", "0003_backfill_source"]);
+        assert.deepStrictEqual(await applied(), ["0001_initial", "0002_observation_source", "0003_backfill_source", "0004_study_title_patientidentifier", "0005_drop_aux_cache"]);
         assert.deepStrictEqual(await tableFingerprint(h, "core_observation"), atV120);
         await sshOk(h, "systemctl start jhe");
         assert.deepStrictEqual(await healthVersion(), { status: 200, version: "v1.2.0" });
@@ -167,7 +167,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
     it("v1.4.0: migrations succeed but /health fails (while /admin/ still answers)", async function () {
         const r = await handUpgrade("v1.4.0");
         assert.strictEqual(r.code, 0, r.stderr);
-        assert.ok((await applied()).includes("0004_patient_email"));
+        assert.ok((await applied()).includes("0006_patient_email"));
         await restart();
         assert.strictEqual((await healthVersion()).status, 500);
         assert.strictEqual((await request(h, "GET", "/admin/")).status, 302);
