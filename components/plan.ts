@@ -15,6 +15,8 @@ export interface Plan {
     pendingMigrations?: string[];
     migrationsToUndo?: string[];
     envAdded?: string[];
+    /** Whose migrations pending/undo cover: every app once the target release is built, else the project's own. */
+    migrationsOf?: string;
     /** Variables new in the target's env example that neither the .env, the stack nor jhe:envUnset decides. */
     envMissing?: string[];
     /** What JHE does with those of them it treats specially (DEBUG, SECRET_KEY, ...). */

@@ -20,7 +20,9 @@ sudo -u jheapp git -C "$APP" -c advice.detachedHead=false checkout -q "$JHE_TAG"
 # Dependencies, offline, from the wheelhouse (the operator's "pip with venv" path).
 sudo -u jheapp python3 -m venv "$APP/venv"
 python3 /srv/testhost/lock-requirements.py "$APP" > /tmp/requirements.txt
-sudo -u jheapp "$APP/venv/bin/pip" install -q --no-index --find-links "$WHEELS" -r /tmp/requirements.txt
+# As `pipenv sync` installs a lock: its pins as they are, no resolution (JHE v0.0.13's own lock is
+# inconsistent - pyopenssl wants an older cryptography - and pip's resolver would refuse it).
+sudo -u jheapp "$APP/venv/bin/pip" install -q --no-index --find-links "$WHEELS" --no-deps -r /tmp/requirements.txt
 
 # Database and role.
 db_password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')

@@ -9,21 +9,47 @@ import urllib.request
 from .spec import Spec
 from .util import run
 
+OIDC_KEYS = "/o/.well-known/jwks.json"
+
+
+def _get(spec: Spec, path: str) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:8000{path}", headers={"Host": spec.site_host})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(2048).decode(errors="replace")
+
+
+def oidc_keys(spec: Spec) -> dict:
+    """JHE's OIDC signing keys (django-oauth-toolkit): a 5xx means the OIDC_RSA_PRIVATE_KEY the app read
+    is unusable, so every OIDC login fails while /health stays green. 404: this version serves no OIDC."""
+    try:
+        code, body = _get(spec, OIDC_KEYS)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        return {"ok": False, "detail": f"{OIDC_KEYS}: {e}"}
+    if code == 404:
+        return {"ok": True, "status": 404, "served": False}
+    if code != 200:
+        return {"ok": False, "status": code, "detail": f"{OIDC_KEYS} answered {code}: JHE cannot read its OIDC_RSA_PRIVATE_KEY "
+                                                      f"(every OIDC login would fail)"}
+    try:
+        n = len(json.loads(body).get("keys") or [])
+    except (ValueError, AttributeError):
+        n = 0
+    return {"ok": True, "status": 200, "keys": n}
+
 
 def health(spec: Spec, tag: str, timeout: float) -> dict:
     """/health (must report `tag` where it reports a version), else /admin/ 200/302, straight at
-    gunicorn with the site's Host header (JHE derives ALLOWED_HOSTS from SITE_URL)."""
+    gunicorn with the site's Host header (JHE derives ALLOWED_HOSTS from SITE_URL); then the OIDC
+    signing keys, where the version serves them."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         for path in ("/health", "/admin/"):
-            req = urllib.request.Request(f"http://127.0.0.1:8000{path}", headers={"Host": spec.site_host})
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    body = r.read(4096).decode(errors="replace")
-                    code = r.status
-            except urllib.error.HTTPError as e:
-                code, body = e.code, e.read(2048).decode(errors="replace")
+                code, body = _get(spec, path)
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 last = f"{path}: {e}"
                 break  # not listening yet
@@ -38,23 +64,31 @@ def health(spec: Spec, tag: str, timeout: float) -> dict:
                     if v and v != tag:
                         last = f"/health reports version {v}, expected {tag}"
                         break
-                    return {"ok": True, "check": "/health", "status": code, "version": v}
+                    return _with_oidc(spec, {"ok": True, "check": "/health", "status": code, "version": v})
                 last = f"/health answered {code}"
                 if code >= 500:
                     return {"ok": False, "check": "/health", "status": code, "detail": last}
                 break
             if code in (200, 302):
-                return {"ok": True, "check": "/admin/", "status": code}
+                return _with_oidc(spec, {"ok": True, "check": "/admin/", "status": code})
             last = f"/admin/ answered {code}"
             break
         time.sleep(0.2)
     return {"ok": False, "detail": last}
 
 
+def _with_oidc(spec: Spec, h: dict) -> dict:
+    o = oidc_keys(spec)
+    h["oidc"] = {k: v for k, v in o.items() if k != "ok"}
+    if not o["ok"]:
+        h.update(ok=False, detail=o["detail"])
+    return h
+
+
 def smoke_test(spec: Spec) -> dict:
-    """Through nginx, as users reach it: /health and /admin/ with the site's Host header."""
+    """Through nginx, as users reach it: /health, /admin/ and the OIDC keys with the site's Host header."""
     out = {}
-    for path in ("/health", "/admin/"):
+    for path in ("/health", "/admin/", OIDC_KEYS):
         args = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                 "--resolve", f"{spec.site_host}:443:127.0.0.1", "--resolve", f"{spec.site_host}:80:127.0.0.1",
                 f"{spec.site_url.rstrip('/')}{path}"]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
 from .envfile import HINTS, TOOL_WRITTEN, env_added, env_missing, parse_env
-from .gitrepo import tag_exists, tag_migrations
+from .gitrepo import tag_exists
+from .release import release_migrations, release_ready
 from .spec import Spec
 from .staging import choose_strategy
 from .state import current_version, latest_backup_from, live_root, load_state
@@ -62,7 +63,7 @@ def step_plan(spec: Spec) -> dict:
         else:
             return {"from": frm, "to": to, "action": "upgrade" if frm else "install",
                     "note": f"tag {to} not fetched yet; preflight fetches it and lists the migrations"}
-    pending, undo = migration_delta(tag_migrations(repo, to), applied_migrations(spec) if frm else [])
+    pending, undo = migration_delta(release_migrations(spec, repo, to), applied_migrations(spec) if frm else [])
     facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
     if undo:
         b = latest_backup_from(load_state(spec), to)
@@ -74,4 +75,8 @@ def step_plan(spec: Spec) -> dict:
     facts["configured"] = (set(live) - set(spec.env_unset)) | set(spec.env) | set(spec.secret_env) | set(TOOL_WRITTEN)
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
-    return plan_from_facts(facts)
+    out = plan_from_facts(facts)
+    out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_ready(spec, to) else
+                           "the project's own apps; installed packages' (e.g. oauth2_provider) are known once "
+                           "prepare-release builds releases/" + to)
+    return out

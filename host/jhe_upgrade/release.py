@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .envfile import render_env
-from .gitrepo import tag_tree
+from .gitrepo import tag_migrations, tag_tree
 from .requirements import LOCK_FILES, lock_install, pip_check_problems, pip_install_args
 from .spec import Spec
 from .util import Refusal, error_summary, log, now, run, write_private
@@ -50,6 +50,25 @@ def build_release(spec: Spec, tag: str, env: dict[str, str]) -> dict:
     return info
 
 
+MIGRATIONS_FILE = ".jhe-migrations.json"
+CHECK_AND_LIST_MIGRATIONS = (
+    "import json; from django.core.management import call_command; call_command('check'); "
+    "from django.db.migrations.loader import MigrationLoader; "
+    "print(json.dumps(sorted(f'{a}.{n}' for a, n in MigrationLoader(None, ignore_no_migrations=True).disk_migrations)))")
+
+
+def release_migrations(spec: Spec, repo: Path, tag: str) -> list[str]:
+    """Every migration `tag` knows: all apps' (third-party ones too) once its release is built, else
+    the migration files of the project's own apps in the tag."""
+    f = spec.release(tag) / MIGRATIONS_FILE
+    if release_ready(spec, tag) and f.is_file():
+        try:
+            return sorted(json.loads(f.read_text()))
+        except ValueError:
+            pass
+    return tag_migrations(repo, tag)
+
+
 def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
     archive = subprocess.run(["git", "-C", str(spec.repo), "archive", "--format=tar", tag], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(rel)], input=archive.stdout, check=True)
@@ -70,7 +89,10 @@ def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
     write_private(rel / ".env", render_env(env), spec.app_user, spec.app_group)
     py = str(rel / "venv/bin/python")
     run([py, "manage.py", "collectstatic", "--no-input", "-v", "0"], user=spec.app_user, cwd=rel, timeout=600)
-    run([py, "manage.py", "check"], user=spec.app_user, cwd=rel, timeout=300)
+    # `manage.py check`, then every migration the release knows - its own apps' and its installed
+    # packages' (oauth2_provider, allauth's account, ...) - in the same boot, for the plan and preflight.
+    out = run([py, "manage.py", "shell", "-c", CHECK_AND_LIST_MIGRATIONS], user=spec.app_user, cwd=rel, timeout=300, quiet=True).stdout
+    write_private(rel / MIGRATIONS_FILE, out.strip().splitlines()[-1] + "\n", spec.app_user, spec.app_group, mode=0o644)
     return {"tag": tag, "built": now(), "installer": lock["tool"], "requirements": len(lock["lines"]), "exact": lock["exact"],
             "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"]}
 

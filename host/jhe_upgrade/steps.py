@@ -23,11 +23,11 @@ import time
 from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
 from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, set_db_password
 from .envfile import env_added, env_problems, target_env
-from .gitrepo import fetch_tags, tag_exists, tag_migrations, tag_tree
+from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .health import health, smoke_test
 from .plan import migration_delta
 from .recovery import fail_health, recover
-from .release import build_release, prune_releases, release_dependencies, switch_current
+from .release import build_release, prune_releases, release_dependencies, release_migrations, switch_current
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import rollback_database
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
@@ -116,7 +116,7 @@ def _preflight(spec: Spec) -> dict:
                         f"{spec.backup_dir} has {free_backup // 2**20} MiB and {spec.app_root} {free_app // 2**20} MiB free")
     if problems:
         raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
-    pending, extra = migration_delta(tag_migrations(spec.repo, to), applied_migrations(spec))
+    pending, extra = migration_delta(release_migrations(spec, spec.repo, to), applied_migrations(spec))
     state = load_state(spec)
     prior = state.get("target") or {}
     if prior.get("to") == to and prior.get("from") not in (None, to):

@@ -1,10 +1,11 @@
 // From a bare Debian 12 server to a running JHE with the same stack that later upgrades and rolls
 // it back, connecting as a sudo user (and failing fast for one whose sudo wants a password).
 import * as assert from "assert";
+import * as crypto from "crypto";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { stepOps } from "../helpers/engine";
 import { leaveUnset, projectStack, removeStack, teardown } from "../helpers/stack";
-import { adminLogin, HostInfo, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
+import { adminLogin, HostInfo, oidcKeys, query, request, servingVersion, ssh, sshOk, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 
@@ -48,9 +49,13 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         // An install: every variable of v1.0.0's env example is new. The tool writes SITE_URL and DB_*;
         // SECRET_KEY is set; DEBUG stays unset (JHE would turn debug on for any value).
         const plan = (await stack.preview({ diff: true })).stdout;
-        assert.match(plan, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "DEBUG"\s*\]/);
-        assert.match(plan, /envHints\s*:\s*\{\s*\+?\s*DEBUG: "JHE turns debug on for any non-empty value/);
+        assert.match(plan, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "DEBUG"\s*\+?\s*\[1\]: "OIDC_RSA_PRIVATE_KEY"\s*\]/);
+        assert.match(plan, /envHints\s*:\s*\{\s*\+?\s*DEBUG\s*: "JHE turns debug on for any non-empty value/);
+        assert.match(plan, /OIDC_RSA_PRIVATE_KEY\s*: "JHE's OIDC signing key: without it/);
         await leaveUnset(stack, "DEBUG", "JHE_FEATURE_X");
+        // the OIDC key as an operator sets it from its PEM file (made now, never committed)
+        const oidc = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+        await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: oidc, secret: true }, true);
         const t0 = Date.now();
         const res = await stack.up();
         const seconds = (Date.now() - t0) / 1000;
@@ -59,6 +64,7 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         assert.deepStrictEqual([res.outputs.plan.value.from, res.outputs.plan.value.action], ["v1.0.0", "none"]);
         assert.strictEqual(await health(), "v1.0.0");
         assert.strictEqual((await request(h, "GET", "/admin/")).status, 302);
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 }, "the OIDC key endpoint serves the key");
         const out = await sshOk(h, `stat -c '%U:%G %a' ${APP}/current/.env; readlink ${APP}/current; id -gn jheapp; systemctl is-enabled jhe
             cd /tmp && sudo -u postgres psql -tAc "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'jhe_production'"
             openssl x509 -noout -subject -in /etc/ssl/jhe/jhe.crt`);
@@ -101,6 +107,7 @@ describe("bare server to running JHE (real engine, real server, sudo user)", fun
         const res = await stack.up();
         assert.strictEqual(await health(), "v1.0.0");
         assert.deepStrictEqual(res.outputs.rollback.value.rowsReplayed, { core_patient: 1, core_observation: 6 });
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         const rows = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE id = ANY($1::bigint[])", [ids]);
         assert.strictEqual(Number(rows[0].n), ids.length);
     });

@@ -9,8 +9,8 @@ import * as os from "os";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
-import { leaveUnset, projectStack, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { dotenvValues, HostInfo, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
@@ -55,6 +55,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), envAtStart);
         assert.match(String(envAtStart.OIDC_RSA_PRIVATE_KEY), /^-----BEGIN PRIVATE KEY-----\n[^]+\n-----END PRIVATE KEY-----$/);
         assert.strictEqual(envAtStart.JHE_SUPPORT_CONTACT, "Ünïcode Clinic <help@example.org> # not a comment, a=b $5");
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 }, "the OIDC key endpoint serves the runbook's key");
     });
 
     it("a changed host key (Ed25519 pin of another server) is refused before any command, naming both fingerprints", async function () {
@@ -109,7 +110,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const res = await stack.up();
         const o = Object.fromEntries(Object.entries(res.outputs).map(([k, v]) => [k, v.value]));
         assert.deepStrictEqual(o.deployed, { version: "v1.1.0", previous: "v1.0.0" });
-        assert.deepStrictEqual(o.migrationsApplied, V110_MIGRATIONS);
+        assert.deepStrictEqual(o.migrationsApplied, V110_APPLIED);
         assert.deepStrictEqual(o.plan, { from: "v1.1.0", to: "v1.1.0", action: "none" }, "the plan after up describes the server as it now is");
         const lockCount = Object.keys(JSON.parse(await sshOk(h, `git -C ${APP}/repo.git show v1.1.0:Pipfile.lock`)).default).length;
         assert.deepStrictEqual(o.dependencies, { installer: "pipenv", requirements: lockCount, exact: true, hashesChecked: false, pipCheck: [] });
@@ -137,16 +138,17 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
         assert.strictEqual(await health(), "v1.1.0");
         assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), envAtStart, "the upgraded release's .env means what the runbook's did");
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         const [{ n }] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM core_observation WHERE source = 'device'");
         assert.strictEqual(Number(n), counts.observations);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
         assert.match(log, /## Upgrade to v1\.1\.0 - .*\n\n\*\*Performed by:\*\* root from [0-9.]+ \(stack organization\/jhe\//);
         assert.match(log, /\*\*From:\*\* v1\.0\.0 {2}\*\*To:\*\* v1\.1\.0/);
-        assert.match(log, new RegExp(`Migrations applied: ${V110_MIGRATIONS.join(", ").replace(/\./g, "\\.")}`));
+        assert.match(log, new RegExp(`Migrations applied: ${V110_APPLIED.join(", ").replace(/\./g, "\\.")}`));
         assert.match(log, /\*\*Migration:\*\* on a staged copy while the old version served; swapped in by rename/);
         assert.match(log, /Environment variables added by v1\.1\.0: JHE_FEATURE_X/);
         assert.match(log, new RegExp(`Backup: ${o.backup.location} \\(sha256 ${o.backup.sha256}`));
-        assert.match(log, /- \/health: 200\n- \/admin\/: 302/);
+        assert.match(log, /- \/health: 200\n- \/admin\/: 302\n- \/o\/\.well-known\/jwks\.json: 200/);
     });
 
     it("v1.2.0 with a variable new in its env example and set nowhere is refused in preflight, naming it and both fixes; nothing on the server changes", async function () {
@@ -223,6 +225,20 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         await assert.rejects(stack.up(), /preflight refused the upgrade v2\.0\.0 -> v3\.0\.0 before any change:\s+- v3\.0\.0 needs Python >=3\.13; the server has 3\.11/);
         assert.deepStrictEqual(await serverFingerprint(h), before);
         await stack.setConfig("jhe:version", { value: "v2.0.0" });
+    });
+
+    it("a config-only change: an unreadable OIDC key fails the health gate and the old .env comes back; a good setting is applied, every other value kept", async function () {
+        const before = await dotenvValues(h, `${APP}/current/.env`);
+        await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: "-----BEGIN PRIVATE KEY-----\\nnot a key\\n-----END PRIVATE KEY-----", secret: true }, true);
+        await assert.rejects(stack.up(), /v2\.0\.0 failed its health check with the new settings \(\/o\/\.well-known\/jwks\.json answered 500/);
+        assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), before, "the previous .env is back");
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
+        await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: String(before.OIDC_RSA_PRIVATE_KEY), secret: true }, true);
+        await stack.setConfig("jhe:env.JHE_SUPPORT_CONTACT", { value: "Desk 2 <desk@example.org> #2" }, true);
+        await stack.up();
+        assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), { ...before, JHE_SUPPORT_CONTACT: "Desk 2 <desk@example.org> #2" });
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
+        assert.strictEqual(await health(), "v2.0.0");
     });
 
     it("running up again with no change does nothing: the preview shows no changes", async function () {

@@ -11,6 +11,8 @@ import { down, HostInfo, leftovers, query, sshOk } from "./testhost";
 export const V110_MIGRATIONS = [
     "core.0002_observation_source", "core.0003_backfill_source", "core.0004_study_title_patientidentifier", "core.0005_drop_aux_cache",
 ];
+/** ... and what an upgrade to it applies: those, and the migration of the django-oauth-toolkit it moves to (3.2.0 -> 3.3.0). */
+export const V110_APPLIED = [...V110_MIGRATIONS, "oauth2_provider.0014_alter_help_text"];
 
 export const STATE_DIR = path.join(ROOT, ".cache", "e2e-state");
 

@@ -169,6 +169,18 @@ export async function serviceStarts(host: HostInfo, sinceEpochSeconds: number, u
     return Number(out.trim());
 }
 
+/** JHE's OIDC signing keys through nginx (django-oauth-toolkit): the status and how many keys it serves. */
+export async function oidcKeys(host: HostInfo): Promise<{ status: number; keys: number }> {
+    const r = await request(host, "GET", "/o/.well-known/jwks.json");
+    let keys = 0;
+    try {
+        keys = (JSON.parse(r.body).keys ?? []).length;
+    } catch {
+        /* not JSON: a 500 page */
+    }
+    return { status: r.status, keys };
+}
+
 function cookie(headers: HttpResult["headers"], name: string): string | undefined {
     const all = ([] as string[]).concat(headers["set-cookie"] ?? []);
     return all.map((c) => new RegExp(`^${name}=([^;]*)`).exec(c)?.[1]).find((v) => v !== undefined);

@@ -58,7 +58,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
              sudo -u jheapp git fetch -q --tags origin
              sudo -u jheapp git -c advice.detachedHead=false checkout -q ${tag}
              python3 /srv/testhost/lock-requirements.py . > /tmp/req.txt
-             sudo -u jheapp venv/bin/pip install -q --no-index --find-links /srv/wheelhouse -r /tmp/req.txt
+             sudo -u jheapp venv/bin/pip install -q --no-index --find-links /srv/wheelhouse --no-deps -r /tmp/req.txt
              sudo -u jheapp venv/bin/python manage.py migrate --no-input`,
         );
     }
