@@ -34,7 +34,7 @@ def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
     if not tables:
         return {}
     sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)
-    return {t: int(n) for t, n in (line.split("|") for line in psql(db, sql).splitlines() if line)}
+    return {t: int(n) for t, n in (line.rsplit("|", 1) for line in psql(db, sql).splitlines() if line)}
 
 
 def db_exists(name: str) -> bool:

@@ -139,8 +139,8 @@ HINTS = {
     "DEBUG": "JHE turns debug on for any non-empty value, \"False\" too; to keep debug off, leave it unset",
     "SECRET_KEY": "without it every JHE worker invents its own and sessions break; set it as a secret",
     "SMTP_PORT": "an empty value crashes every manage.py command; a port number, or leave it unset",
-    "OIDC_RSA_PRIVATE_KEY": "JHE's OIDC signing key: without it /o/.well-known/jwks.json answers 500 and every "
-                            "OIDC login fails; set it as a secret from the PEM file (< oidc.pem)",
+    "OIDC_RSA_PRIVATE_KEY": "JHE's OIDC signing key: without it /o/.well-known/jwks.json serves no key (an unreadable "
+                            "one: 500) and every OIDC login fails; set it as a secret from the PEM file (< oidc.pem)",
 }
 
 
@@ -197,7 +197,8 @@ def target_env(spec: Spec, tag: str) -> dict[str, str]:
     env.setdefault("DB_HOST", "localhost")
     env.setdefault("DB_PORT", "5432")
     for k in spec.env_unset:
-        env.pop(k, None)  # left unset on purpose: the release's .env does not set it, even if the live one did
+        if k not in TOOL_WRITTEN and k != "SECRET_KEY":  # (config refuses those in jhe:envUnset)
+            env.pop(k, None)  # left unset on purpose: the release's .env does not set it, even if the live one did
     return env
 
 
@@ -205,10 +206,11 @@ def env_problems(spec: Spec, frm: str | None, tag: str, env: dict[str, str]) -> 
     example_name, _ = env_example(spec.repo, tag)
     missing = env_missing(env_added(spec.repo, frm, tag), set(env), spec.env_unset)
     # SECRET_KEY has a check of its own below
-    problems = [missing_text(tag, example_name, k, len(spec.env_unset)) for k in missing if k != "SECRET_KEY"]
+    missing = [k for k in missing if k != "SECRET_KEY"]
+    problems = [missing_text(tag, example_name, k, len(spec.env_unset) + i) for i, k in enumerate(missing)]
     if spec.stage == "prod" and env.get("DEBUG", "") != "":
         problems.append("DEBUG is set in the server's .env; JHE turns DEBUG on for any non-empty value "
-                        "(even \"False\"); on a prod stack remove it (jhe:env.DEBUG = \"\")")
+                        "(even \"False\"); on a prod stack leave it unset (`pulumi config set --path 'jhe:envUnset[0]' DEBUG`)")
     if "SMTP_PORT" in env and not env["SMTP_PORT"].strip().isdigit():
         problems.append(f"SMTP_PORT={env['SMTP_PORT']!r} in the server's .env crashes every manage.py command; "
                         f"set jhe:env.SMTP_PORT to a port number or remove it")

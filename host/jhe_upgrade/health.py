@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
+from .envfile import parse_env
 from .spec import Spec
 from .util import run
 
@@ -21,9 +22,10 @@ def _get(spec: Spec, path: str) -> tuple[int, str]:
         return e.code, e.read(2048).decode(errors="replace")
 
 
-def oidc_keys(spec: Spec) -> dict:
+def oidc_keys(spec: Spec, expect_key: bool = False) -> dict:
     """JHE's OIDC signing keys (django-oauth-toolkit): a 5xx means the OIDC_RSA_PRIVATE_KEY the app read
-    is unusable, so every OIDC login fails while /health stays green. 404: this version serves no OIDC."""
+    is unusable, no key (while its .env sets one) that the app did not get it - either way every OIDC
+    login fails while /health stays green. 404: this version serves no OIDC."""
     try:
         code, body = _get(spec, OIDC_KEYS)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
@@ -37,6 +39,9 @@ def oidc_keys(spec: Spec) -> dict:
         n = len(json.loads(body).get("keys") or [])
     except (ValueError, AttributeError):
         n = 0
+    if expect_key and n == 0:
+        return {"ok": False, "status": 200, "keys": 0,
+                "detail": f"{OIDC_KEYS} serves no key although the release's .env sets OIDC_RSA_PRIVATE_KEY (every OIDC login would fail)"}
     return {"ok": True, "status": 200, "keys": n}
 
 
@@ -44,6 +49,8 @@ def health(spec: Spec, tag: str, timeout: float) -> dict:
     """/health (must report `tag` where it reports a version), else /admin/ 200/302, straight at
     gunicorn with the site's Host header (JHE derives ALLOWED_HOSTS from SITE_URL); then the OIDC
     signing keys, where the version serves them."""
+    env_file = spec.release(tag) / ".env"
+    expect_key = env_file.is_file() and bool(parse_env(env_file.read_text()).get("OIDC_RSA_PRIVATE_KEY", "").strip())
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -64,21 +71,21 @@ def health(spec: Spec, tag: str, timeout: float) -> dict:
                     if v and v != tag:
                         last = f"/health reports version {v}, expected {tag}"
                         break
-                    return _with_oidc(spec, {"ok": True, "check": "/health", "status": code, "version": v})
+                    return _with_oidc(spec, expect_key, {"ok": True, "check": "/health", "status": code, "version": v})
                 last = f"/health answered {code}"
                 if code >= 500:
                     return {"ok": False, "check": "/health", "status": code, "detail": last}
                 break
             if code in (200, 302):
-                return _with_oidc(spec, {"ok": True, "check": "/admin/", "status": code})
+                return _with_oidc(spec, expect_key, {"ok": True, "check": "/admin/", "status": code})
             last = f"/admin/ answered {code}"
             break
         time.sleep(0.2)
     return {"ok": False, "detail": last}
 
 
-def _with_oidc(spec: Spec, h: dict) -> dict:
-    o = oidc_keys(spec)
+def _with_oidc(spec: Spec, expect_key: bool, h: dict) -> dict:
+    o = oidc_keys(spec, expect_key)
     h["oidc"] = {k: v for k, v in o.items() if k != "ok"}
     if not o["ok"]:
         h.update(ok=False, detail=o["detail"])

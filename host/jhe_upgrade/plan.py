@@ -6,7 +6,7 @@ from pathlib import Path
 from .db import applied_migrations, db_exists, db_size
 from .envfile import HINTS, TOOL_WRITTEN, env_added, env_missing, parse_env
 from .gitrepo import tag_exists
-from .release import release_migrations, release_ready
+from .release import release_knows_all_migrations, release_migrations
 from .spec import Spec
 from .staging import choose_strategy
 from .state import current_version, latest_backup_from, live_root, load_state
@@ -76,7 +76,7 @@ def step_plan(spec: Spec) -> dict:
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
-    out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_ready(spec, to) else
+    out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_knows_all_migrations(spec, to) else
                            "the project's own apps; installed packages' (e.g. oauth2_provider) are known once "
                            "prepare-release builds releases/" + to)
     return out

@@ -57,11 +57,15 @@ CHECK_AND_LIST_MIGRATIONS = (
     "print(json.dumps(sorted(f'{a}.{n}' for a, n in MigrationLoader(None, ignore_no_migrations=True).disk_migrations)))")
 
 
+def release_knows_all_migrations(spec: Spec, tag: str) -> bool:
+    return release_ready(spec, tag) and (spec.release(tag) / MIGRATIONS_FILE).is_file()
+
+
 def release_migrations(spec: Spec, repo: Path, tag: str) -> list[str]:
     """Every migration `tag` knows: all apps' (third-party ones too) once its release is built, else
     the migration files of the project's own apps in the tag."""
     f = spec.release(tag) / MIGRATIONS_FILE
-    if release_ready(spec, tag) and f.is_file():
+    if release_knows_all_migrations(spec, tag):
         try:
             return sorted(json.loads(f.read_text()))
         except ValueError:
@@ -92,7 +96,12 @@ def _build(spec: Spec, tag: str, env: dict[str, str], rel: Path) -> dict:
     # `manage.py check`, then every migration the release knows - its own apps' and its installed
     # packages' (oauth2_provider, allauth's account, ...) - in the same boot, for the plan and preflight.
     out = run([py, "manage.py", "shell", "-c", CHECK_AND_LIST_MIGRATIONS], user=spec.app_user, cwd=rel, timeout=300, quiet=True).stdout
-    write_private(rel / MIGRATIONS_FILE, out.strip().splitlines()[-1] + "\n", spec.app_user, spec.app_group, mode=0o644)
+    try:
+        migrations = json.loads((out.strip().splitlines() or ["null"])[-1])
+    except ValueError:
+        migrations = None
+    if isinstance(migrations, list):  # else the plan falls back to the tag's own migration files
+        write_private(rel / MIGRATIONS_FILE, json.dumps(migrations) + "\n", spec.app_user, spec.app_group, mode=0o644)
     return {"tag": tag, "built": now(), "installer": lock["tool"], "requirements": len(lock["lines"]), "exact": lock["exact"],
             "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"]}
 

@@ -57,10 +57,15 @@ def table_plan(table: str, pk: list[tuple[str, str]], dst_cols: list[str], src_c
     highest key are new, plus any below it that it never had. `set` (every other key - uuid, text,
     composite - and tables without one, whose rows are compared whole): the keys each side has.
     `renames` (older column -> newer) pairs the columns a RenameField moved."""
-    renames = renames or {}
     kind = key_kind(pk)
-    src = set(src_cols)
-    pairs = [(c, renames.get(c, c)) for c in dst_cols if renames.get(c, c) in src]
+    src, dst = set(src_cols), set(dst_cols)
+    colmap: dict[str, str] = {}
+    for old, new in (renames or {}).items():  # field names: a foreign key's column is <name>_id
+        for o, n in ((old, new), (old + "_id", new + "_id")):
+            if o in dst and n in src:
+                colmap[o] = n
+                break
+    pairs = [(c, colmap.get(c, c)) for c in dst_cols if colmap.get(c, c) in src]
     common, src_common = [d for d, _ in pairs], [n for _, n in pairs]
     pk_cols = [c for c, _ in pk]
     plan = {"table": table, "key": kind, "pk": pk_cols, "common": common, "srcCommon": src_common,
@@ -69,6 +74,7 @@ def table_plan(table: str, pk: list[tuple[str, str]], dst_cols: list[str], src_c
         plan["mode"], plan["note"] = None, f"{table}: its key ({', '.join(pk_cols)}) is not in the newer table, not compared"
     elif kind == "none":
         plan["note"] = f"{table}: no primary key, rows compared whole (identical rows count once)"
+    plan["newerOnly"] = [c for c in src_cols if c not in set(src_common)]
     rename = dict(pairs)
     plan["dstKey"] = key_expr(kind, pk_cols, common)
     plan["srcKey"] = key_expr(kind, [rename.get(c, c) for c in pk_cols], src_common)
@@ -85,7 +91,7 @@ def _marker_condition(src_db: str, since: dict | None) -> str | None:
 
 def _read_plan(src_db: str, dst_db: str, t: str, renames: dict[str, str]) -> dict:
     required = set(psql(dst_db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-                                f"AND table_name = '{t}' AND is_nullable = 'NO' AND column_default IS NULL "
+                                f"AND table_name = {sql_literal(t)} AND is_nullable = 'NO' AND column_default IS NULL "
                                 f"AND is_identity = 'NO'").splitlines())
     return table_plan(t, primary_key(dst_db, t), columns(dst_db, t), columns(src_db, t), required, renames)
 
@@ -101,8 +107,9 @@ def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path, since: d
     `tables` in the result says, for every table something was written to, what was done."""
     dst_tables, src_tables = tables(dst_db), set(tables(src_db))
     edges = [(c, p) for c, p in (line.split("|") for line in psql(
-        dst_db, "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
-                "WHERE contype = 'f' AND connamespace = 'public'::regnamespace").splitlines() if line)]
+        dst_db, "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+                "JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
+    ).splitlines() if line)]
     newer = _marker_condition(src_db, since)
     out: dict = {"rowsReplayed": {}, "rowsExported": {}, "notes": [], "tables": {}}
     for t in replay_order([t for t in dst_tables if t in src_tables], edges):
@@ -161,14 +168,29 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
         have_old = psql(dst_db, f"SELECT EXISTS (SELECT 1 FROM {q(t)})") == "t"
     dst_ids = keys(dst_db, t, dst_k) if have_old else set()
     src_below = keys(src_db, t, src_k, below) if have_old or not ordered else set()
-    # New rows: above dst's highest key (sequences), and any below it that dst never had.
+    # New rows: above dst's highest key (sequences), and any below it that dst never had - of them, with
+    # a marker, only those written since the newer version began serving (its migrations' are its own).
     gaps = sorted(src_below - dst_ids)
-    conds = ([f"NOT ({below})"] if ordered else []) + [in_list(src_k, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
-    n_new = (int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE NOT ({below})")) if ordered else 0) + len(gaps)
+    made = 0
+    if newer and gaps:
+        since = keys(src_db, t, src_k, f"({below}) AND {newer}")
+        made, gaps = len(gaps), [k for k in gaps if k in since]
+        made -= len(gaps)
+    mark = f" AND {newer}" if newer else ""
+    conds = ([f"NOT ({below}){mark}"] if ordered else []) + [in_list(src_k, gaps[i:i + 5000]) for i in range(0, len(gaps), 5000)]
+    above = int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE NOT ({below}){mark}")) if ordered else 0
+    if ordered and newer:
+        made += int(psql(src_db, f"SELECT count(*) FROM {q(t)} WHERE NOT ({below})")) - above
+    if made:
+        entry["madeByMigrations"] = made  # not users' data: the older version never had them
+    n_new = above + len(gaps)
     order = f" ORDER BY {src_k}"
     if n_new:
         export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         entry["new"] = n_new
+        if plan["newerOnly"]:
+            notes.append(f"{t}: the older table has no {', '.join(plan['newerOnly'])}; those values of the {n_new} "
+                         f"newer rows stay in the kept newer database only")
         done = 0
         try:
             if plan["missing"]:
@@ -178,9 +200,10 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
                 done += 1
             replayed[t] = entry["replayed"] = n_new
             if ordered:
-                psql(dst_db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence('public.{t}', '{plan['pk'][0]}') AS s, "
-                             f"max({pk}) AS m FROM {q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")
+                _advance_sequence(dst_db, t, plan["pk"][0])
         except RuntimeError as e:
+            if ordered and done:
+                _advance_sequence(dst_db, t, plan["pk"][0])  # past what did go in
             for i, c in enumerate(conds):
                 name = f"{t}.new-rows.csv" if i == 0 else f"{t}.new-rows-{i}.csv"
                 _copy(src_db, f"SELECT * FROM {q(t)} WHERE {c}{order}", to_file=export_dir / name)
@@ -223,6 +246,7 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
             f"{entry['changed']} changed rows exported for review" if entry.get("changed") else "",
             f"{entry['deletedByUsers']} rows deleted by users exported for review (they are back)" if entry.get("deletedByUsers") else "",
             f"{entry['deletedByMigrations']} rows the newer migrations deleted are back" if entry.get("deletedByMigrations") else "",
+            f"{entry['madeByMigrations']} rows the newer migrations made left out" if entry.get("madeByMigrations") else "",
         ) if x)
         out["tables"][t] = {"key": plan["key"], **{k: v for k, v in entry.items() if v}}
 
@@ -230,3 +254,9 @@ def _replay_table(src_db: str, dst_db: str, plan: dict, export_dir: Path, newer:
 def _hashes(db: str, t: str, key: str, collist: str, where: str) -> dict[str, str]:
     rows = psql(db, f"SELECT {key}, md5(ROW({collist})::text) FROM {q(t)} WHERE {where}").splitlines()
     return dict(line.rsplit("|", 1) for line in rows if line)
+
+
+def _advance_sequence(db: str, t: str, pk: str) -> None:
+    """The older table's id sequence past the rows put in, so its next insert does not collide."""
+    psql(db, f"SELECT setval(s, m) FROM (SELECT pg_get_serial_sequence({sql_literal(q(t))}, {sql_literal(pk)}) AS s, "
+             f"max({q(pk)}) AS m FROM {q(t)}) x WHERE s IS NOT NULL AND m IS NOT NULL")

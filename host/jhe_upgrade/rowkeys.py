@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
 from pathlib import Path
 
 from .spec import Spec
-from .util import psql, sql_literal
+from .util import psql, quote_ident, sql_literal
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 # Django's own bookkeeping, rebuilt by the older version's migrations: never replayed.
@@ -16,9 +17,12 @@ SCHEMA_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
 
 
 def q(name: str) -> str:
-    if not re.match(r"^[a-z_][a-z0-9_]*$", name):
-        raise RuntimeError(f"unexpected identifier {name!r}")
-    return f'"{name}"'
+    """A table or column name in SQL, whatever it holds (quoted; the database's names are data)."""
+    return quote_ident(name)
+
+
+def regclass(table: str) -> str:
+    return f"{sql_literal('public.' + quote_ident(table))}::regclass"
 
 
 def key_kind(pk: list[tuple[str, str]]) -> str:
@@ -34,26 +38,28 @@ def key_kind(pk: list[tuple[str, str]]) -> str:
 
 
 def key_expr(kind: str, pk_cols: list[str], cols: list[str]) -> str:
-    """SQL giving a row's identity as text: its key; both key columns for a composite key; the whole
-    row (`cols`, in the order both sides share) for a table without a key."""
+    """SQL giving a row's identity as one line of text: its key (integers and UUIDs as they are; any
+    other key hex-encoded, so a text key holding a newline or '|' stays one token); both key columns
+    for a composite key; the whole row (`cols`, in the order both sides share) without a key."""
     if kind == "none":
         return f"md5(ROW({','.join(q(c) for c in cols)})::text)"
-    if kind == "composite":
-        return f"ROW({','.join(q(c) for c in pk_cols)})::text"
-    return f"{q(pk_cols[0])}::text"
+    if kind in ("integer", "uuid"):
+        return f"{q(pk_cols[0])}::text"
+    inner = f"ROW({','.join(q(c) for c in pk_cols)})::text" if kind == "composite" else f"{q(pk_cols[0])}::text"
+    return f"encode(convert_to({inner}, 'UTF8'), 'hex')"
 
 
 def primary_key(db: str, table: str) -> list[tuple[str, str]]:
     rows = psql(db, f"SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
                     f"CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) "
                     f"JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                    f"WHERE i.indrelid = 'public.{table}'::regclass AND i.indisprimary ORDER BY k.n")
+                    f"WHERE i.indrelid = {regclass(table)} AND i.indisprimary ORDER BY k.n")
     return [(a, b) for a, b in (line.split("|", 1) for line in rows.splitlines() if line)]
 
 
 def columns(db: str, table: str) -> list[str]:
     return psql(db, f"SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-                    f"AND table_name = '{table}' AND is_generated = 'NEVER' ORDER BY ordinal_position").splitlines()
+                    f"AND table_name = {sql_literal(table)} AND is_generated = 'NEVER' ORDER BY ordinal_position").splitlines()
 
 
 def tables(db: str) -> list[str]:
@@ -102,7 +108,7 @@ def column_renames(release: Path, undone: list[str]) -> dict[str, dict[str, str]
 def deletion_counters(db: str) -> dict[str, int]:
     """PostgreSQL's count of rows deleted per table (pg_stat_user_tables.n_tup_del)."""
     rows = psql(db, "SELECT relname, n_tup_del FROM pg_stat_user_tables WHERE schemaname = 'public'")
-    return {t: int(n) for t, n in (line.split("|") for line in rows.splitlines() if line)}
+    return {t: int(n) for t, n in (line.rsplit("|", 1) for line in rows.splitlines() if line)}
 
 
 def migration_deletions(pre_db: str | None, post_db: str, before: dict[str, int], after: dict[str, int],
@@ -114,17 +120,22 @@ def migration_deletions(pre_db: str | None, post_db: str, before: dict[str, int]
     pre_tables = set(tables(pre_db)) if pre_db else set()
     for t in sorted(k for k, n in after.items() if n > before.get(k, 0)):
         entry: dict = {"count": after[t] - before.get(t, 0), "keysFile": None}
-        if t in pre_tables:
+        out[t] = entry
+        if pre_db is None or t not in pre_tables:
+            continue
+        try:
             pk = primary_key(post_db, t)
             kind = key_kind(pk)
-            cols = [c for c in columns(post_db, t) if c in set(columns(pre_db, t))] if pre_db else []
-            expr = key_expr(kind, [c for c, _ in pk], cols)
-            gone = sorted(keys(pre_db, t, expr) - keys(post_db, t, expr)) if pre_db else []
+            if kind == "none":
+                continue  # rows compared whole: a count is all there is
+            expr = key_expr(kind, [c for c, _ in pk], [])
+            gone = sorted(keys(pre_db, t, expr) - keys(post_db, t, expr))
             out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             f = out_dir / f"{t}.keys"
             f.write_text("".join(k + "\n" for k in gone))
             entry.update(count=len(gone), keysFile=str(f))
-        out[t] = entry
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # the migration stands; only this record is short
+            entry["error"] = str(e)[-300:]
     return out
 
 

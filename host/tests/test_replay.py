@@ -28,10 +28,12 @@ def test_a_cycle_is_taken_as_it_comes() -> None:
     ([("id", "bigint")], "integer", '"id"::text'),
     ([("id", "integer")], "integer", '"id"::text'),
     ([("id", "uuid")], "uuid", '"id"::text'),                # core_fhirauxresource: PostgreSQL has no max(uuid)
-    ([("session_key", "character varying(40)")], "text", '"session_key"::text'),   # django_session
-    ([("code", "text")], "text", '"code"::text'),
-    ([("at", "timestamp with time zone")], "other", '"at"::text'),
-    ([("study_id", "bigint"), ("patient_id", "bigint")], "composite", 'ROW("study_id","patient_id")::text'),
+    # any other key hex-encoded: one token per line, whatever it holds (a newline, '|')
+    ([("session_key", "character varying(40)")], "text", """encode(convert_to("session_key"::text, 'UTF8'), 'hex')"""),
+    ([("code", "text")], "text", """encode(convert_to("code"::text, 'UTF8'), 'hex')"""),
+    ([("at", "timestamp with time zone")], "other", """encode(convert_to("at"::text, 'UTF8'), 'hex')"""),
+    ([("study_id", "bigint"), ("patient_id", "bigint")], "composite",
+     """encode(convert_to(ROW("study_id","patient_id")::text, 'UTF8'), 'hex')"""),
     ([], "none", 'md5(ROW("a","b")::text)'),                 # no key: the row itself, in the shared column order
 ])
 def test_every_key_type_is_compared(pk: list[tuple[str, str]], kind: str, key: str) -> None:
@@ -56,8 +58,17 @@ def test_a_renamed_column_is_paired_with_its_older_name() -> None:
     p = table_plan("core_study", [("id", "bigint")], ["id", "name", "created"], ["id", "title", "created"], {"name"}, {"name": "title"})
     assert (p["common"], p["srcCommon"], p["missing"]) == (["id", "name", "created"], ["id", "title", "created"], [])
     # a renamed column of a composite key: both sides still name the same rows
-    p = table_plan("j", [("a_id", "bigint"), ("b_id", "bigint")], ["a_id", "b_id"], ["a_id", "bee_id"], set(), {"b_id": "bee_id"})
-    assert (p["dstKey"], p["srcKey"]) == ('ROW("a_id","b_id")::text', 'ROW("a_id","bee_id")::text')
+    p = table_plan("j", [("a_id", "bigint"), ("b_id", "bigint")], ["a_id", "b_id"], ["a_id", "bee_id"], set(), {"b": "bee"})
+    assert 'ROW("a_id","b_id")' in p["dstKey"] and 'ROW("a_id","bee_id")' in p["srcKey"]
+    # a renamed foreign key: RenameField names the field, the column is <field>_id
+    p = table_plan("core_fhirauxresource", [("id", "uuid")], ["id", "patient_id", "kind"], ["id", "subject_patient_id", "kind", "extra"],
+                   set(), {"patient": "subject_patient"})
+    assert (p["common"], p["srcCommon"], p["newerOnly"]) == (["id", "patient_id", "kind"], ["id", "subject_patient_id", "kind"], ["extra"])
+
+
+def test_odd_names_are_quoted_not_refused() -> None:
+    p = table_plan('Weird"Table', [("Key Col", "text")], ["Key Col", "a"], ["Key Col", "a"], set())
+    assert p["dstKey"] == """encode(convert_to("Key Col"::text, 'UTF8'), 'hex')"""
 
 
 def test_a_key_the_newer_table_lacks_is_not_compared() -> None:

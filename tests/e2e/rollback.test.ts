@@ -5,7 +5,7 @@ import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp } from "../helpers/engine";
 import { Prober } from "../helpers/prober";
 import { leaveUnset, projectStack, serverFingerprint, teardown } from "../helpers/stack";
-import { HostInfo, query, request, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { dotenvValues, HostInfo, oidcKeys, query, request, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 
@@ -13,12 +13,14 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
     this.timeout(900_000);
     let h: HostInfo;
     let stack: Stack;
+    let envAtStart: Record<string, string | null>;
 
     before(async function () {
         h = await up("e2erb", { legacy: "v1.0.0", patients: 30, observations: 2000 });
         stack = await projectStack(h, "v1.0.0", { "jhe:sshHostKey": { value: h.hostKeys.ecdsa } });
         await leaveUnset(stack, "JHE_FEATURE_X");
         await stack.up();
+        envAtStart = await dotenvValues(h, `${APP}/current/.env`);
     });
     after(async function () {
         await teardown(stack, h);
@@ -58,8 +60,9 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         // ... and rows in every other kind of table: a UUID key (one users' record deleted too; v1.1.0's
         // own migration deleted the 3 "cache" rows), a composite key, a column v1.1.0 renamed, a text key
         // (a session, made by the app itself), a user of the custom model, a table only v1.1.0 has.
-        await query(h, "INSERT INTO core_fhirauxresource (id, patient_id, resource_type, kind, data, created) " +
-            "SELECT gen_random_uuid(), min(id), 'Device', 'record', '{}', now() FROM core_patient, generate_series(1, 2) GROUP BY 3");
+        // (v1.1.0 renamed the foreign key patient -> subject_patient: its column is subject_patient_id)
+        await query(h, "INSERT INTO core_fhirauxresource (id, subject_patient_id, resource_type, kind, data, created) " +
+            "SELECT gen_random_uuid(), p.id, 'Device', 'record', '{}', now() FROM (SELECT min(id) AS id FROM core_patient) p, generate_series(1, 2)");
         await query(h, "DELETE FROM core_fhirauxresource WHERE id = (SELECT id FROM core_fhirauxresource WHERE kind = 'record' ORDER BY created LIMIT 1)");
         await query(h, "INSERT INTO core_studypatient (study_id, patient_id, joined) SELECT s.id, p.id, now() FROM core_study s, " +
             "(SELECT id FROM core_patient ORDER BY id DESC LIMIT 2) p");
@@ -97,6 +100,8 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         });
         assert.match(await sshOk(h, `cat ${rb.exportDir}/core_patientidentifier.only-in-newer.csv`), /^id,system,value,patient_id\n1,urn:mrn,MRN-1,/);
         assert.deepStrictEqual(await query(h, "SELECT count(*)::int AS n FROM core_fhirauxresource WHERE kind = 'cache'"), [{ n: 3 }]);
+        assert.deepStrictEqual(await query(h, "SELECT count(*)::int AS n FROM core_fhirauxresource WHERE kind = 'record' AND patient_id IS NOT NULL AND created > now() - interval '1 hour' AND data = '{}'"),
+            [{ n: 2 }], "the replayed rows keep their patient through the renamed foreign key");
         assert.deepStrictEqual(await query(h, "SELECT name FROM core_study WHERE name = 'Sleep study'"), [{ name: "Sleep study" }], "the renamed column's value");
         assert.deepStrictEqual(await query(h, "SELECT session_key FROM django_session WHERE session_key = $1", [session]), [{ session_key: session }]);
         assert.strictEqual(rb.restoredBy, "rename");
@@ -115,6 +120,8 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         assert.strictEqual(cols.length, 0, "v1.1.0's column is gone with the restore");
         assert.strictEqual((await sshOk(h, `readlink ${APP}/current`)).trim(), "releases/v1.0.0");
         await sshOk(h, `! grep -q JHE_FEATURE_X ${APP}/current/.env`);
+        assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), envAtStart, ".env after the rollback means what it did at the start");
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         // v1.1.0's database is kept, never dropped.
         const dbs = await query<{ datname: string }>(h, "SELECT datname FROM pg_database WHERE datname = $1", [rb.keptDatabase]);
         assert.strictEqual(dbs.length, 1);

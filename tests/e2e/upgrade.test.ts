@@ -194,6 +194,11 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.match(await sshOk(h, `cat ${APP}/current/.env`), new RegExp(`JHE_API_TOKEN=${token}`), "the secret reached the server's .env");
         const read = JSON.parse(await sshOk(h, `cd ${APP}/current && venv/bin/python -c 'import json, dotenv; print(json.dumps(dotenv.dotenv_values(".env")))'`));
         assert.strictEqual(read.OIDC_RSA_PRIVATE_KEY, oidc, "python-dotenv reads the multi-line key back as it was set");
+        assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 }, "JHE signs with the key set from the stack");
+        // v1.2.0's lock is inconsistent as JHE v0.0.13's is: installed as pinned (no resolution), pip check's finding reported
+        const deps = res.outputs.dependencies.value;
+        assert.strictEqual(deps.exact, true);
+        assert.ok(deps.pipCheck.some((p: string) => /pyopenssl 24\.2\.1 has requirement cryptography<44.*48\.0\.1/i.test(p)), JSON.stringify(deps.pipCheck));
         const stateFiles = fs.readdirSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe"))
             .map((f) => fs.readFileSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe", f), "utf8"));
         const places: Record<string, string> = {
