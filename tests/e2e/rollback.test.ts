@@ -71,7 +71,8 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
             "VALUES ('!', false, 'new.practitioner@example.org', 'P9', 'practitioner', false, true, now())");
         await query(h, "INSERT INTO core_patientidentifier (patient_id, system, value) SELECT min(id), 'urn:mrn', 'MRN-' || g FROM core_patient, generate_series(1, 2) g GROUP BY g");
         const session = (await sshOk(h, `cd ${APP}/current && sudo -u jheapp venv/bin/python manage.py shell -c ` +
-            `"from django.contrib.sessions.backends.db import SessionStore; s = SessionStore(); s['who'] = 'nurse'; s.create(); print(s.session_key)"`)).trim();
+            `"from django.contrib.sessions.backends.db import SessionStore; s = SessionStore(); s['who'] = 'nurse'; s.create(); print(s.session_key)"`))
+            .trim().split("\n").pop(); // (Django 5.2's shell first says what it imported)
         await setVersion("v1.0.0");
         const events: EngineEvent[] = [];
         const pre = await stack.preview({ onEvent: (e) => events.push(e) });
