@@ -47,12 +47,14 @@ server {
 
     client_max_body_size 10m;
 
-    # Maintenance window: the upgrade touches ${m}/maintenance-on (no reload needed).
-    error_page 503 @maintenance;
-    location @maintenance {
+    # Maintenance window: the upgrade touches ${m}/maintenance-on (no reload needed). Every method gets
+    # the 503 with Retry-After: a URI error page is fetched with GET (a named location would keep a POST,
+    # which the static page answers with 405 - an API client would not know to retry).
+    error_page 503 /maintenance.html;
+    location = /maintenance.html {
+        internal;
         root ${m};
         add_header Retry-After 30 always;
-        rewrite ^ /maintenance.html break;
     }
 
     location /static/ {

@@ -8,7 +8,18 @@ import shutil
 import time
 from pathlib import Path
 
-from .db import applied_migrations, copy_db_properties, data_dir_free, db_exists, db_size, drain, kept_name, pg_major, row_counts
+from .db import (
+    applied_migrations,
+    copy_db_properties,
+    data_dir_free,
+    db_exists,
+    db_size,
+    drain,
+    kept_name,
+    pg_major,
+    row_counts,
+    sessions_closed,
+)
 from .spec import Spec
 from .state import live_root, register_backup, save_state
 from .util import log, now, psql, run, sha256_file, write_private
@@ -99,9 +110,9 @@ def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | N
         return None
     t = time.monotonic()
     name = kept_name(spec, frm)
-    drain(spec.db_name)
     strategy = " STRATEGY FILE_COPY" if pg_major() >= 15 else ""
-    psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
+    with sessions_closed(spec.db_name):
+        psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
     copy_db_properties(spec.db_name, name)
     b = {"id": name, "snapshot": name, "keptDatabase": name, "window": state["window"]["id"], "from": frm or "none",
          "to": to, "created": now(), "rowCounts": row_counts(spec, name), "appliedMigrations": applied_migrations(spec, name),

@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import util
+from .db import reopen_databases
 from .plan import step_plan
 from .provision import step_adopt, step_superuser
 from .recovery import safety_net
@@ -19,6 +20,10 @@ from .util import Refusal, log
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
          "health": step_health, "finish": step_finish, "unlock": step_unlock, "superuser": step_superuser}
+
+
+# Steps that may run inside a window: whatever fails in them ends with the old version serving.
+WINDOW_STEPS = ("backup", "migrate", "switch", "health", "finish")
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +45,9 @@ def main(argv: list[str]) -> int:
             result = STEPS[STEP](spec)
         else:
             with run_lock(spec):
+                reopened = reopen_databases()  # a killed run's databases, closed while it moved them
+                if reopened:
+                    log(f"databases left closed to sessions by an interrupted run are open again (oids {', '.join(reopened)})")
                 result = STEPS[STEP](spec)
         print(json.dumps({"ok": True, "step": STEP, "seconds": round(time.monotonic() - util.T0, 2), **(result or {})}, sort_keys=True))
         return 0
@@ -51,6 +59,8 @@ def main(argv: list[str]) -> int:
     except subprocess.CalledProcessError as e:
         msg = f"{' '.join(map(str, e.cmd))} exited {e.returncode}: {(e.stderr or '').strip()[-800:]}"
         log(msg)
+        if spec is not None and STEP in WINDOW_STEPS:  # a failed command inside the window: the old version back
+            msg += ". " + safety_net(spec, f"{STEP} failed: {msg}")
         print(json.dumps({"ok": False, "step": STEP, "error": msg}))
         print(f"\njhe-upgrade {STEP} failed: {msg}", file=sys.stderr)
         return 1
@@ -58,7 +68,7 @@ def main(argv: list[str]) -> int:
         import traceback
         traceback.print_exc(file=sys.stderr)
         msg = f"unexpected {type(e).__name__}: {e}."
-        if spec is not None and STEP in ("backup", "migrate", "switch", "health", "finish"):
+        if spec is not None and STEP in WINDOW_STEPS:
             msg += " " + safety_net(spec, f"{STEP} failed: {type(e).__name__}: {e}")
         msg += " Run `pulumi up` again after checking the message above (the steps converge from whatever state the server is in)"
         print(json.dumps({"ok": False, "step": STEP, "error": msg}))

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -107,6 +110,52 @@ def drain(db: str, wait: float = 15.0) -> bool:
         psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                          f"WHERE datname = {sql_literal(db)} AND pid <> pg_backend_pid()")
         time.sleep(0.05)
+
+
+# Databases closed to new sessions while they are copied or renamed, by oid (a rename keeps it): written
+# before they close, so whatever kills the tool, the next run opens them again (reopen_databases).
+CLOSED_FILE = Path("/var/lib/jhe-upgrade/closed-databases.json")
+
+
+def _allow(oid: str, allow: bool) -> None:
+    name = psql("postgres", f"SELECT datname FROM pg_database WHERE oid = {int(oid)}")
+    if name:
+        psql("postgres", f"ALTER DATABASE {quote_ident(name)} WITH ALLOW_CONNECTIONS {'true' if allow else 'false'}")
+
+
+def reopen_databases() -> list[str]:
+    """Databases a killed run left closed to sessions, open again (every step starts with this)."""
+    if not CLOSED_FILE.exists():
+        return []
+    oids = [str(o) for o in json.loads(CLOSED_FILE.read_text() or "[]")]
+    for oid in oids:
+        _allow(oid, True)
+    CLOSED_FILE.unlink()
+    return oids
+
+
+@contextmanager
+def sessions_closed(*dbs: str, wait: float = 15.0) -> Iterator[None]:
+    """No session on `dbs` while a database is copied (TEMPLATE) or renamed: new connections refused
+    (ALLOW_CONNECTIONS false: a cron job, a worker or an admin's psql that reconnects in a loop cannot
+    get in), every session ended, and the move refused if one will not end. Open again afterwards,
+    under whatever name each then has - also after a crash, by the next run."""
+    oids = [o for o in (psql("postgres", f"SELECT oid FROM pg_database WHERE datname = {sql_literal(d)}") for d in dbs) if o]
+    earlier = json.loads(CLOSED_FILE.read_text() or "[]") if CLOSED_FILE.exists() else []
+    CLOSED_FILE.parent.mkdir(parents=True, exist_ok=True)
+    CLOSED_FILE.write_text(json.dumps(sorted(set(map(str, earlier)) | set(oids))))
+    try:
+        for oid in oids:
+            _allow(oid, False)
+        for d in dbs:
+            if db_exists(d) and not drain(d, wait):
+                raise RuntimeError(f"sessions on database {d} did not end within {wait:.0f} s "
+                                   f"({', '.join(map(str, backend_pids(d)))}); it was not moved")
+        yield
+    finally:
+        for oid in oids:
+            _allow(oid, True)
+        CLOSED_FILE.unlink(missing_ok=True)
 
 
 def copy_db_properties(src: str, dst: str) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backup import verify_backup
-from .db import copy_db_properties, db_exists, drain, stamp_name
+from .db import copy_db_properties, db_exists, sessions_closed, stamp_name
 from .spec import Spec
 from .state import save_state
-from .util import log, now, psql, run, sql_literal
+from .util import log, now, psql, run
 
 
 def swap_in(spec: Spec, state: dict, new_db: str, keep_as: str) -> None:
@@ -15,15 +15,15 @@ def swap_in(spec: Spec, state: dict, new_db: str, keep_as: str) -> None:
     second at any size. Recorded first, so recovery (and a re-run) can put the previous one back."""
     state["swap"] = {"previous": keep_as, "in": new_db, "at": now()}
     save_state(spec, state)
-    drain(spec.db_name)
-    psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep_as}"')
-    try:
-        psql("postgres", f'ALTER DATABASE "{new_db}" RENAME TO "{spec.db_name}"')
-    except Exception:
-        psql("postgres", f'ALTER DATABASE "{keep_as}" RENAME TO "{spec.db_name}"')
-        state.pop("swap", None)
-        save_state(spec, state)
-        raise
+    with sessions_closed(spec.db_name, new_db):
+        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep_as}"')
+        try:
+            psql("postgres", f'ALTER DATABASE "{new_db}" RENAME TO "{spec.db_name}"')
+        except Exception:
+            psql("postgres", f'ALTER DATABASE "{keep_as}" RENAME TO "{spec.db_name}"')
+            state.pop("swap", None)
+            save_state(spec, state)
+            raise
     log(f"database {new_db} is now {spec.db_name}; the previous one is kept as {keep_as}")
 
 
@@ -34,10 +34,10 @@ def swap_back(spec: Spec, state: dict) -> str | None:
     if not sw or not db_exists(sw["previous"]):
         return None
     failed = stamp_name(spec.db_name, "failed")
-    drain(spec.db_name)
-    if db_exists(spec.db_name):
-        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{failed}"')
-    psql("postgres", f'ALTER DATABASE "{sw["previous"]}" RENAME TO "{spec.db_name}"')
+    with sessions_closed(spec.db_name, sw["previous"]):
+        if db_exists(spec.db_name):
+            psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{failed}"')
+        psql("postgres", f'ALTER DATABASE "{sw["previous"]}" RENAME TO "{spec.db_name}"')
     state.pop("swap", None)
     for b in [state.get("backup") or {}, *(state.get("backups") or {}).values()]:
         if b.get("keptDatabase") == sw["previous"]:
@@ -52,9 +52,8 @@ def restore_backup(spec: Spec, manifest: dict) -> str:
     dropped. Returns the name it was kept under."""
     verify_backup(manifest)
     keep = stamp_name(spec.db_name, "replaced")
-    psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                     f"WHERE datname = {sql_literal(spec.db_name)} AND pid <> pg_backend_pid()")
-    psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep}"')
+    with sessions_closed(spec.db_name):
+        psql("postgres", f'ALTER DATABASE "{spec.db_name}" RENAME TO "{keep}"')
     try:
         psql("postgres", f'CREATE DATABASE "{spec.db_name}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING \'UTF8\'')
         copy_db_properties(keep, spec.db_name)

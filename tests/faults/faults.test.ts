@@ -8,12 +8,16 @@ import * as path from "path";
 import { Stack } from "@pulumi/pulumi/automation";
 import { engineEnv, ROOT } from "../helpers/engine";
 import { leaveUnset, projectStack, V110_APPLIED, removeStack, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { HostInfo, query, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
-import { lostWrites, Writer } from "../helpers/writer";
+import { HostInfo, query, request, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { AckedWrite, lostByContent, Writer } from "../helpers/writer";
 
 const APP = "/opt/jupyterhealth-exchange";
-interface Row { scenario: string; outcome: string; acked: number; lost: number; seconds: number }
+interface Row {
+    scenario: string; outcome: string; acked: number; lost: number; seconds: number;
+    maintenance503?: number; errors?: number; statuses?: Record<number, number>;
+}
 const table: Row[] = [];
+const allAcked: AckedWrite[] = [];
 
 describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys pinned by Ed25519, a writer running throughout)", function () {
     this.timeout(1_800_000);
@@ -45,8 +49,11 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
             await new Promise((r) => setTimeout(r, 500));
             var report = await w.stop(); // eslint-disable-line no-var
         }
-        const lost = await lostWrites(h, report.acked);
-        table.push({ scenario: name, outcome, acked: report.acked.length, lost: lost.length, seconds: (Date.now() - t0) / 1000 });
+        // By content (code and value), and cumulative: every write acknowledged in any scenario so far.
+        allAcked.push(...report.ackedRows);
+        const lost = await lostByContent(h, allAcked);
+        table.push({ scenario: name, outcome, acked: report.acked.length, lost: lost.length, seconds: (Date.now() - t0) / 1000,
+            maintenance503: report.maintenance503, errors: report.errors, statuses: report.statuses });
         assert.deepStrictEqual(lost, [], `acknowledged writes lost in "${name}"`);
         assert.ok(report.acked.length > 0, "the writer got writes through");
         assert.strictEqual(await serving(), expectServing);
@@ -78,6 +85,23 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     async function rerun() {
         await stack.cancel().catch(() => undefined);
         return stack.up();
+    }
+    /** Runs `script` on the server in the background (bounded by `seconds`), as `user`. */
+    async function background(host: HostInfo, file: string, script: string, seconds: number, user = "root") {
+        // (only the last command in the background: an asynchronous list would read its stdin from /dev/null)
+        await sshOk(host, `cat > ${file} && chmod 0755 ${file} && cd /tmp && { setsid timeout ${seconds} sudo -u ${user} bash ${file} ` +
+            ">/dev/null 2>&1 < /dev/null & }", script);
+    }
+    /** `pulumi up` with a watcher on the server that does `action` (once) as soon as `condition` holds
+     * inside the window; returns whether it fired and how the up ended. */
+    async function upWithFault(condition: string, action: string): Promise<{ fired: boolean; upFailed: boolean }> {
+        await ssh(h, "rm -f /tmp/fault.fired");
+        await background(h, "/tmp/fault-watch.sh",
+            `for i in $(seq 1 12000); do if ${condition}; then ${action}; touch /tmp/fault.fired; exit 0; fi; sleep 0.01; done\n`, 180);
+        let upFailed = false;
+        await stack.up().catch(() => (upFailed = true));
+        await ssh(h, "pkill -f '[f]ault-watch.sh'; true");
+        return { fired: (await ssh(h, "test -e /tmp/fault.fired")).code === 0, upFailed };
     }
 
     it("required env var missing: refused in preflight, nothing changes", async function () {
@@ -147,6 +171,32 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         });
     });
 
+    it("window: a client that reconnects in a loop (a cron job, a worker, an admin's psql) cannot break the snapshot or the swaps", async function () {
+        await scenario("window: a client reconnecting in a loop", "v1.0.0", async () => {
+            // On the server, bounded (150 s): connect to the live database every 50 ms, counting
+            // the sessions that got in and those refused.
+            const loop = "ok=0; no=0; while true; do if psql -X -q -d jhe_production -c 'SELECT pg_sleep(0.2)' >/dev/null 2>&1; " +
+                "then ok=$((ok+1)); else no=$((no+1)); fi; echo \"$ok $no\" > /tmp/reconnect.count; sleep 0.05; done\n";
+            await background(h, "/tmp/reconnect-loop.sh", loop, 150, "postgres");
+            await new Promise((r) => setTimeout(r, 1000));
+            try {
+                await setVersion("v1.1.0");
+                const res = await stack.up();
+                assert.strictEqual(await serving(), "v1.1.0");
+                assert.ok(res.outputs.migration.value.keptDatabase, "the window's snapshot (CREATE DATABASE ... TEMPLATE) was taken");
+                await setVersion("v1.0.0");
+                await stack.up(); // the rollback: two renames
+            } finally {
+                await ssh(h, "pkill -f '[r]econnect-loop.sh'; sleep 0.5");
+            }
+            const [ok, refused] = (await sshOk(h, "cat /tmp/reconnect.count")).trim().split(" ").map(Number);
+            assert.ok(ok > 0 && refused > 0, `sessions in ${ok}, refused ${refused}`);
+            assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE NOT datallowconn AND datname <> 'template0'"), [],
+                "every database open to sessions again");
+            return `upgraded and rolled back; ${refused} connection attempts refused while databases moved, ${ok} got in`;
+        });
+    });
+
     // SIGKILL at six step boundaries, alternating upgrade v1.0.0 -> v1.1.0 and rollback back (both move the database).
     const boundaries: Array<[string, string]> = [
         ["preflight", "v1.1.0"], ["prepare-release", "v1.0.0"], ["backup", "v1.1.0"],
@@ -160,6 +210,42 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
                 const res = await rerun();
                 assert.strictEqual(res.outputs.deployed.value.version, target);
                 return `converged on re-run (${res.outputs.downtimeSeconds.value} s downtime)`;
+            });
+        });
+    }
+
+    // Inside the window: the host tool killed (SIGKILL), gunicorn's master killed, PostgreSQL restarted -
+    // at the moment a watcher on the server sees the window reach each point. Alternating upgrade
+    // v1.0.0 -> v1.1.0 and rollback back (with the writer going, an upgrade migrates in the window).
+    const PAGE = "test -e /var/lib/jhe-upgrade/jhe/maintenance-on";
+    const TOOL = "pkill -9 -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'";
+    const current = (v: string) => `[ "$(readlink /opt/jupyterhealth-exchange/current)" = releases/${v} ]`;
+    const inWindow: Array<[string, string, string, string]> = [
+        ["the host tool killed right after the maintenance page went on", "v1.1.0", PAGE, TOOL],
+        ["the host tool killed right after jhe stopped", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, TOOL],
+        ["the host tool killed during the migration", "v1.1.0", `${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL],
+        ["the host tool killed right after the switch", "v1.0.0", `${PAGE} && ${current("v1.0.0")}`, TOOL],
+        ["gunicorn's master killed during the health gate", "v1.1.0", `${PAGE} && ${current("v1.1.0")} && systemctl is-active -q jhe`,
+            "systemctl kill -s KILL --kill-whom=main jhe"],
+        ["PostgreSQL restarted inside the window", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, "systemctl restart postgresql"],
+    ];
+    for (const [what, target, condition, action] of inWindow) {
+        it(`window: ${what} (to ${target}): a known version serves, with its data, on its own or after a re-run`, async function () {
+            await scenario(`window: ${what} (to ${target})`, target, async () => {
+                const before = await serving();
+                await setVersion(target);
+                const { fired, upFailed } = await upWithFault(condition, action);
+                assert.ok(fired, "the fault happened inside the window");
+                const after = await serving().catch(() => "nothing");
+                if (after === "HTTP 503") {
+                    // the maintenance page answers every method with 503 and Retry-After (a POST too: clients retry)
+                    const post = await request(h, "POST", "/fhir/r5/Observation", { subject: { reference: "Patient/1" } });
+                    assert.deepStrictEqual([post.status, post.headers["retry-after"]], [503, "30"]);
+                }
+                const res = await rerun();
+                assert.strictEqual(res.outputs.deployed.value.version, target);
+                const meanwhile = after === target ? `${target} (new)` : after === before ? `${before} (old)` : `${after} (the maintenance page)`;
+                return `${upFailed ? "up failed" : "up succeeded"}; meanwhile ${meanwhile}; re-run converged (${res.outputs.downtimeSeconds.value} s downtime)`;
             });
         });
     }
@@ -298,9 +384,9 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
 function printTable() {
     if (!table.length) return;
     const lines = [
-        "| scenario | outcome | acknowledged writes | lost writes | time (s) |",
-        "|---|---|---|---|---|",
-        ...table.map((r) => `| ${r.scenario} | ${r.outcome} | ${r.acked} | ${r.lost} | ${r.seconds.toFixed(1)} |`),
+        "| scenario | outcome | acknowledged writes | lost writes (by content, every scenario so far) | writer: 503 (maintenance) / other errors | time (s) |",
+        "|---|---|---|---|---|---|",
+        ...table.map((r) => `| ${r.scenario} | ${r.outcome} | ${r.acked} | ${r.lost} | ${r.maintenance503 ?? "-"} / ${r.errors ?? "-"}${r.errors ? ` (${Object.entries(r.statuses ?? {}).map(([s, n]) => `${s === "0" ? "no answer" : s}: ${n}`).join(", ")})` : ""} | ${r.seconds.toFixed(1)} |`),
     ];
     const text = lines.join("\n");
     fs.mkdirSync(path.join(ROOT, ".cache"), { recursive: true });

@@ -69,13 +69,17 @@ export async function serverFingerprint(h: HostInfo): Promise<Record<string, unk
          systemctl is-active jhe; ls /backups/jhe 2>/dev/null | tr '\\n' ' '; echo
          test -e /var/lib/jhe-upgrade/jhe/maintenance-on && echo maintenance-on || echo maintenance-off`,
     );
+    // Every table of the live database, by count and content, and the list of databases (a kept, staged
+    // or restored database appearing or going is a change too).
     const tables: Record<string, unknown> = {};
-    for (const t of ["core_patient", "core_observation", "django_migrations"]) {
+    const names = (await query<{ t: string }>(h, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).map((r) => r.t);
+    for (const t of names) {
         const [r] = await query<{ n: string; c: string }>(
-            h, `SELECT count(*) AS n, md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))) AS c FROM ${t} x`);
+            h, `SELECT count(*) AS n, md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))) AS c FROM "${t.replace(/"/g, '""')}" x`);
         tables[t] = `${r.n}:${r.c}`;
     }
-    return { files, tables };
+    const databases = (await query<{ d: string }>(h, "SELECT datname AS d FROM pg_database WHERE NOT datistemplate ORDER BY 1")).map((r) => r.d);
+    return { files, tables, databases };
 }
 
 /** End of a suite: the stack's files go, the server goes, and nothing of it is left on this machine. */

@@ -3,17 +3,28 @@
 // can prove that every acknowledged write is in the database afterwards.
 import { HostInfo, query, request } from "./testhost";
 
+/** An acknowledged write and what it said: checked by content, not only by id. */
+export interface AckedWrite {
+    id: number;
+    code: string;
+    value: number;
+}
+
 export interface WriterReport {
     acked: number[];
+    ackedRows: AckedWrite[];
     maintenance503: number;
     errors: number;
+    /** Other answers by status (0: no answer), e.g. 502 while gunicorn is down outside a window. */
+    statuses: Record<number, number>;
     attempts: number;
 }
 
 export class Writer {
     private running = false;
     private loop?: Promise<void>;
-    private report: WriterReport = { acked: [], maintenance503: 0, errors: 0, attempts: 0 };
+    private report: WriterReport = { acked: [], ackedRows: [], maintenance503: 0, errors: 0, statuses: {}, attempts: 0 };
+    private readonly tag = `w${Date.now().toString(36)}`;
     private fhir = "/fhir/r5/Observation";
 
     constructor(private readonly h: HostInfo, private readonly patientId = 1, private readonly perSecond = 10, private readonly maxSeconds = 600) {}
@@ -34,7 +45,9 @@ export class Writer {
 
     private async once(i: number): Promise<void> {
         this.report.attempts++;
-        const body = { subject: { reference: `Patient/${this.patientId}` }, code: { coding: [{ code: `w${i}` }] }, valueQuantity: { value: i } };
+        const code = `${this.tag}-${i}`;
+        const value = i + 0.25;
+        const body = { subject: { reference: `Patient/${this.patientId}` }, code: { coding: [{ code }] }, valueQuantity: { value } };
         try {
             let r = await request(this.h, "POST", this.fhir, body, 5000);
             if (r.status === 404 && r.body.includes("<")) {
@@ -42,12 +55,21 @@ export class Writer {
                 this.fhir = this.fhir === "/fhir/r5/Observation" ? "/FHIR/R5/Observation" : "/fhir/r5/Observation";
                 r = await request(this.h, "POST", this.fhir, body, 5000);
             }
-            if (r.status === 201) this.report.acked.push(Number(JSON.parse(r.body).id));
+            if (r.status === 201) {
+                const id = Number(JSON.parse(r.body).id);
+                this.report.acked.push(id);
+                this.report.ackedRows.push({ id, code, value });
+            }
             else if (r.status === 503) this.report.maintenance503++;
-            else this.report.errors++;
+            else this.other(r.status);
         } catch {
-            this.report.errors++;
+            this.other(0);
         }
+    }
+
+    private other(status: number): void {
+        this.report.errors++;
+        this.report.statuses[status] = (this.report.statuses[status] ?? 0) + 1;
     }
 
     async stop(): Promise<WriterReport> {
@@ -55,6 +77,15 @@ export class Writer {
         await this.loop;
         return this.report;
     }
+}
+
+/** Acknowledged writes whose row is missing or no longer says what was written (code and value). */
+export async function lostByContent(h: HostInfo, writes: AckedWrite[]): Promise<number[]> {
+    if (!writes.length) return [];
+    const rows = await query<{ id: string; code: string; value: number }>(
+        h, "SELECT id, code, value FROM core_observation WHERE id = ANY($1::bigint[])", [writes.map((w) => w.id)]);
+    const have = new Map(rows.map((r) => [Number(r.id), r]));
+    return writes.filter((w) => have.get(w.id)?.code !== w.code || Number(have.get(w.id)?.value) !== w.value).map((w) => w.id);
 }
 
 /** Acknowledged ids that are not in the database. */
