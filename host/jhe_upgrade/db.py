@@ -205,9 +205,10 @@ def kept_name(spec: Spec, frm: str | None) -> str:
 
 def live_marker(db: str) -> dict:
     """Where "written since" starts: a transaction id taken just before a release starts serving (every
-    row written after has a newer xmin), with the cluster it belongs to."""
+    row written after has a newer xmin), with the cluster it belongs to, and the tables' write counters
+    then (a later rollback compares only the tables whose counters moved)."""
     xid, sysid = psql(db, "SELECT txid_current() % 4294967296, (SELECT system_identifier FROM pg_control_system())").split("|")
-    return {"xid": int(xid), "cluster": sysid}
+    return {"xid": int(xid), "cluster": sysid, "marks": table_marks(db)}
 
 
 def ensure_postgres() -> None:
