@@ -29,11 +29,15 @@ def pg_major() -> int:
     return int(psql("postgres", "SHOW server_version_num")) // 10000
 
 
+def public_tables(db: str) -> list[str]:
+    return [t for t in psql(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines() if t]
+
+
 def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
     """Exact row counts of every table of the database's public schema (every app's, Django's own
     too), in one statement: one consistent snapshot."""
     db = db or spec.db_name
-    tables = [t for t in psql(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines() if t]
+    tables = public_tables(db)
     if not tables:
         return {}
     sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)

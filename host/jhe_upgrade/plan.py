@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
-from .envfile import HINTS, TOOL_WRITTEN, env_added, env_missing, parse_env
+from .envfile import HINTS, env_added, env_missing, parse_env
 from .gitrepo import tag_exists
 from .release import release_knows_all_migrations, release_migrations
 from .spec import Spec
@@ -72,7 +72,7 @@ def step_plan(spec: Spec) -> dict:
         facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name))
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
-    facts["configured"] = (set(live) - set(spec.env_unset)) | set(spec.env) | set(spec.secret_env) | set(TOOL_WRITTEN)
+    facts["configured"] = set(live) | set(spec.env) | set(spec.secret_env)  # (env_missing leaves out envUnset and TOOL_WRITTEN)
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)

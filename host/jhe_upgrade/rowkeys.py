@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from .db import public_tables, table_marks
 from .spec import Spec
 from .util import psql, quote_ident, sql_literal
 
@@ -16,9 +17,8 @@ INTEGER_TYPES = {"smallint", "integer", "bigint"}
 SCHEMA_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
 
 
-def q(name: str) -> str:
-    """A table or column name in SQL, whatever it holds (quoted; the database's names are data)."""
-    return quote_ident(name)
+# A table or column name in SQL, whatever it holds (quoted; the database's names are data).
+q = quote_ident
 
 
 def regclass(table: str) -> str:
@@ -62,10 +62,6 @@ def columns(db: str, table: str) -> list[str]:
                     f"AND table_name = {sql_literal(table)} AND is_generated = 'NEVER' ORDER BY ordinal_position").splitlines()
 
 
-def tables(db: str) -> list[str]:
-    return [t for t in psql(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines() if t]
-
-
 def keys(db: str, table: str, expr: str, where: str = "true") -> set[str]:
     return set(psql(db, f"SELECT {expr} FROM {q(table)} WHERE {where}").splitlines())
 
@@ -106,9 +102,8 @@ def column_renames(release: Path, undone: list[str]) -> dict[str, dict[str, str]
 
 
 def deletion_counters(db: str) -> dict[str, int]:
-    """PostgreSQL's count of rows deleted per table (pg_stat_user_tables.n_tup_del)."""
-    rows = psql(db, "SELECT relname, n_tup_del FROM pg_stat_user_tables WHERE schemaname = 'public'")
-    return {t: int(n) for t, n in (line.rsplit("|", 1) for line in rows.splitlines() if line)}
+    """PostgreSQL's count of rows deleted per table (n_tup_del, one of the tables' write marks)."""
+    return {t: int(m[2]) for t, m in table_marks(db).items()}
 
 
 def migration_deletions(pre_db: str | None, post_db: str, before: dict[str, int], after: dict[str, int],
@@ -117,7 +112,7 @@ def migration_deletions(pre_db: str | None, post_db: str, before: dict[str, int]
     their keys then compared with the database as it was before (`pre_db`; None: counts only). Keys
     are written to out_dir/<table>.keys; returns table -> {count, keysFile}."""
     out: dict[str, dict] = {}
-    pre_tables = set(tables(pre_db)) if pre_db else set()
+    pre_tables = set(public_tables(pre_db)) if pre_db else set()
     for t in sorted(k for k, n in after.items() if n > before.get(k, 0)):
         entry: dict = {"count": after[t] - before.get(t, 0), "keysFile": None}
         out[t] = entry
