@@ -41,11 +41,21 @@ def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
     os.chmod(spec.backup_dir, 0o710)
     d.mkdir(mode=0o700)
     shutil.chown(d, "postgres", "postgres")
+    try:
+        manifest = _write_backup(spec, d, frm, to, db)
+    except OSError as e:  # no room for the checksum, a config file or the manifest
+        raise dump_failed(spec.backup_dir, d, str(e)) from e
+    log(f"backup {d} ({manifest['bytes']} bytes, sha256 {manifest['sha256'][:12]}…, {manifest['seconds']} s)")
+    return manifest
+
+
+def _write_backup(spec: Spec, d: Path, frm: str, to: str, db: str) -> dict:
+    """The dump, its checksum, the config files and the manifest, into `d`."""
     t = time.monotonic()
     dump = d / "db.dump"
     p = run(["pg_dump", "-Fc", "-Z", "1", "-f", str(dump), db], user="postgres", cwd="/", check=False)
     if p.returncode != 0:
-        raise RuntimeError(f"pg_dump failed: {p.stderr.strip()[-400:]}")
+        raise dump_failed(spec.backup_dir, d, p.stderr)
     os.chmod(dump, 0o600)
     digest = sha256_file(dump)
     write_private(d / "db.dump.sha256", f"{digest}  db.dump\n")
@@ -67,8 +77,28 @@ def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
         "files": copied, "seconds": round(time.monotonic() - t, 2), "owner": spec.owner,
     }
     write_private(d / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    log(f"backup {d} ({manifest['bytes']} bytes, sha256 {digest[:12]}…, {manifest['seconds']} s)")
     return manifest
+
+
+class BackupFailed(RuntimeError):
+    """The dump could not be written; what it had written is gone, nothing else changed."""
+
+
+def dump_failed(backup_dir: Path, d: Path, stderr: str) -> BackupFailed:
+    """A failed pg_dump: its partial file removed (it restores nothing and holds the space), and a
+    message that says what filled up when that was the cause."""
+    dump = d / "db.dump"
+    written = dump.stat().st_size if dump.exists() else 0
+    shutil.rmtree(d, ignore_errors=True)
+    err = stderr.strip()[-400:]
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        u = shutil.disk_usage(backup_dir)
+        return BackupFailed(
+            f"the backup could not be written: {backup_dir} filled up during the dump ({written / 2**20:.1f} MiB "
+            f"of it written; {u.free / 2**20:.1f} MiB of {u.total / 2**20:.0f} MiB free now that the partial dump "
+            f"is removed). Free space there, or set jhe:backupDir to a directory on a larger filesystem, then run "
+            f"`pulumi up` again (pg_dump: {err})")
+    return BackupFailed(f"pg_dump failed ({err}); the partial dump was removed")
 
 
 def verify_backup(manifest: dict) -> None:
@@ -109,8 +139,12 @@ def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | N
         log(f"no room in {data_dir} for a snapshot copy of {db_bytes // 2**20} MiB: the backup is a pg_dump in the window")
         return None
     t = time.monotonic()
+    drop_unfinished_snapshot(spec, state)
     name = kept_name(spec, frm)
     strategy = " STRATEGY FILE_COPY" if pg_major() >= 15 else ""
+    # Named in the state first: a run killed while the copy is made leaves a copy the next run knows.
+    state["snapshotPending"] = {"name": name, "window": state["window"]["id"]}
+    save_state(spec, state)
     with sessions_closed(spec.db_name):
         psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
     copy_db_properties(spec.db_name, name)
@@ -119,9 +153,25 @@ def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | N
          "seconds": round(time.monotonic() - t, 2)}
     state["backup"] = b
     state["swap"] = {"previous": name, "in": None, "at": now(), "snapshot": True}
+    state.pop("snapshotPending", None)
     save_state(spec, state)
     log(f"snapshot {name} of {spec.db_name} ({db_bytes // 2**20} MiB, {b['seconds']} s); its dump is written after the window")
     return b
+
+
+def drop_unfinished_snapshot(spec: Spec, state: dict) -> None:
+    """A snapshot copy begun in this window by a run that was killed: it copies the live database,
+    which nothing has changed since (the window's migration comes after its backup), so it goes and
+    a new one is made. One from another window is only named in the log (kept)."""
+    p = state.pop("snapshotPending", None)
+    if not p or not db_exists(p["name"]) or p["name"] == spec.db_name:
+        return
+    if p.get("window") != state["window"]["id"] or not db_exists(spec.db_name):
+        log(f"database {p['name']} is a snapshot copy an interrupted run began in another window; it is kept")
+        return
+    with sessions_closed(p["name"]):
+        psql("postgres", f'DROP DATABASE "{p["name"]}"')
+    log(f"the snapshot copy {p['name']} an interrupted run began is dropped; a new one is made of the unchanged database")
 
 
 def prune_kept_databases(spec: Spec, state: dict, keep: int = 2) -> list[str]:

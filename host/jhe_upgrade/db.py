@@ -215,6 +215,17 @@ def live_marker(db: str) -> dict:
     return {"xid": int(xid), "cluster": sysid, "marks": table_marks(db)}
 
 
+def wait_ready(seconds: float) -> bool:
+    """Waits (bounded) until PostgreSQL accepts connections: after a crash it restarts on its own and
+    refuses sessions while it recovers. True when it does."""
+    deadline = time.monotonic() + seconds
+    while run(["pg_isready", "-q"], check=False, quiet=True).returncode != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def ensure_postgres() -> None:
     if run(["pg_isready", "-q"], check=False, quiet=True).returncode != 0:
         raise Refusal("PostgreSQL is not running on the server (pg_isready failed): start it "

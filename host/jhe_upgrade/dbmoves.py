@@ -27,6 +27,18 @@ def swap_in(spec: Spec, state: dict, new_db: str, keep_as: str) -> None:
     log(f"database {new_db} is now {spec.db_name}; the previous one is kept as {keep_as}")
 
 
+def finish_interrupted_swap(spec: Spec, state: dict) -> bool:
+    """A run killed between swap_in's two renames left no database under the live name: the one being
+    swapped in takes it, as the killed run was doing. True when it did."""
+    sw = state.get("swap") or {}
+    if not sw.get("in") or db_exists(spec.db_name) or not db_exists(sw["in"]) or not db_exists(sw.get("previous", "")):
+        return False
+    with sessions_closed(sw["in"]):
+        psql("postgres", f'ALTER DATABASE "{sw["in"]}" RENAME TO "{spec.db_name}"')
+    log(f"an interrupted swap is finished: {sw['in']} is {spec.db_name}; the previous one is kept as {sw['previous']}")
+    return True
+
+
 def swap_back(spec: Spec, state: dict) -> str | None:
     """Undoes this window's swap: the database it replaced serves again under the live name; the one
     that had taken its place is kept (renamed, never dropped). Returns that name, None if no swap."""

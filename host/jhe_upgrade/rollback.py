@@ -5,7 +5,7 @@ import datetime as dt
 import time
 
 from .db import applied_migrations, db_exists, row_counts, stamp_name
-from .dbmoves import restore_backup, swap_in
+from .dbmoves import finish_interrupted_swap, restore_backup, swap_in
 from .recovery import recover
 from .replay import replay_rows
 from .rowkeys import column_renames
@@ -24,6 +24,7 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
     entry: dict = next((b for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), {})
     kept_a = entry.get("keptDatabase")
     how = "backup"
+    finish_interrupted_swap(spec, state)
     if (state.get("swap") or {}).get("in") and db_exists(state["swap"]["previous"]):
         kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
     elif kept_a and db_exists(kept_a) and sorted(applied_migrations(spec, kept_a)) == sorted(pre.get("appliedMigrations") or []) \

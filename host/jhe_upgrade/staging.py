@@ -6,9 +6,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from .backup import take_backup, verify_backup
-from .db import applied_migrations, aux_name, copy_db_properties, data_dir_free, db_exists, drain, kept_name, table_marks, tables_written
-from .dbmoves import swap_back, swap_in
+from .backup import BackupFailed, take_backup, verify_backup
+from .db import (
+    applied_migrations,
+    aux_name,
+    copy_db_properties,
+    data_dir_free,
+    db_exists,
+    drain,
+    kept_name,
+    table_marks,
+    tables_written,
+    wait_ready,
+)
+from .dbmoves import finish_interrupted_swap, swap_back, swap_in
 from .recovery import end_failed_move
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
@@ -57,7 +68,11 @@ def ensure_backup_ahead(spec: Spec, state: dict, frm: str | None, to: str) -> di
         verify_ahead(spec, state, frm, to, b)
         return b
     marks = table_marks(spec.db_name)
-    b = take_backup(spec, frm or "none", to)
+    try:
+        b = take_backup(spec, frm or "none", to)
+    except BackupFailed as e:
+        drop_staged(spec, state)
+        raise refuse_unchanged(spec, state, frm, str(e)) from e
     b.update(window=None, ahead=True, marks=marks)
     verify_backup(b)
     state["backup"] = b
@@ -95,16 +110,13 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     state["staged"] = st
     save_state(spec, state)
     t = time.monotonic()
-    enc = psql("postgres", f"SELECT pg_encoding_to_char(encoding) || '|' || datcollate || '|' || datctype "
-                           f"FROM pg_database WHERE datname = {sql_literal(spec.db_name)}").split("|")
-    psql("postgres", f'CREATE DATABASE "{sdb}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING {sql_literal(enc[0])} '
-                     f"LC_COLLATE {sql_literal(enc[1])} LC_CTYPE {sql_literal(enc[2])}")
-    copy_db_properties(spec.db_name, sdb)
-    p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", sdb, str(Path(b["path"]) / b["dump"])],
-            user="postgres", cwd="/", check=False)
-    if p.returncode != 0:
+    try:
+        restore_copy(spec, sdb, Path(b["path"]) / b["dump"])
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        err = f"{e} {getattr(e, 'stderr', None) or ''}"
+        wait_ready(60)  # PostgreSQL restarts itself if it could not write its log (a full disk)
         drop_staged(spec, state)
-        raise RuntimeError(f"pg_restore into the staged copy failed: {p.stderr.strip()[-400:]}")
+        raise refuse_unchanged(spec, state, frm, restore_failed(err)) from e
     st["restoreSeconds"] = round(time.monotonic() - t, 2)
     before = set(applied_migrations(spec, sdb))
     counters = deletion_counters(sdb)
@@ -133,6 +145,38 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     save_state(spec, state)
     log(f"staged copy {sdb} migrated ({len(applied)} migrations, {st['migrateSeconds']} s) while {frm} serves")
     return st
+
+
+def restore_copy(spec: Spec, sdb: str, dump: Path) -> None:
+    """The staged copy: a new database like the live one, the dump restored into it."""
+    enc = psql("postgres", f"SELECT pg_encoding_to_char(encoding) || '|' || datcollate || '|' || datctype "
+                           f"FROM pg_database WHERE datname = {sql_literal(spec.db_name)}").split("|")
+    psql("postgres", f'CREATE DATABASE "{sdb}" OWNER "{spec.db_user}" TEMPLATE template0 ENCODING {sql_literal(enc[0])} '
+                     f"LC_COLLATE {sql_literal(enc[1])} LC_CTYPE {sql_literal(enc[2])}")
+    copy_db_properties(spec.db_name, sdb)
+    p = run(["pg_restore", "-j", "2", "--no-owner", "--role", spec.db_user, "-d", sdb, str(dump)],
+            user="postgres", cwd="/", check=False)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.strip() or f"pg_restore exited {p.returncode}")  # whole: the first error is the cause
+
+
+def restore_failed(err: str) -> str:
+    """Why the staged copy could not be made, and what to do (said plainly when the disk filled)."""
+    if "No space left on device" in err or "could not extend file" in err:
+        data_dir, free = data_dir_free()
+        return (f"the PostgreSQL data directory {data_dir} filled up while the backup was restored into the staged copy "
+                f"({free / 2**20:.0f} MiB free now that the copy is dropped). Free space there, or set "
+                f"jhe:migrationStrategy to in-window (the migration then runs on the live database in the window and "
+                f"needs no copy), then run `pulumi up` again (PostgreSQL: {_pg_error(err)})")
+    return f"restoring the backup into the staged copy failed: {_pg_error(err)}"
+
+
+def _pg_error(err: str) -> str:
+    """The error that says why: a full disk when one is named (the errors after it are its consequences,
+    e.g. a foreign key whose index could not be built), else the first error."""
+    lines = [l.strip() for l in err.splitlines() if "ERROR" in l or "error:" in l or "FATAL" in l or "PANIC" in l]
+    lines = [l for l in lines if "No space left" in l] or lines
+    return (lines[0] if lines else err.strip().splitlines()[-1] if err.strip() else "(no output)")[:300]
 
 
 def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str) -> Refusal:
@@ -165,8 +209,7 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
     st = state.get("staged") or {}
     sw = state.get("swap") or {}
     if st and sw.get("in") == st.get("db"):  # a re-run after an interruption around the renames
-        if db_exists(sw["previous"]) and not db_exists(spec.db_name):
-            psql("postgres", f'ALTER DATABASE "{sw["in"]}" RENAME TO "{spec.db_name}"')
+        finish_interrupted_swap(spec, state)
         if db_exists(sw["previous"]) and not db_exists(sw["in"]):
             return _staged_swapped(spec, state, frm, to, sw["previous"])
         state.pop("swap", None)

@@ -14,7 +14,7 @@ import { AckedWrite, lostByContent, Writer } from "../helpers/writer";
 const APP = "/opt/jupyterhealth-exchange";
 interface Row {
     scenario: string; outcome: string; acked: number; lost: number; seconds: number;
-    maintenance503?: number; errors?: number; statuses?: Record<number, number>;
+    maintenance503?: number; errors?: number; statuses?: Record<number, number>; gap?: number;
 }
 const table: Row[] = [];
 const allAcked: AckedWrite[] = [];
@@ -53,7 +53,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         allAcked.push(...report.ackedRows);
         const lost = await lostByContent(h, allAcked);
         table.push({ scenario: name, outcome, acked: report.acked.length, lost: lost.length, seconds: (Date.now() - t0) / 1000,
-            maintenance503: report.maintenance503, errors: report.errors, statuses: report.statuses });
+            maintenance503: report.maintenance503, errors: report.errors, statuses: report.statuses, gap: report.longestGapSeconds });
         assert.deepStrictEqual(lost, [], `acknowledged writes lost in "${name}"`);
         assert.ok(report.acked.length > 0, "the writer got writes through");
         assert.strictEqual(await serving(), expectServing);
@@ -94,14 +94,15 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     }
     /** `pulumi up` with a watcher on the server that does `action` (once) as soon as `condition` holds
      * inside the window; returns whether it fired and how the up ended. */
-    async function upWithFault(condition: string, action: string): Promise<{ fired: boolean; upFailed: boolean }> {
+    async function upWithFault(condition: string, action: string): Promise<{ fired: boolean; upFailed: boolean; error: string }> {
         await ssh(h, "rm -f /tmp/fault.fired");
         await background(h, "/tmp/fault-watch.sh",
             `for i in $(seq 1 12000); do if ${condition}; then ${action}; touch /tmp/fault.fired; exit 0; fi; sleep 0.01; done\n`, 180);
         let upFailed = false;
-        await stack.up().catch(() => (upFailed = true));
+        let error = "";
+        await stack.up().catch((e: Error) => { upFailed = true; error = e.message; });
         await ssh(h, "pkill -f '[f]ault-watch.sh'; true");
-        return { fired: (await ssh(h, "test -e /tmp/fault.fired")).code === 0, upFailed };
+        return { fired: (await ssh(h, "test -e /tmp/fault.fired")).code === 0, upFailed, error };
     }
 
     it("required env var missing: refused in preflight, nothing changes", async function () {
@@ -137,6 +138,36 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
             return "refused in preflight";
         });
         await sshOk(h, "umount /srv/small");
+    });
+
+    /** Fills the filesystem of `dir` (a small one the test mounted) to all but `leaveKiB`: a file named `filler` in it. */
+    const fill = (dir: string, leaveKiB: number) =>
+        `fallocate -l $(( $(df --output=avail -k ${dir} | tail -1) * 1024 - ${leaveKiB * 1024} )) ${dir}/filler`;
+
+    it("backup filesystem fills up during the dump: refused with the filesystem named, the partial dump removed, the old version never stops", async function () {
+        // A filesystem with room for the preflight's estimate (database + 300 MiB) that something else
+        // then fills while pg_dump writes (another backup, a log, a copy an operator makes).
+        const dbMiB = Number(await sshOk(h, "sudo -u postgres psql -tAc \"SELECT pg_database_size('jhe_production') / 1048576\"")) + 1;
+        await sshOk(h, `mkdir -p /srv/bfull && mount -t tmpfs -o size=${dbMiB + 330}m tmpfs /srv/bfull`);
+        try {
+            await scenario("backup filesystem fills up during the dump", "v1.0.0", async () => {
+                await stack.setConfig("jhe:backupDir", { value: "/srv/bfull/jhe" });
+                await setVersion("v1.1.0");
+                const { fired, upFailed, error: err } = await upWithFault("pgrep -x pg_dump >/dev/null", fill("/srv/bfull", 64));
+                assert.ok(fired && upFailed, `the disk filled during the dump (fired ${fired}) and the up failed (${upFailed})`);
+                assert.match(err, /the backup could not be written: \/srv\/bfull\/jhe filled up during the dump \([\d.]+ MiB of it written; [\d.]+ MiB of \d+ MiB free now that the partial dump is removed\)\. Free space there, or set jhe:backupDir/);
+                assert.match(err, /Nothing on the server changed: v1\.0\.0 kept serving throughout/);
+                assert.deepStrictEqual((await sshOk(h, "ls -A /srv/bfull/jhe")).trim(), "", "no partial dump left");
+                assert.match(await sshOk(h, "tail -n 12 /opt/jupyterhealth-exchange/UPGRADE_LOG.md"), /## Refused: upgrade v1\.0\.0 -> v1\.1\.0[\s\S]*filled up during the dump/);
+                await sshOk(h, "rm -f /srv/bfull/filler");
+                await stack.removeConfig("jhe:backupDir");
+                await setVersion("v1.0.0");
+                await stack.up(); // the stack back to the default layout (nothing to do on the server)
+                return "refused before the window; partial dump removed; v1.0.0 served throughout";
+            });
+        } finally {
+            await ssh(h, "umount /srv/bfull");
+        }
     });
 
     it("PostgreSQL stopped: refused in preflight with a clear message; serving resumes when it is back", async function () {
@@ -220,9 +251,18 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     const PAGE = "test -e /var/lib/jhe-upgrade/jhe/maintenance-on";
     const TOOL = "pkill -9 -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'";
     const current = (v: string) => `[ "$(readlink /opt/jupyterhealth-exchange/current)" = releases/${v} ]`;
+    // A database is being copied or renamed: the tool has closed it to new sessions (the list of them,
+    // written first, is copied when the kill lands, to show it landed inside the move).
+    const CLOSED = "/var/lib/jhe-upgrade/closed-databases.json";
+    const IN_MOVE = `${PAGE} && test -e ${CLOSED}`;
+    const TOOL_IN_MOVE = `${TOOL}; cp ${CLOSED} /tmp/fault.closed`;
     const inWindow: Array<[string, string, string, string]> = [
         ["the host tool killed right after the maintenance page went on", "v1.1.0", PAGE, TOOL],
         ["the host tool killed right after jhe stopped", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, TOOL],
+        // With the writer going, an upgrade's staged copy is dropped and the window takes a snapshot
+        // (CREATE DATABASE ... TEMPLATE); a rollback swaps the kept database back in by two renames.
+        ["the host tool killed during the snapshot", "v1.1.0", IN_MOVE, TOOL_IN_MOVE],
+        ["the host tool killed during the swap", "v1.0.0", IN_MOVE, TOOL_IN_MOVE],
         ["the host tool killed during the migration", "v1.1.0", `${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL],
         ["the host tool killed right after the switch", "v1.0.0", `${PAGE} && ${current("v1.0.0")}`, TOOL],
         ["gunicorn's master killed during the health gate", "v1.1.0", `${PAGE} && ${current("v1.1.0")} && systemctl is-active -q jhe`,
@@ -234,8 +274,14 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
             await scenario(`window: ${what} (to ${target})`, target, async () => {
                 const before = await serving();
                 await setVersion(target);
+                await ssh(h, "rm -f /tmp/fault.closed");
                 const { fired, upFailed } = await upWithFault(condition, action);
                 assert.ok(fired, "the fault happened inside the window");
+                const inMove = action === TOOL_IN_MOVE;
+                if (inMove) {
+                    const closed = JSON.parse(await sshOk(h, "cat /tmp/fault.closed"));
+                    assert.ok(closed.length > 0, "killed while a database was closed to sessions (inside the move)");
+                }
                 const after = await serving().catch(() => "nothing");
                 if (after === "HTTP 503") {
                     // the maintenance page answers every method with 503 and Retry-After (a POST too: clients retry)
@@ -244,8 +290,11 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
                 }
                 const res = await rerun();
                 assert.strictEqual(res.outputs.deployed.value.version, target);
+                assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE NOT datallowconn AND datname <> 'template0'"), [],
+                    "every database open to sessions again");
                 const meanwhile = after === target ? `${target} (new)` : after === before ? `${before} (old)` : `${after} (the maintenance page)`;
-                return `${upFailed ? "up failed" : "up succeeded"}; meanwhile ${meanwhile}; re-run converged (${res.outputs.downtimeSeconds.value} s downtime)`;
+                return `${inMove ? "killed with the database closed to sessions; " : ""}${upFailed ? "up failed" : "up succeeded"}; ` +
+                    `meanwhile ${meanwhile}; re-run converged${inMove ? ", databases open again" : ""} (${res.outputs.downtimeSeconds.value} s downtime)`;
             });
         });
     }
@@ -373,6 +422,36 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         table.push({ scenario: "config fuzz (unsafe values refused)", outcome: "refused before any step, key named", acked: 0, lost: 0, seconds: 0 });
     });
 
+    // Last: it moves PostgreSQL's data onto a small filesystem for the rest of the server's life.
+    it("data directory fills up during the staged restore: refused with the directory named, the copy dropped, the old version never stops; converges once there is room", async function () {
+        // The cluster on a filesystem with room for the staged copy as the plan estimates it (twice the
+        // database + 300 MiB), which something else then fills while the backup is restored into the copy.
+        const dbMiB = Number(await sshOk(h, "sudo -u postgres psql -tAc \"SELECT pg_database_size('jhe_production') / 1048576\"")) + 1;
+        await sshOk(h, `set -e; systemctl stop postgresql
+            for i in $(seq 100); do ls /var/lib/postgresql/*/main/postmaster.pid >/dev/null 2>&1 || break; sleep 0.1; done
+            used=$(du -sm /var/lib/postgresql | cut -f1)
+            mkdir /srv/pg-move; cp -a /var/lib/postgresql/. /srv/pg-move/
+            mount -t tmpfs -o size=$((used + ${2 * dbMiB + 360}))m,mode=0755 tmpfs /var/lib/postgresql
+            cp -a /srv/pg-move/. /var/lib/postgresql/; rm -rf /srv/pg-move
+            systemctl start postgresql; for i in $(seq 100); do pg_isready -q && break; sleep 0.1; done`);
+        await scenario("data directory fills up during the staged restore", "v1.1.0", async () => {
+            await setVersion("v1.1.0");
+            // Filled as pg_restore starts writing into the staged copy, leaving 1 MiB.
+            const { fired, upFailed, error } = await upWithFault(
+                `grep -q '"phase": "restoring"' ${APP}/.jhe-upgrade/state.json`,
+                `for i in $(seq 400); do pgrep -x pg_restore >/dev/null && break; sleep 0.005; done; ${fill("/var/lib/postgresql", 1024)}`);
+            assert.ok(fired && upFailed, `the disk filled during the restore (fired ${fired}) and the up failed (${upFailed})`);
+            assert.match(error, /the PostgreSQL data directory \/var\/lib\/postgresql\/\d+\/main filled up while the backup was restored into the staged copy \(\d+ MiB free now that the copy is dropped\)\. Free space there, or set jhe:migrationStrategy to in-window/);
+            assert.match(error, /Nothing on the server changed: v1\.0\.0 kept serving throughout/);
+            assert.strictEqual(await serving(), "v1.0.0");
+            assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "the copy is dropped");
+            await sshOk(h, "rm -f /var/lib/postgresql/filler");
+            const res = await stack.up();
+            assert.strictEqual(res.outputs.deployed.value.version, "v1.1.0");
+            return `refused while v1.0.0 served; copy dropped; with room again, up converged (${res.outputs.downtimeSeconds.value} s downtime)`;
+        });
+    });
+
     /** The server's fingerprint without core_observation, which the writer keeps changing meanwhile. */
     async function serverFingerprintStable() {
         const f = await serverFingerprint(h);
@@ -384,9 +463,9 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
 function printTable() {
     if (!table.length) return;
     const lines = [
-        "| scenario | outcome | acknowledged writes | lost writes (by content, every scenario so far) | writer: 503 (maintenance) / other errors | time (s) |",
-        "|---|---|---|---|---|---|",
-        ...table.map((r) => `| ${r.scenario} | ${r.outcome} | ${r.acked} | ${r.lost} | ${r.maintenance503 ?? "-"} / ${r.errors ?? "-"}${r.errors ? ` (${Object.entries(r.statuses ?? {}).map(([s, n]) => `${s === "0" ? "no answer" : s}: ${n}`).join(", ")})` : ""} | ${r.seconds.toFixed(1)} |`),
+        "| scenario | outcome | acknowledged writes | lost writes (by content, every scenario so far) | writer: 503 (maintenance) / other errors | downtime the writer saw (s) | time (s) |",
+        "|---|---|---|---|---|---|---|",
+        ...table.map((r) => `| ${r.scenario} | ${r.outcome} | ${r.acked} | ${r.lost} | ${r.maintenance503 ?? "-"} / ${r.errors ?? "-"}${r.errors ? ` (${Object.entries(r.statuses ?? {}).map(([s, n]) => `${s === "0" ? "no answer" : s}: ${n}`).join(", ")})` : ""} | ${r.gap === undefined ? "-" : r.gap.toFixed(1)} | ${r.seconds.toFixed(1)} |`),
     ];
     const text = lines.join("\n");
     fs.mkdirSync(path.join(ROOT, ".cache"), { recursive: true });

@@ -18,12 +18,15 @@ export interface WriterReport {
     /** Other answers by status (0: no answer), e.g. 502 while gunicorn is down outside a window. */
     statuses: Record<number, number>;
     attempts: number;
+    /** Downtime as the writer saw it: the longest stretch (s) in which none of its writes was acknowledged. */
+    longestGapSeconds: number;
 }
 
 export class Writer {
     private running = false;
     private loop?: Promise<void>;
-    private report: WriterReport = { acked: [], ackedRows: [], maintenance503: 0, errors: 0, statuses: {}, attempts: 0 };
+    private report: WriterReport = { acked: [], ackedRows: [], maintenance503: 0, errors: 0, statuses: {}, attempts: 0, longestGapSeconds: 0 };
+    private lastAck = 0;
     private readonly tag = `w${Date.now().toString(36)}`;
     private fhir = "/fhir/r5/Observation";
 
@@ -31,6 +34,7 @@ export class Writer {
 
     start(): this {
         this.running = true;
+        this.lastAck = Date.now();
         const deadline = Date.now() + this.maxSeconds * 1000;
         const gap = 1000 / this.perSecond;
         this.loop = (async () => {
@@ -59,6 +63,7 @@ export class Writer {
                 const id = Number(JSON.parse(r.body).id);
                 this.report.acked.push(id);
                 this.report.ackedRows.push({ id, code, value });
+                this.gap();
             }
             else if (r.status === 503) this.report.maintenance503++;
             else this.other(r.status);
@@ -72,9 +77,16 @@ export class Writer {
         this.report.statuses[status] = (this.report.statuses[status] ?? 0) + 1;
     }
 
+    private gap(): void {
+        const now = Date.now();
+        this.report.longestGapSeconds = Math.max(this.report.longestGapSeconds, (now - this.lastAck) / 1000);
+        this.lastAck = now;
+    }
+
     async stop(): Promise<WriterReport> {
         this.running = false;
         await this.loop;
+        this.gap(); // a stretch without acknowledgement that lasted to the end counts too
         return this.report;
     }
 }
