@@ -10,7 +10,7 @@ import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
 import { leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { adminLogin, dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
@@ -165,10 +165,15 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.strictEqual(await health(), "v1.1.0");
     });
 
-    it("with the variable (and a secret) set, v1.2.0 upgrades; no secret appears in any output, state, log or process list", async function () {
+    it("with the variable (and secrets) set, v1.2.0 upgrades; no secret appears in any output, event, state file, journal, log, host state file or process list", async function () {
         const token = `tok-${Math.random().toString(36).slice(2)}-Zq9`;
+        const dbPassword = `db-${crypto.randomBytes(9).toString("base64url")}-Pw4`;
+        const adminPassword = `adm-${crypto.randomBytes(9).toString("base64url")}-Kx2`;
         await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Test Hospital" }, true);
         await stack.setConfig("jhe:secretEnv.JHE_API_TOKEN", { value: token, secret: true }, true);
+        await stack.setConfig("jhe:dbPassword", { value: dbPassword, secret: true });
+        await stack.setConfig("jhe:adminEmail", { value: "ops@example.org" });
+        await stack.setConfig("jhe:adminPassword", { value: adminPassword, secret: true });
         // A multi-line PEM key as JHE's OIDC_RSA_PRIVATE_KEY (made now, never committed), set as from a file.
         const oidc = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }).toString().trim();
         await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: oidc, secret: true }, true);
@@ -199,18 +204,37 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const deps = res.outputs.dependencies.value;
         assert.strictEqual(deps.exact, true);
         assert.ok(deps.pipCheck.some((p: string) => /pyopenssl 24\.2\.1 has requirement cryptography<44.*48\.0\.1/i.test(p)), JSON.stringify(deps.pipCheck));
-        const stateFiles = fs.readdirSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe"))
-            .map((f) => fs.readFileSync(path.join(STATE_DIR, ".pulumi", "stacks", "jhe", f), "utf8"));
+        // The new database password is in use (the app serves with it) and the superuser logs in.
+        assert.strictEqual((await dotenvValues(h, `${APP}/current/.env`)).DB_PASSWORD, dbPassword);
+        assert.strictEqual((await adminLogin(h, "ops@example.org", adminPassword)).status, 302, "the superuser logs in with the stack's password");
+        const secrets: Record<string, string[]> = {
+            "jhe:secretEnv.JHE_API_TOKEN": [token], "jhe:dbPassword": [dbPassword], "jhe:adminPassword": [adminPassword],
+            "jhe:sshPrivateKey (a line of it)": key, "jhe:secretEnv.OIDC_RSA_PRIVATE_KEY (a line of it)": oidc.split("\n").slice(1, -1),
+        };
+        // Every file of the state backend this stack has: its checkpoint, history, checkpoint backups, lock.
+        const stateFiles = walk(path.join(STATE_DIR, ".pulumi")).filter((f) => f.includes(stack.name) || !/[\\/](stacks|history|backups|locks)[\\/]/.test(f));
+        assert.ok(stateFiles.some((f) => f.includes(`${path.sep}history${path.sep}`)) && stateFiles.some((f) => f.includes(`${path.sep}backups${path.sep}`)),
+            "the state backend's history and backups are searched too");
         const places: Record<string, string> = {
             preview: pre.stdout + pre.stderr, up: text + res.stdout + res.stderr, events: events.join("\n"),
-            state: stateFiles.join("\n"), processes: ps.join("\n"),
+            "the state backend": stateFiles.map((f) => fs.readFileSync(f, "utf8")).join("\n"), "the server's process list": ps.join("\n"),
         };
         assert.ok(ps.length > 3, `process list sampled ${ps.length} times`);
         for (const [where, content] of Object.entries(places)) {
-            assert.ok(!content.includes(token), `the secret env value appears in ${where}`);
-            for (const line of key) assert.ok(!content.includes(line), `a line of the SSH private key appears in ${where}`);
-            for (const line of oidc.split("\n").slice(1, -1)) assert.ok(!content.includes(line), `a line of the OIDC key appears in ${where}`);
+            for (const [name, values] of Object.entries(secrets)) {
+                for (const v of values) assert.ok(!content.includes(v), `${name} appears in ${where}`);
+            }
         }
+        // On the server, searched there (the values go over stdin into a private file, never onto a command line):
+        // the journal, UPGRADE_LOG.md, the host tool's state and run files.
+        const patterns = Object.values(secrets).flat().join("\n") + "\n";
+        const found = await sshOk(h, `umask 077; f=$(mktemp); cat > "$f"
+            { journalctl --no-pager -o cat | grep -qF -f "$f" && echo "the server's journal"
+              grep -rlF -f "$f" ${APP}/UPGRADE_LOG.md ${APP}/.jhe-upgrade /var/lib/jhe-upgrade /usr/local/lib/jhe-upgrade /run/jhe-upgrade* 2>/dev/null; } || true
+            rm -f "$f"`, patterns);
+        assert.strictEqual(found.trim(), "", `a secret appears on the server in: ${found.trim()}`);
+        // ... and the places where they must be: the release's .env (0600 to the app user) and the backups' copies of it.
+        assert.match(await sshOk(h, `stat -c '%a %U' ${APP}/current/.env`), /^600 /);
     });
 
     it("v2.0.0: Pipfile -> pyproject + uv.lock and the renamed env example are handled", async function () {
@@ -260,3 +284,8 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.strictEqual(await health(), "v2.0.0");
     });
 });
+
+/** Every file under `dir`. */
+function walk(dir: string): string[] {
+    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+}
