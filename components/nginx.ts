@@ -6,6 +6,7 @@ import * as command from "@pulumi/command";
 import { selfSignedCert } from "./commands";
 import { JheConfig } from "./config";
 import { JheHost } from "./host";
+import { HANDOVER_BIND } from "./systemd";
 
 export interface SiteArgs {
     appRoot: string;
@@ -66,7 +67,13 @@ server {
         if (-f ${m}/maintenance-on) {
             return 503;
         }
-        proxy_pass http://${a.upstream ?? "127.0.0.1:8000"};
+        # Hand-over: while ${m}/next-on exists the release booted in the hand-over unit answers (set
+        # and cleared by the upgrade; per request, no reload; requests under way finish where they are).
+        set $jhe_backend ${a.upstream ?? "127.0.0.1:8000"};
+        if (-f ${m}/next-on) {
+            set $jhe_backend ${HANDOVER_BIND};
+        }
+        proxy_pass http://$jhe_backend;
         proxy_set_header Host $host;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;

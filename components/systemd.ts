@@ -16,11 +16,29 @@ export interface UnitArgs {
     bind?: string;
 }
 
+/** Where the hand-over unit listens: nginx sends requests there while its flag is set (see NginxSite). */
+export const HANDOVER_BIND = "127.0.0.1:8001";
+
+/** The service: gunicorn from `current`, started at boot. */
 export function renderUnit(a: UnitArgs): string {
     const cur = `${a.appRoot.replace(/\/$/, "")}/current`;
+    return unitText(a, cur, a.bind ?? "127.0.0.1:8000", "JupyterHealth Exchange (gunicorn)", true);
+}
+
+/**
+ * The hand-over unit, `<service>-next@<tag>.service`: the same gunicorn from `releases/<tag>` on its
+ * own port. The host tool boots a release in it before the maintenance window (so the window holds
+ * no boot), routes nginx to it for the switch, and stops it once the service runs that release.
+ */
+export function renderHandoverUnit(a: UnitArgs): string {
+    const rel = `${a.appRoot.replace(/\/$/, "")}/releases/%I`;
+    return unitText(a, rel, HANDOVER_BIND, "JupyterHealth Exchange %I (gunicorn, hand-over)", false);
+}
+
+function unitText(a: UnitArgs, root: string, bind: string, description: string, boot: boolean): string {
     return `# Managed by jhe-upgrade (Pulumi). Local edits are replaced on the next \`pulumi up\`.
 [Unit]
-Description=JupyterHealth Exchange (gunicorn)
+Description=${description}
 After=network-online.target postgresql.service
 Wants=postgresql.service
 
@@ -28,8 +46,8 @@ Wants=postgresql.service
 Type=exec
 User=${a.appUser}
 Group=${a.appGroup}
-WorkingDirectory=${cur}
-ExecStart=${cur}/venv/bin/gunicorn jhe.wsgi:application --bind ${a.bind ?? "127.0.0.1:8000"} --workers ${a.workers ?? 3} --timeout 60 --graceful-timeout 20
+WorkingDirectory=${root}
+ExecStart=${root}/venv/bin/gunicorn jhe.wsgi:application --bind ${bind} --workers ${a.workers ?? 3} --timeout 60 --graceful-timeout 20
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=30
@@ -39,7 +57,7 @@ UMask=0027
 # Hardening (systemd-analyze security ${a.serviceName})
 NoNewPrivileges=yes
 ProtectSystem=strict
-ReadWritePaths=${cur}/
+ReadWritePaths=${root}/
 ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
@@ -62,10 +80,7 @@ SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-
-[Install]
-WantedBy=multi-user.target
-`;
+${boot ? "\n[Install]\nWantedBy=multi-user.target\n" : ""}`;
 }
 
 /**
@@ -93,6 +108,14 @@ export class SystemdService extends pulumi.ComponentResource {
         this.unitPath = `/etc/systemd/system/${l.serviceName}.service`;
         const svc = quote([l.serviceName]);
         const current = quote([`${l.appRoot.replace(/\/$/, "")}/current`]);
+        const handoverPath = `/etc/systemd/system/${l.serviceName}-next@.service`;
+        const handover = host.file("handover-unit",
+            renderHandoverUnit({ appRoot: l.appRoot, appUser: l.appUser, appGroup: l.appGroup, serviceName: l.serviceName }), {
+                path: handoverPath,
+                mode: "0644",
+                validate: verifyUnit(handoverPath),
+                onChange: "systemctl daemon-reload",
+            }, { parent: this, dependsOn: host.ready });
         this.install = host.file("unit", unit, {
             path: this.unitPath,
             mode: "0644",
@@ -102,7 +125,7 @@ export class SystemdService extends pulumi.ComponentResource {
                 // A running service (e.g. an adopted in-place install) moves to the new unit now;
                 // a bare server starts once a release exists.
                 `if systemctl is-active -q ${svc}; then systemctl restart ${svc}; elif [ -e ${current} ]; then systemctl start ${svc}; fi`,
-        }, { parent: this, dependsOn: host.ready });
-        this.registerOutputs({ unitPath: this.unitPath });
+        }, { parent: this, dependsOn: [...host.ready, handover] }); // (what waits for the unit waits for both)
+        this.registerOutputs({ unitPath: this.unitPath, handoverUnitPath: handoverPath });
     }
 }

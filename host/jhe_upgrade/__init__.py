@@ -17,8 +17,9 @@ The package, one module per concern, bottom to top:
     requirements           dependencies and version checks
     db, rowkeys,           PostgreSQL facts; rows by key (every key type, renamed columns, migrations' deletions);
     backup, dbmoves        dumps and snapshots; swaps and restores by rename
-    window, health,        maintenance page and service; health gate and smoke tests;
-    upgradelog, release    UPGRADE_LOG.md; releases/<tag>
+    health, window,        health gate and smoke tests; maintenance page and service;
+    upgradelog, release,   UPGRADE_LOG.md; releases/<tag>;
+    handover               the release booted before the window in <service>-next@<tag>
     recovery, staging,     the old version back after a failure; the staged copy;
     replay, rollback       rows written on the newer version; the rollback
     plan, provision, steps the read-only plan; user/database/adoption; the upgrade steps in order

@@ -9,6 +9,7 @@ import time
 
 from . import util
 from .db import reopen_databases
+from .handover import settle_handover
 from .plan import step_plan
 from .provision import step_adopt, step_superuser
 from .recovery import safety_net
@@ -48,6 +49,9 @@ def main(argv: list[str]) -> int:
                 reopened = reopen_databases()  # a killed run's databases, closed while it moved them
                 if reopened:
                     log(f"databases left closed to sessions by an interrupted run are open again (oids {', '.join(reopened)})")
+                problem = settle_handover(spec)  # a run killed while the hand-over unit served
+                if problem:
+                    log(problem)
                 result = STEPS[STEP](spec)
         print(json.dumps({"ok": True, "step": STEP, "seconds": round(time.monotonic() - util.T0, 2), **(result or {})}, sort_keys=True))
         return 0

@@ -11,10 +11,12 @@ from .spec import Spec
 from .util import run
 
 OIDC_KEYS = "/o/.well-known/jwks.json"
+MAIN_PORT = 8000  # the service's gunicorn (the unit's --bind)
+NEXT_PORT = 8001  # the hand-over unit's (components/systemd.ts HANDOVER_BIND)
 
 
-def _get(spec: Spec, path: str) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:8000{path}", headers={"Host": spec.site_host})
+def _get(spec: Spec, path: str, port: int = MAIN_PORT) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": spec.site_host})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read(4096).decode(errors="replace")
@@ -22,12 +24,12 @@ def _get(spec: Spec, path: str) -> tuple[int, str]:
         return e.code, e.read(2048).decode(errors="replace")
 
 
-def oidc_keys(spec: Spec, expect_key: bool = False) -> dict:
+def oidc_keys(spec: Spec, expect_key: bool = False, port: int = MAIN_PORT) -> dict:
     """JHE's OIDC signing keys (django-oauth-toolkit): a 5xx means the OIDC_RSA_PRIVATE_KEY the app read
     is unusable, no key (while its .env sets one) that the app did not get it - either way every OIDC
     login fails while /health stays green. 404: this version serves no OIDC."""
     try:
-        code, body = _get(spec, OIDC_KEYS)
+        code, body = _get(spec, OIDC_KEYS, port)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
         return {"ok": False, "detail": f"{OIDC_KEYS}: {e}"}
     if code == 404:
@@ -45,7 +47,7 @@ def oidc_keys(spec: Spec, expect_key: bool = False) -> dict:
     return {"ok": True, "status": 200, "keys": n}
 
 
-def health(spec: Spec, tag: str, timeout: float) -> dict:
+def health(spec: Spec, tag: str, timeout: float, port: int = MAIN_PORT) -> dict:
     """/health (must report `tag` where it reports a version), else /admin/ 200/302, straight at
     gunicorn with the site's Host header (JHE derives ALLOWED_HOSTS from SITE_URL); then the OIDC
     signing keys, where the version serves them."""
@@ -56,7 +58,7 @@ def health(spec: Spec, tag: str, timeout: float) -> dict:
     while time.monotonic() < deadline:
         for path in ("/health", "/admin/"):
             try:
-                code, body = _get(spec, path)
+                code, body = _get(spec, path, port)
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
                 last = f"{path}: {e}"
                 break  # not listening yet
@@ -71,21 +73,21 @@ def health(spec: Spec, tag: str, timeout: float) -> dict:
                     if v and v != tag:
                         last = f"/health reports version {v}, expected {tag}"
                         break
-                    return _with_oidc(spec, expect_key, {"ok": True, "check": "/health", "status": code, "version": v})
+                    return _with_oidc(spec, expect_key, {"ok": True, "check": "/health", "status": code, "version": v}, port)
                 last = f"/health answered {code}"
                 if code >= 500:
                     return {"ok": False, "check": "/health", "status": code, "detail": last}
                 break
             if code in (200, 302):
-                return _with_oidc(spec, expect_key, {"ok": True, "check": "/admin/", "status": code})
+                return _with_oidc(spec, expect_key, {"ok": True, "check": "/admin/", "status": code}, port)
             last = f"/admin/ answered {code}"
             break
         time.sleep(0.2)
     return {"ok": False, "detail": last}
 
 
-def _with_oidc(spec: Spec, expect_key: bool, h: dict) -> dict:
-    o = oidc_keys(spec, expect_key)
+def _with_oidc(spec: Spec, expect_key: bool, h: dict, port: int) -> dict:
+    o = oidc_keys(spec, expect_key, port)
     h["oidc"] = {k: v for k, v in o.items() if k != "ok"}
     if not o["ok"]:
         h.update(ok=False, detail=o["detail"])

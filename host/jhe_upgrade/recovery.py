@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .dbmoves import restore_backup, swap_back
+from .handover import end_handover, next_flag
 from .health import health
 from .release import release_ready, switch_current
 from .spec import Spec
@@ -15,6 +16,9 @@ def recover(spec: Spec, state: dict, frm: str | None, reason: str, restore_db: b
     """Puts the old version back serving: code (`current`), database (from this window's backup when
     migrations ran), service, maintenance off. Returns what was done, for the error message."""
     done = []
+    if next_flag(spec).exists():
+        done.append("nginx back to the service")
+    end_handover(spec)  # the release booted for the switch goes; the old one is started below
     failed_db = swap_back(spec, state) if restore_db else None
     if failed_db:
         done.append(f"database {spec.db_name} as it was before the window, by rename (the replaced one kept as {failed_db})")

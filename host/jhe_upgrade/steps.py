@@ -24,7 +24,8 @@ from .backup import ensure_backup, prune_kept_databases, take_backup, verify_bac
 from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, set_db_password
 from .envfile import env_added, env_problems, target_env
 from .gitrepo import fetch_tags, tag_exists, tag_tree
-from .health import health, smoke_test
+from .handover import boot_next, next_unit, restart_through_next, route_to_next, settle_handover
+from .health import NEXT_PORT, health, smoke_test
 from .plan import migration_delta
 from .recovery import fail_health, recover
 from .release import build_release, prune_releases, release_dependencies, release_migrations, switch_current
@@ -35,7 +36,7 @@ from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log, finish_entry
-from .util import Refusal, error_summary, now, run, write_private
+from .util import Refusal, error_summary, log, now, run, write_private
 from .window import close_window, open_window, service_active, start_service
 
 
@@ -161,16 +162,30 @@ def step_prepare(spec: Spec) -> dict:
         if old == env_file.read_text():
             return {"release": str(spec.release(to)), "configChanged": False}
         t = time.monotonic()
-        run(["systemctl", "restart", spec.service])
-        h = health(spec, to, spec.health_timeout)
-        if not h["ok"]:
+        # The new settings tried first in the hand-over unit, while the service keeps serving with the old.
+        h = boot_next(spec, to)
+        if h is not None and not h["ok"]:
             write_private(env_file, old or "", spec.app_user, spec.app_group)
+            raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); the previous .env "
+                          f"is back, and {to} served with it throughout (the new settings were tried in {h['unit']})")
+        if h is not None:
+            problem = restart_through_next(spec)
+            if problem:
+                raise Refusal(problem)
+            downtime = "none (the settings were tried, then served, by the hand-over unit while the service restarted)"
+        else:
             run(["systemctl", "restart", spec.service])
-            raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); "
-                          f"the previous .env is back and {to} restarted with it")
+            h = health(spec, to, spec.health_timeout)
+            if not h["ok"]:
+                write_private(env_file, old or "", spec.app_user, spec.app_group)
+                run(["systemctl", "restart", spec.service])
+                raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); "
+                              f"the previous .env is back and {to} restarted with it")
+            downtime = f"restart, {round(time.monotonic() - t, 2)} s"
         append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
-                         f"**Downtime:** restart, {round(time.monotonic() - t, 2)} s\n")
-        return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2)}
+                         f"**Downtime:** {downtime}\n")
+        return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2),
+                "handover": h.get("unit")}
     set_db_password(spec)
     info = build_release(spec, to, target_env(spec, to))
     return {"release": str(spec.release(to)), **info}
@@ -209,8 +224,16 @@ def step_migrate(spec: Spec) -> dict:
         if not (state.get("backup") or {}).get("ahead"):
             ensure_backup_ahead(spec, state, frm, to)
         migrate_copy(spec, state, frm, to)
+    # The release boots now, in the hand-over unit, while the old one serves (not on a re-run inside a
+    # window that is open already: the window then boots it, as without a hand-over unit).
+    booted = boot_next(spec, to) if not state.get("window") else None
+    if booted and not booted["ok"]:
+        log(f"{to} is booted in the window instead (a release may need its migrations to start)")
+        booted = None
     open_window(spec, state)
     result: dict = {"strategy": tgt.get("strategy", "in-window")}
+    if booted:
+        result["bootedBeforeWindow"] = {"unit": next_unit(spec, to), "seconds": booted.get("bootSeconds")}
     if tgt.get("strategy") == "staged":
         if staged and use_staged(spec, state, frm, to):
             result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds")}
@@ -229,7 +252,7 @@ def step_migrate(spec: Spec) -> dict:
     result["keptDatabase"] = (state.get("backup") or {}).get("keptDatabase")
     result["applied"] = state["migrated"].get("applied", [])
     result["migrateSeconds"] = state["migrated"].get("seconds")
-    result["cutover"] = cutover(spec, state, frm, to)
+    result["cutover"] = cutover(spec, state, frm, to, booted)
     return result
 
 
@@ -258,23 +281,35 @@ def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     return {}
 
 
-def cutover(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
-    """`current` -> the new release, restart, health gate, maintenance off. On a failed health check
-    the old version comes back (code, database if it changed, config) and the step fails."""
+def cutover(spec: Spec, state: dict, frm: str | None, to: str, booted: dict | None = None) -> dict:
+    """`current` -> the new release; nginx to the release booted before the window (else the service
+    restarted with it), health gate, maintenance off; then, outside the window, the service takes the
+    release over from the hand-over unit. On a failed health check the old version comes back (code,
+    database if it changed, config) and the step fails."""
     t = time.monotonic()
     switch_current(spec, to)
     if service_active(spec):
         run(["systemctl", "stop", spec.service])
     since = live_marker(spec.db_name)  # rows written from here on are the new version's
-    start_service(spec)
-    h = health(spec, to, spec.health_timeout)
+    if booted:
+        route_to_next(spec, True)
+        h = health(spec, to, spec.health_timeout, port=NEXT_PORT)
+    else:
+        start_service(spec)
+        h = health(spec, to, spec.health_timeout)
     if not h["ok"]:
         fail_health(spec, state, frm, to, h)
     seconds = close_window(spec, state)
     state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now(),
-                        "since": since}
+                        "since": since, "handover": bool(booted)}
     save_state(spec, state)
-    return {"current": to, "health": h, "windowSeconds": seconds, "seconds": state["cutover"]["seconds"]}
+    out = {"current": to, "health": h, "windowSeconds": seconds, "seconds": state["cutover"]["seconds"]}
+    if booted:
+        problem = settle_handover(spec)
+        if problem:
+            raise Refusal(problem)
+        out["handedOverSeconds"] = round(time.monotonic() - t - seconds, 2)
+    return out
 
 
 def step_switch(spec: Spec) -> dict:

@@ -1,9 +1,11 @@
-"""The maintenance window: page on, app stopped, sessions ended; and closed again."""
+"""The maintenance window: page on, app stopped (at once: no graceful wait), sessions ended; and closed again."""
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+from .health import MAIN_PORT
 from .spec import Spec
 from .state import save_state, take_lock
 from .util import now, psql, run, sql_literal
@@ -21,8 +23,7 @@ def open_window(spec: Spec, state: dict) -> None:
         save_state(spec, state)
     spec.maintenance_dir.mkdir(parents=True, exist_ok=True)
     spec.maintenance_flag.touch()
-    if service_active(spec):
-        run(["systemctl", "stop", spec.service])
+    stop_now(spec)
     psql("postgres", f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                      f"WHERE datname = {sql_literal(spec.db_name)} AND pid <> pg_backend_pid()")
 
@@ -38,3 +39,32 @@ def close_window(spec: Spec, state: dict) -> float:
 
 def start_service(spec: Spec) -> None:
     run(["systemctl", "start", spec.service])
+
+
+def connections_to(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> int:
+    """Established TCP connections to a local port (nginx opens one per proxied request)."""
+    n = 0
+    for table in tables:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 3 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+def stop_now(spec: Spec, drain: float = 3.0) -> None:
+    """Once the maintenance page is up: the requests under way finish (bounded by `drain`), then the
+    service's processes go at once - no graceful shutdown to wait for."""
+    if not service_active(spec):
+        return
+    deadline = time.monotonic() + drain
+    while connections_to(MAIN_PORT) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run(["systemctl", "stop", "--no-block", spec.service])  # a stop job: no Restart= while it runs
+    run(["systemctl", "kill", "--signal=SIGKILL", spec.service], check=False)
+    run(["systemctl", "stop", spec.service])
+    run(["systemctl", "reset-failed", spec.service], check=False, quiet=True)

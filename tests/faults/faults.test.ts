@@ -265,8 +265,10 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         ["the host tool killed during the swap", "v1.0.0", IN_MOVE, TOOL_IN_MOVE],
         ["the host tool killed during the migration", "v1.1.0", `${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL],
         ["the host tool killed right after the switch", "v1.0.0", `${PAGE} && ${current("v1.0.0")}`, TOOL],
-        ["gunicorn's master killed during the health gate", "v1.1.0", `${PAGE} && ${current("v1.1.0")} && systemctl is-active -q jhe`,
-            "systemctl kill -s KILL --kill-whom=main jhe"],
+        // The release booted before the window (in the hand-over unit) loses its gunicorn master inside the
+        // window, before the health gate that sends users to it.
+        ["gunicorn's master (the release booted for the switch) killed before its health gate", "v1.1.0",
+            `${PAGE} && systemctl is-active -q jhe-next@v1.1.0`, "systemctl kill -s KILL --kill-whom=main jhe-next@v1.1.0"],
         ["PostgreSQL restarted inside the window", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, "systemctl restart postgresql"],
     ];
     for (const [what, target, condition, action] of inWindow) {

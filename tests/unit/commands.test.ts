@@ -10,7 +10,7 @@ import { quote } from "shell-quote";
 import { installFile, installTool, privileged, toolStep } from "../../components/commands";
 import { renderSite } from "../../components/nginx";
 import { fingerprint, planCommand } from "../../components/plan";
-import { renderUnit, verifyUnit } from "../../components/systemd";
+import { renderHandoverUnit, renderUnit, verifyUnit } from "../../components/systemd";
 
 const sh = (cmd: string, stdin = "") => spawnSync("/bin/sh", ["-c", cmd], { input: stdin, encoding: "utf8" });
 
@@ -115,6 +115,21 @@ describe("rendered unit and site", function () {
         assert.ok(Number(m![1]) <= 2.0, `exposure ${m![1]}`);
     });
 
+    it("the hand-over unit runs a given release on its own port, as hardened, and never at boot", function () {
+        const u = renderHandoverUnit(unitArgs);
+        assert.match(u, /^WorkingDirectory=\/opt\/jupyterhealth-exchange\/releases\/%I$/m);
+        assert.match(u, /^ExecStart=\/opt\/jupyterhealth-exchange\/releases\/%I\/venv\/bin\/gunicorn jhe\.wsgi:application --bind 127\.0\.0\.1:8001 /m);
+        assert.match(u, /^ReadWritePaths=\/opt\/jupyterhealth-exchange\/releases\/%I\/$/m);
+        assert.doesNotMatch(u, /\[Install\]|WantedBy=/);
+        // The same service otherwise: every line but the release's path, port, description and [Install].
+        const same = (t: string) => t.split("\n").filter((l) => !/current|%I|--bind|^Description=|^\[Install\]|^WantedBy=|^$/.test(l));
+        assert.deepStrictEqual(same(u), same(renderUnit(unitArgs)));
+        const file = path.join(dir, "jhe-next@.service");
+        fs.writeFileSync(file, u);
+        const v = sh(verifyUnit(file));
+        assert.strictEqual(v.status, 0, v.stdout + v.stderr);
+    });
+
     it("verifyUnit() fails on a broken unit", function () {
         const file = path.join(dir, "broken.service");
         fs.writeFileSync(file, "[Service]\nExecStart=relative/path\nType=nonsense\n");
@@ -127,6 +142,8 @@ describe("rendered unit and site", function () {
         assert.match(s, /Strict-Transport-Security/);
         assert.match(s, /alias \/opt\/jupyterhealth-exchange\/current\/staticfiles\/;/);
         assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/maintenance-on\) \{\s*return 503;/);
+        // the hand-over: a flag file sends requests to the release booted for the switch, per request
+        assert.match(s, /set \$jhe_backend 127\.0\.0\.1:8000;\s*if \(-f \/var\/lib\/jhe-upgrade\/jhe\/next-on\) \{\s*set \$jhe_backend 127\.0\.0\.1:8001;\s*\}\s*proxy_pass http:\/\/\$jhe_backend;/);
         assert.match(s, /return 301 https:\/\/\$host\$request_uri;/);
         assert.match(s, /server_name jhe\.example\.org;/);
     });

@@ -99,7 +99,8 @@ describe("program graph (mocks)", function () {
         for (let i = 1; i < names.length; i++) assert.deepStrictEqual(named(resources, names[i]).dependsOn, [names[i - 1]]);
         assert.deepStrictEqual(named(resources, "adopt").dependsOn, ["host-tool"]);
         assert.deepStrictEqual(named(resources, "host-tool").dependsOn, ["system-packages"]);
-        assert.deepStrictEqual(named(resources, "unit").dependsOn, ["system-packages", "host-tool", "adopt"]);
+        assert.deepStrictEqual(named(resources, "unit").dependsOn, ["system-packages", "host-tool", "adopt", "handover-unit"]);
+        assert.deepStrictEqual(named(resources, "handover-unit").dependsOn, ["system-packages", "host-tool", "adopt"]);
     });
 
     it("puts the target version in every versioned step's triggers, and only there", async function () {
