@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .db import (
 )
 from .spec import Spec
 from .state import live_root, register_backup, save_state
-from .util import log, now, psql, run, sha256_file, write_private
+from .util import log, now, psql, quote_ident, run, sha256_file, sql_literal, write_private
 
 
 def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
@@ -43,8 +44,8 @@ def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
     shutil.chown(d, "postgres", "postgres")
     try:
         manifest = _write_backup(spec, d, frm, to, db)
-    except OSError as e:  # no room for the checksum, a config file or the manifest
-        raise dump_failed(spec.backup_dir, d, str(e)) from e
+    except (OSError, subprocess.CalledProcessError) as e:  # no room for the checksum, a config file, the manifest
+        raise dump_failed(spec.backup_dir, d, f"{e} {getattr(e, 'stderr', None) or ''}") from e
     log(f"backup {d} ({manifest['bytes']} bytes, sha256 {manifest['sha256'][:12]}…, {manifest['seconds']} s)")
     return manifest
 
@@ -93,12 +94,13 @@ def dump_failed(backup_dir: Path, d: Path, stderr: str) -> BackupFailed:
     err = stderr.strip()[-400:]
     if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
         u = shutil.disk_usage(backup_dir)
+        full = "filled up" if "No space left on device" in stderr else "reached its disk quota"
         return BackupFailed(
-            f"the backup could not be written: {backup_dir} filled up during the dump ({written / 2**20:.1f} MiB "
+            f"the backup could not be written: {backup_dir} {full} during the dump ({written / 2**20:.1f} MiB "
             f"of it written; {u.free / 2**20:.1f} MiB of {u.total / 2**20:.0f} MiB free now that the partial dump "
             f"is removed). Free space there, or set jhe:backupDir to a directory on a larger filesystem, then run "
             f"`pulumi up` again (pg_dump: {err})")
-    return BackupFailed(f"pg_dump failed ({err}); the partial dump was removed")
+    return BackupFailed(f"the backup could not be written ({err}); what it had written was removed")
 
 
 def verify_backup(manifest: dict) -> None:
@@ -133,13 +135,13 @@ def ensure_backup(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
 def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | None:
     """CREATE DATABASE ... TEMPLATE the live one: a copy at file speed, taken with nobody connected.
     Recorded as this window's swap, so recovery brings it back by rename. None without room for it."""
+    drop_unfinished_snapshot(spec, state)  # first: its space counts as free
     db_bytes = db_size(spec.db_name)
     data_dir, free = data_dir_free()
     if free < db_bytes + 300 * 2**20:
         log(f"no room in {data_dir} for a snapshot copy of {db_bytes // 2**20} MiB: the backup is a pg_dump in the window")
         return None
     t = time.monotonic()
-    drop_unfinished_snapshot(spec, state)
     name = kept_name(spec, frm)
     strategy = " STRATEGY FILE_COPY" if pg_major() >= 15 else ""
     # Named in the state first: a run killed while the copy is made leaves a copy the next run knows.
@@ -164,7 +166,13 @@ def drop_unfinished_snapshot(spec: Spec, state: dict) -> None:
     which nothing has changed since (the window's migration comes after its backup), so it goes and
     a new one is made. One from another window is only named in the log (kept)."""
     p = state.pop("snapshotPending", None)
-    if not p or not db_exists(p["name"]) or p["name"] == spec.db_name:
+    if not p or p["name"] == spec.db_name:
+        return
+    # The killed run's psql died with it, not its server process: a copy still being made is cancelled
+    # (an unfinished CREATE DATABASE leaves nothing behind) before it can commit unrecorded.
+    if cancel_create(p["name"]):
+        log(f"the snapshot copy {p['name']} an interrupted run had begun was still being made: cancelled")
+    if not db_exists(p["name"]):
         return
     if p.get("window") != state["window"]["id"] or not db_exists(spec.db_name):
         log(f"database {p['name']} is a snapshot copy an interrupted run began in another window; it is kept")
@@ -172,6 +180,19 @@ def drop_unfinished_snapshot(spec: Spec, state: dict) -> None:
     with sessions_closed(p["name"]):
         psql("postgres", f'DROP DATABASE "{p["name"]}"')
     log(f"the snapshot copy {p['name']} an interrupted run began is dropped; a new one is made of the unchanged database")
+
+
+def cancel_create(name: str, wait: float = 30.0) -> bool:
+    """Ends a CREATE DATABASE of `name` still running (its client is gone) and waits for it to end.
+    True when there was one."""
+    q = (f"FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query ILIKE "
+         f"{sql_literal('CREATE DATABASE ' + quote_ident(name) + '%')}")
+    if psql("postgres", f"SELECT count(*) {q}") == "0":
+        return False
+    deadline = time.monotonic() + wait
+    while psql("postgres", f"SELECT count(pg_terminate_backend(pid)) {q}") != "0" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
 
 
 def prune_kept_databases(spec: Spec, state: dict, keep: int = 2) -> list[str]:

@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import util
+from .backup import BackupFailed
 from .db import reopen_databases
 from .handover import settle_handover
 from .plan import step_plan
@@ -60,8 +61,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"ok": False, "step": STEP, "error": str(e)}))
         print(f"\njhe-upgrade {STEP}: {e}", file=sys.stderr)
         return 1
-    except subprocess.CalledProcessError as e:
-        msg = f"{' '.join(map(str, e.cmd))} exited {e.returncode}: {(e.stderr or '').strip()[-800:]}"
+    except (subprocess.CalledProcessError, BackupFailed) as e:
+        msg = (f"{' '.join(map(str, e.cmd))} exited {e.returncode}: {(e.stderr or '').strip()[-800:]}"
+               if isinstance(e, subprocess.CalledProcessError) else str(e))
         log(msg)
         if spec is not None and STEP in WINDOW_STEPS:  # a failed command inside the window: the old version back
             msg += ". " + safety_net(spec, f"{STEP} failed: {msg}")

@@ -78,6 +78,6 @@ def safety_net(spec: Spec, reason: str) -> str:
         return ""
     frm = (state.get("target") or {}).get("from")
     try:
-        return "Recovered: " + recover(spec, state, frm, reason, restore_db=bool(state.get("dbTouched")))
+        return "Recovered: " + recover(spec, state, frm, reason, restore_db=bool(state.get("dbTouched") or state.get("swap")))
     except Exception as e:  # noqa: BLE001 - report, never mask the first failure
         return f"Automatic recovery failed too ({type(e).__name__}: {e}); the maintenance page stays up."

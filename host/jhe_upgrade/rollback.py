@@ -24,9 +24,11 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
     entry: dict = next((b for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), {})
     kept_a = entry.get("keptDatabase")
     how = "backup"
-    finish_interrupted_swap(spec, state)
+    finish_interrupted_swap(spec, state)  # (recovery after a failure here sees the swap recorded: safety_net)
     if (state.get("swap") or {}).get("in") and db_exists(state["swap"]["previous"]):
         kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
+        if entry.get("keptDatabase") == state["swap"]["in"]:
+            entry["keptDatabase"] = None  # it is the live database now
     elif kept_a and db_exists(kept_a) and sorted(applied_migrations(spec, kept_a)) == sorted(pre.get("appliedMigrations") or []) \
             and _same_counts(row_counts(spec, kept_a), pre.get("rowCounts")):
         kept, how = stamp_name(spec.db_name, "replaced"), "rename"

@@ -114,7 +114,10 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         restore_copy(spec, sdb, Path(b["path"]) / b["dump"])
     except (RuntimeError, subprocess.CalledProcessError) as e:
         err = f"{e} {getattr(e, 'stderr', None) or ''}"
-        wait_ready(60)  # PostgreSQL restarts itself if it could not write its log (a full disk)
+        if not wait_ready(60):  # PostgreSQL restarts itself if it could not write its log (a full disk)
+            raise Refusal(f"{restore_failed(err, measure=False)}; PostgreSQL has not accepted connections since (60 s): "
+                          f"free space in its data directory and start it (systemctl start postgresql), then run "
+                          f"`pulumi up` again - the staged copy {sdb} is dropped then") from e
         drop_staged(spec, state)
         raise refuse_unchanged(spec, state, frm, restore_failed(err)) from e
     st["restoreSeconds"] = round(time.monotonic() - t, 2)
@@ -160,12 +163,13 @@ def restore_copy(spec: Spec, sdb: str, dump: Path) -> None:
         raise RuntimeError(p.stderr.strip() or f"pg_restore exited {p.returncode}")  # whole: the first error is the cause
 
 
-def restore_failed(err: str) -> str:
+def restore_failed(err: str, measure: bool = True) -> str:
     """Why the staged copy could not be made, and what to do (said plainly when the disk filled)."""
     if "No space left on device" in err or "could not extend file" in err:
-        data_dir, free = data_dir_free()
-        return (f"the PostgreSQL data directory {data_dir} filled up while the backup was restored into the staged copy "
-                f"({free / 2**20:.0f} MiB free now that the copy is dropped). Free space there, or set "
+        data_dir, free = data_dir_free() if measure else ("", -1)
+        room = f"{free / 2**20:.0f} MiB free now that the copy is dropped" if measure else "PostgreSQL is down"
+        where = f"the PostgreSQL data directory{' ' + data_dir if data_dir else ''}"
+        return (f"{where} filled up while the backup was restored into the staged copy ({room}). Free space there, or set "
                 f"jhe:migrationStrategy to in-window (the migration then runs on the live database in the window and "
                 f"needs no copy), then run `pulumi up` again (PostgreSQL: {_pg_error(err)})")
     return f"restoring the backup into the staged copy failed: {_pg_error(err)}"
@@ -211,7 +215,19 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
     if st and sw.get("in") == st.get("db"):  # a re-run after an interruption around the renames
         finish_interrupted_swap(spec, state)
         if db_exists(sw["previous"]) and not db_exists(sw["in"]):
-            return _staged_swapped(spec, state, frm, to, sw["previous"])
+            # As after the renames of an uninterrupted run: the database kept must hold nothing the
+            # backup (and so the copy) lacks, else the copy goes back and the window migrates in place.
+            written = tables_written(b.get("marks") or {}, table_marks(sw["previous"]))
+            if not written:
+                return _staged_swapped(spec, state, frm, to, sw["previous"])
+            b["window"] = None
+            swap_back(spec, state)
+            state.pop("staged", None)
+            log(f"written since the backup began: {', '.join(written)}; the staged copy is dropped and the "
+                f"window backs up and migrates the live database instead")
+            state["stagedFallback"] = {"written": written, "at": now()}
+            drop_staged(spec, state)
+            return False
         state.pop("swap", None)
     if not b.get("ahead") or st.get("phase") != "migrated" or not db_exists(st.get("db", "")):
         return False

@@ -21,8 +21,17 @@ class FakeCluster:
         self.dbs = set(names)
         self.sql: list[str] = []
 
+    creating: list[str] = []  # CREATE DATABASE statements still running (their client gone)
+
     def psql(self, db: str, sql: str, check: bool = True) -> str:
         self.sql.append(sql)
+        if "pg_stat_activity" in sql:  # cancel_create: how many are running / terminated now
+            n = len(self.creating)
+            if "pg_terminate_backend" in sql:
+                self.creating.clear()  # a cancelled CREATE DATABASE leaves no database
+            return str(n)
+        if m := re.fullmatch(r'CREATE DATABASE "([^"]+)" .*', sql):
+            self.dbs.add(m[1])
         if m := re.fullmatch(r'ALTER DATABASE "([^"]+)" RENAME TO "([^"]+)"', sql):
             assert m[1] in self.dbs and m[2] not in self.dbs, sql
             self.dbs.remove(m[1])
@@ -38,7 +47,8 @@ class FakeCluster:
             yield
 
         for m in modules:
-            for name, fn in (("psql", self.psql), ("db_exists", lambda n: n in self.dbs), ("sessions_closed", closed)):
+            for name, fn in (("psql", self.psql), ("db_exists", lambda n: n in self.dbs), ("sessions_closed", closed),
+                             ("save_state", lambda spec, state: self.sql.append(f"-- saved {sorted(state)}"))):
                 if hasattr(m, name):
                     monkeypatch.setattr(m, name, fn)
 
@@ -59,7 +69,7 @@ def test_a_dump_that_failed_otherwise_says_so(tmp_path: Path) -> None:
     d.mkdir()
     e = backup.dump_failed(tmp_path, d, "pg_dump: error: connection to server failed: FATAL: database \"x\" does not exist\n")
     assert not d.exists()
-    assert str(e).startswith("pg_dump failed (pg_dump: error: connection to server failed") and "filled up" not in str(e)
+    assert str(e).startswith("the backup could not be written (pg_dump: error: connection to server failed") and "filled up" not in str(e)
 
 
 def test_a_restore_that_filled_the_data_directory_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,6 +100,7 @@ def test_a_swap_cut_between_its_renames_is_finished(spec: Spec, monkeypatch: pyt
 @pytest.mark.parametrize("dbs", [
     {"jhe_production", "jhe_production_was_v1_0_0_1"},  # killed before the first rename: nothing to finish
     {"jhe_production", "jhe_production_replaced_1"},  # both renames done
+    {"jhe_production_was_v1_0_0_1"},  # neither the live nor the previous one (not a cut swap): no guess
 ])
 def test_a_swap_not_cut_in_the_middle_is_left_alone(spec: Spec, monkeypatch: pytest.MonkeyPatch, dbs: set[str]) -> None:
     pg = FakeCluster(*dbs)
@@ -105,7 +116,8 @@ def test_a_snapshot_begun_by_a_killed_run_in_this_window_is_made_again(spec: Spe
     state = {"window": {"id": "w2"}, "snapshotPending": {"name": "jhe_production_was_v1_0_0_1", "window": "w2"}}
     backup.drop_unfinished_snapshot(spec, state)
     assert pg.dbs == {"jhe_production"} and "snapshotPending" not in state
-    assert pg.sql[0] == "-- closed jhe_production_was_v1_0_0_1", "dropped with nobody connected"
+    assert pg.sql[-2:] == ["-- closed jhe_production_was_v1_0_0_1", 'DROP DATABASE "jhe_production_was_v1_0_0_1"'], \
+        "dropped with nobody connected"
 
 
 def test_a_snapshot_copy_from_another_window_is_kept(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,4 +125,43 @@ def test_a_snapshot_copy_from_another_window_is_kept(spec: Spec, monkeypatch: py
     pg.install(monkeypatch, backup)
     pending = {"name": "jhe_production_was_v1_0_0_1", "window": "w2"}
     backup.drop_unfinished_snapshot(spec, {"window": {"id": "w3"}, "snapshotPending": pending})
-    assert pg.dbs == {"jhe_production", "jhe_production_was_v1_0_0_1"} and not pg.sql
+    assert pg.dbs == {"jhe_production", "jhe_production_was_v1_0_0_1"} and not [q for q in pg.sql if "DROP" in q]
+
+
+def test_a_pending_copy_is_kept_when_the_live_database_is_missing(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakeCluster("jhe_production_was_v1_0_0_1")
+    pg.install(monkeypatch, backup)
+    pending = {"name": "jhe_production_was_v1_0_0_1", "window": "w2"}
+    backup.drop_unfinished_snapshot(spec, {"window": {"id": "w2"}, "snapshotPending": pending})
+    assert pg.dbs == {"jhe_production_was_v1_0_0_1"}, "the only copy there is stays"
+
+
+def test_a_copy_still_being_made_by_a_killed_run_is_cancelled(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakeCluster("jhe_production")
+    pg.creating.append('CREATE DATABASE "jhe_production_was_v1_0_0_1" OWNER "jheuser" TEMPLATE "jhe_production"')
+    pg.install(monkeypatch, backup)
+    pending = {"name": "jhe_production_was_v1_0_0_1", "window": "w2"}
+    backup.drop_unfinished_snapshot(spec, {"window": {"id": "w2"}, "snapshotPending": pending})
+    assert not pg.creating and pg.dbs == {"jhe_production"}
+    assert any("pg_terminate_backend" in q and "CREATE DATABASE \"jhe_production_was_v1_0_0_1\"%" in q for q in pg.sql)
+
+
+def test_the_snapshot_is_named_in_the_state_before_it_is_made(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakeCluster("jhe_production")
+    pg.install(monkeypatch, backup)
+    for name, value in (("db_size", lambda db: 2**20), ("data_dir_free", lambda: ("/d", 2**40)), ("pg_major", lambda: 15),
+                        ("kept_name", lambda spec, frm: "jhe_production_was_v1_0_0_9"), ("copy_db_properties", lambda a, b: None),
+                        ("row_counts", lambda spec, db: {}), ("applied_migrations", lambda spec, db: [])):
+        monkeypatch.setattr(backup, name, value)
+    state: dict = {"window": {"id": "w1"}}
+    b = backup.take_snapshot(spec, state, "v1.0.0", "v1.1.0")
+    create = next(i for i, q in enumerate(pg.sql) if q.startswith("CREATE DATABASE"))
+    assert "snapshotPending" in pg.sql[create - 2], "saved before the copy is begun (and before sessions close)"
+    assert b and b["snapshot"] == "jhe_production_was_v1_0_0_9" and "snapshotPending" not in state
+
+
+def test_a_restore_recorded_as_a_swap_is_not_finished_as_one(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = FakeCluster("jhe_production_replaced_1")  # restore_backup renamed the live one; nothing swaps in
+    pg.install(monkeypatch, dbmoves)
+    assert not dbmoves.finish_interrupted_swap(spec, {"swap": {"previous": "jhe_production_replaced_1", "in": None}})
+    assert pg.dbs == {"jhe_production_replaced_1"}

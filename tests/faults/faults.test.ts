@@ -251,18 +251,25 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     const PAGE = "test -e /var/lib/jhe-upgrade/jhe/maintenance-on";
     const TOOL = "pkill -9 -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'";
     const current = (v: string) => `[ "$(readlink /opt/jupyterhealth-exchange/current)" = releases/${v} ]`;
-    // A database is being copied or renamed: the tool has closed it to new sessions (the list of them,
-    // written first, is copied when the kill lands, to show it landed inside the move).
-    const CLOSED = "/var/lib/jhe-upgrade/closed-databases.json";
-    const IN_MOVE = `${PAGE} && test -e ${CLOSED}`;
-    const TOOL_IN_MOVE = `${TOOL}; cp ${CLOSED} /tmp/fault.closed`;
+    // Inside the database moves. The snapshot: while PostgreSQL runs the tool's CREATE DATABASE ... TEMPLATE.
+    // The swap: the tool frozen (SIGSTOP) once it closes the databases, the first of its two renames done
+    // for it (the live database to the name the swap recorded), then killed - a kill between the renames.
+    const PG = "runuser -u postgres -- psql -qtAX";
+    const CREATING = `[ "$(${PG} -c "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'CREATE DATABASE %TEMPLATE \\"jhe_production\\"%'")" != 0 ]`;
+    const LIVE_COUNT = `${PG} -c "SELECT count(*) FROM pg_database WHERE datname = 'jhe_production'" > /tmp/fault.live`;
+    const CUT_SWAP = [
+        "pkill -STOP -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'",
+        `prev=$(python3 -c 'import json; print(json.load(open("${APP}/.jhe-upgrade/state.json"))["swap"]["previous"])')`,
+        `${PG} -c "ALTER DATABASE jhe_production RENAME TO \\"$prev\\""`,
+        `${TOOL}; ${LIVE_COUNT}`,
+    ].join("; ");
     const inWindow: Array<[string, string, string, string]> = [
         ["the host tool killed right after the maintenance page went on", "v1.1.0", PAGE, TOOL],
         ["the host tool killed right after jhe stopped", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, TOOL],
-        // With the writer going, an upgrade's staged copy is dropped and the window takes a snapshot
-        // (CREATE DATABASE ... TEMPLATE); a rollback swaps the kept database back in by two renames.
-        ["the host tool killed during the snapshot", "v1.1.0", IN_MOVE, TOOL_IN_MOVE],
-        ["the host tool killed during the swap", "v1.0.0", IN_MOVE, TOOL_IN_MOVE],
+        // With the writer going, an upgrade's staged copy is dropped and the window takes a snapshot;
+        // a rollback swaps the kept database back in by two renames.
+        ["the host tool killed during the snapshot", "v1.1.0", `${PAGE} && ${CREATING}`, `${TOOL}; ${LIVE_COUNT}`],
+        ["the host tool killed between the swap's two renames", "v1.0.0", `${PAGE} && test -e /var/lib/jhe-upgrade/closed-databases.json`, CUT_SWAP],
         ["the host tool killed during the migration", "v1.1.0", `${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL],
         ["the host tool killed right after the switch", "v1.0.0", `${PAGE} && ${current("v1.0.0")}`, TOOL],
         // The release booted before the window (in the hand-over unit) loses its gunicorn master inside the
@@ -276,13 +283,15 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
             await scenario(`window: ${what} (to ${target})`, target, async () => {
                 const before = await serving();
                 await setVersion(target);
-                await ssh(h, "rm -f /tmp/fault.closed");
+                await ssh(h, "rm -f /tmp/fault.live");
+                const copies = async () => (await query<{ d: string }>(h, "SELECT datname AS d FROM pg_database WHERE datname LIKE 'jhe\\_production\\_was\\_%'")).map((r) => r.d);
+                const copiesBefore = await copies();
                 const { fired, upFailed } = await upWithFault(condition, action);
                 assert.ok(fired, "the fault happened inside the window");
-                const inMove = action === TOOL_IN_MOVE;
+                const inMove = action.includes("/tmp/fault.live");
                 if (inMove) {
-                    const closed = JSON.parse(await sshOk(h, "cat /tmp/fault.closed"));
-                    assert.ok(closed.length > 0, "killed while a database was closed to sessions (inside the move)");
+                    // the snapshot: the live database still there; the swap: cut, no database under the live name
+                    assert.strictEqual((await sshOk(h, "cat /tmp/fault.live")).trim(), action === CUT_SWAP ? "0" : "1", "where the kill landed");
                 }
                 const after = await serving().catch(() => "nothing");
                 if (after === "HTTP 503") {
@@ -294,9 +303,16 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
                 assert.strictEqual(res.outputs.deployed.value.version, target);
                 assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE NOT datallowconn AND datname <> 'template0'"), [],
                     "every database open to sessions again");
+                if (inMove) {
+                    // no stray copy: every database kept since is one the server's records name
+                    const st = JSON.parse(await sshOk(h, `cat ${APP}/.jhe-upgrade/state.json`));
+                    const recorded = Object.values(st.backups ?? {}).map((b) => (b as { keptDatabase?: string }).keptDatabase);
+                    const stray = (await copies()).filter((d) => !copiesBefore.includes(d) && !recorded.includes(d));
+                    assert.deepStrictEqual(stray, [], "copies kept but recorded nowhere");
+                }
                 const meanwhile = after === target ? `${target} (new)` : after === before ? `${before} (old)` : `${after} (the maintenance page)`;
-                return `${inMove ? "killed with the database closed to sessions; " : ""}${upFailed ? "up failed" : "up succeeded"}; ` +
-                    `meanwhile ${meanwhile}; re-run converged${inMove ? ", databases open again" : ""} (${res.outputs.downtimeSeconds.value} s downtime)`;
+                return `${action === CUT_SWAP ? "killed with no database under the live name; " : inMove ? "killed while the copy was made; " : ""}${upFailed ? "up failed" : "up succeeded"}; ` +
+                    `meanwhile ${meanwhile}; re-run converged${inMove ? ", every database open again, no stray copy" : ""} (${res.outputs.downtimeSeconds.value} s downtime)`;
             });
         });
     }
