@@ -15,6 +15,10 @@ export interface Plan {
     pendingMigrations?: string[];
     migrationsToUndo?: string[];
     envAdded?: string[];
+    /** Each pending migration's class, from its file: no-sql, additive (safe for the old code), data or destructive, and why. */
+    migrationClasses?: Record<string, { class: string; operations: string[] }>;
+    /** The worst of them. */
+    migrationClass?: string;
     /** Whose migrations pending/undo cover: every app once the target release is built, else the project's own. */
     migrationsOf?: string;
     /** Variables new in the target's env example that neither the .env, the stack nor jhe:envUnset decides. */

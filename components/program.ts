@@ -47,6 +47,8 @@ export function jheProgram(config: JheConfig) {
             staged: (m.staged as Record<string, number> | undefined) ?? null,
             writtenSinceBackup: ((f.stagedFallback as { written?: string[] } | null | undefined)?.written) ?? null,
             keptDatabase: (m.keptDatabase as string | undefined) ?? null,
+            // The release booted before the window in the hand-over unit (null: booted in the window).
+            bootedBeforeWindow: (m.bootedBeforeWindow as { unit: string; seconds: number } | undefined) ?? null,
         })),
         rollback: r.finish.apply((f) => (f.rollback as Record<string, unknown> | undefined) ?? null),
         // How the release's dependencies were installed (as the lock pins them) and what `pip check` found.

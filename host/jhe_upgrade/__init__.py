@@ -22,6 +22,7 @@ The package, one module per concern, bottom to top:
     handover               the release booted before the window in <service>-next@<tag>
     recovery, staging,     the old version back after a failure; the staged copy;
     replay, rollback       rows written on the newer version; the rollback
+    migclass               what a pending migration does to the database, from its file
     plan, provision, steps the read-only plan; user/database/adoption; the upgrade steps in order
     cli                    one step per call
 The program ships it to the server as one file (components/toolBundle.ts).

@@ -45,7 +45,7 @@ def boot_next(spec: Spec, tag: str) -> dict | None:
     unit = next_unit(spec, tag)
     t = time.monotonic()
     p = run(["systemctl", "start", unit], check=False)
-    h = health(spec, tag, spec.health_timeout, port=NEXT_PORT) if p.returncode == 0 else {"ok": False, "detail": p.stderr.strip()[-300:]}
+    h = _healthy(spec, tag, unit) if p.returncode == 0 else {"ok": False, "detail": p.stderr.strip()[-300:]}
     h["unit"] = unit
     if not h["ok"]:
         stop_next(spec)
@@ -54,6 +54,20 @@ def boot_next(spec: Spec, tag: str) -> dict | None:
     h["bootSeconds"] = round(time.monotonic() - t, 2)
     log(f"{tag} booted in {unit} ({h['bootSeconds']} s), healthy on port {NEXT_PORT}")
     return h
+
+
+def _healthy(spec: Spec, tag: str, unit: str) -> dict:
+    """The health check on the hand-over port, given up as soon as the unit has crashed (systemd
+    restarting it, or given up on it): a release that cannot start is not waited for."""
+    deadline = time.monotonic() + spec.health_timeout
+    while True:
+        h = health(spec, tag, 1.0, port=NEXT_PORT)
+        if h["ok"] or time.monotonic() > deadline:
+            return h
+        show = run(["systemctl", "show", "-p", "NRestarts,ActiveState", unit], check=False, quiet=True).stdout
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        if props.get("ActiveState") == "failed" or int(props.get("NRestarts") or 0) > 0:
+            return {**h, "detail": f"{unit} exited while starting ({h.get('detail')})"}
 
 
 def restart_through_next(spec: Spec) -> str | None:

@@ -1,11 +1,13 @@
 """The plan, read-only, for `pulumi preview`: facts read from the server, then a pure computation."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
 from .envfile import HINTS, env_added, env_missing, parse_env
-from .gitrepo import tag_exists
+from .gitrepo import ls_tree, show, tag_exists
+from .migclass import classify_pending, worst
 from .release import release_knows_all_migrations, release_migrations
 from .spec import Spec
 from .staging import choose_strategy
@@ -50,6 +52,26 @@ def plan_from_facts(f: dict) -> dict:
     return out
 
 
+def pending_classes(spec: Spec, repo: Path, to: str, pending: list[str]) -> dict:
+    """Each pending migration's class (see migclass), from its file: the project's apps' in the tag, an
+    installed package's in releases/<to>'s venv once it is built (else classed unknown: destructive)."""
+    site = sorted(spec.release(to).glob("venv/lib/python3*/site-packages"))
+
+    def listing(app: str) -> list[str]:
+        names = [f[:-3] for f in ls_tree(repo, to, f"{app}/migrations") if re.match(r"^\d{4}_\w+\.py$", f)]
+        if not names and site:
+            names = [p.stem for p in (site[0] / app / "migrations").glob("[0-9][0-9][0-9][0-9]_*.py")]
+        return sorted(names)
+
+    def read(app: str, name: str) -> str | None:
+        text = show(repo, to, f"{app}/migrations/{name}.py")
+        if text is None and site and (site[0] / app / "migrations" / f"{name}.py").is_file():
+            text = (site[0] / app / "migrations" / f"{name}.py").read_text()
+        return text
+
+    return classify_pending(pending, read, listing)
+
+
 def step_plan(spec: Spec) -> dict:
     """Read-only: what an upgrade to spec.version would do (for `pulumi preview`)."""
     to = spec.need_version()
@@ -76,6 +98,9 @@ def step_plan(spec: Spec) -> dict:
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
+    if pending:
+        out["migrationClasses"] = pending_classes(spec, repo, to, pending)
+        out["migrationClass"] = worst([c["class"] for c in out["migrationClasses"].values()])
     out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_knows_all_migrations(spec, to) else
                            "the project's own apps; installed packages' (e.g. oauth2_provider) are known once "
                            "prepare-release builds releases/" + to)

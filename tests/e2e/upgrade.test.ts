@@ -10,6 +10,7 @@ import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
 import { leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { Writer } from "../helpers/writer";
 import { adminLogin, dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -94,6 +95,12 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         // new in v1.1.0's example, set nowhere: the plan lists it (preflight would refuse until decided)
         assert.match(pre.stdout, /envMissing\s*:\s*\[\s*\+?\s*\[0\]: "JHE_FEATURE_X"/);
         assert.match(pre.stdout, /action\s*:\s*"none" => "upgrade"/);
+        // each pending migration classed from its file (an added nullable column; data; a rename; data)
+        assert.match(pre.stdout, /migrationClass\s*:\s*"destructive"/);
+        for (const [m, c] of [["core.0002_observation_source", "additive"], ["core.0003_backfill_source", "data"],
+            ["core.0004_study_title_patientidentifier", "destructive"]]) {
+            assert.match(pre.stdout, new RegExp(`${m.replace(/\./g, "\\.")}\\W[\\s\\S]{0,80}?class\\s*:\\s*"${c}"`), m);
+        }
         assert.match(pre.stdout, /summary\s*:.*"upgrade v1\.0\.0 -> v1\.1\.0: backup and migrations on a copy while v1\.0\.0 serves, then a rename swap in the window/);
     });
 
@@ -133,6 +140,11 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.strictEqual((await tableFingerprint(h, "core_observation", o.migration.keptDatabase)).checksum, seeded.observations);
         assert.deepStrictEqual(await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'source'", [], o.migration.keptDatabase), []);
         assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "no staged copy left");
+        // v1.1.0 booted before the window in the hand-over unit; after it, jhe serves it and the unit is gone.
+        assert.strictEqual(o.migration.bootedBeforeWindow?.unit, "jhe-next@v1.1.0.service", JSON.stringify(o.migration));
+        assert.strictEqual((await ssh(h, "systemctl is-active -q jhe-next@v1.1.0 || test -e /var/lib/jhe-upgrade/jhe/next-on")).code, 1,
+            "the hand-over unit stopped and nginx back to jhe");
+        assert.strictEqual((await sshOk(h, "systemctl is-active jhe")).trim(), "active");
         assert.deepStrictEqual(await query(h, dbProps), propsBefore, "the database's privileges and settings came along");
         assert.match(JSON.stringify(propsBefore), /jhe_reporting=c.*work_mem=12MB/);
         for (const s of VERSIONED) assert.strictEqual(typeof o.stepSeconds[s], "number", `stepSeconds.${s}`);
@@ -266,7 +278,13 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: String(before.OIDC_RSA_PRIVATE_KEY), secret: true }, true);
         await stack.setConfig("jhe:env.JHE_SUPPORT_CONTACT", { value: "Desk 2 <desk@example.org> #2" }, true);
+        // Applied through the hand-over unit: a writer posting throughout sees no failure and no 503.
+        const w = new Writer(h).start();
         await stack.up();
+        await new Promise((r) => setTimeout(r, 300));
+        const report = await w.stop();
+        assert.deepStrictEqual([report.errors, report.maintenance503], [0, 0], JSON.stringify(report.statuses));
+        assert.ok(report.acked.length > 10, `${report.acked.length} writes acknowledged`);
         assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), { ...before, JHE_SUPPORT_CONTACT: "Desk 2 <desk@example.org> #2" });
         assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         assert.strictEqual(await health(), "v2.0.0");
