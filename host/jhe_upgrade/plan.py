@@ -1,14 +1,13 @@
 """The plan, read-only, for `pulumi preview`: facts read from the server, then a pure computation."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
 from .envfile import HINTS, env_added, env_missing, parse_env
-from .gitrepo import ls_tree, show, tag_exists
-from .migclass import classify_pending, worst
-from .release import release_knows_all_migrations, release_migrations
+from .gitrepo import tag_exists
+from .migclass import worst
+from .release import pending_classes, release_knows_all_migrations, release_migrations
 from .spec import Spec
 from .staging import choose_strategy
 from .state import current_version, latest_backup_from, live_root, load_state
@@ -41,7 +40,11 @@ def plan_from_facts(f: dict) -> dict:
                           if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
     elif frm:
         out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if f["pending"] else " (code only, the database stays as it is)")
-        if f["pending"]:
+        if f.get("strategy") == "online":
+            out["migrationStrategy"] = "online"
+            out["summary"] += ((": every pending migration is no-SQL or additive: applied while " if f["pending"] else ": ") +
+                               f"{frm} serves, then {to} takes over through the hand-over unit - no maintenance window")
+        elif f["pending"]:
             out["migrationStrategy"] = f["strategy"]
             out["summary"] += (f": backup and migrations on a copy while {frm} serves, then a rename swap in the window "
                                f"(in the window instead if anything is written meanwhile)" if f["strategy"] == "staged"
@@ -50,26 +53,6 @@ def plan_from_facts(f: dict) -> dict:
     out["envMissing"] = env_missing(f["envAdded"], f["configured"], f["unset"])
     out["envHints"] = {k: HINTS[k] for k in out["envMissing"] if k in HINTS}
     return out
-
-
-def pending_classes(spec: Spec, repo: Path, to: str, pending: list[str]) -> dict:
-    """Each pending migration's class (see migclass), from its file: the project's apps' in the tag, an
-    installed package's in releases/<to>'s venv once it is built (else classed unknown: destructive)."""
-    site = sorted(spec.release(to).glob("venv/lib/python3*/site-packages"))
-
-    def listing(app: str) -> list[str]:
-        names = [f[:-3] for f in ls_tree(repo, to, f"{app}/migrations") if re.match(r"^\d{4}_\w+\.py$", f)]
-        if not names and site:
-            names = [p.stem for p in (site[0] / app / "migrations").glob("[0-9][0-9][0-9][0-9]_*.py")]
-        return sorted(names)
-
-    def read(app: str, name: str) -> str | None:
-        text = show(repo, to, f"{app}/migrations/{name}.py")
-        if text is None and site and (site[0] / app / "migrations" / f"{name}.py").is_file():
-            text = (site[0] / app / "migrations" / f"{name}.py").read_text()
-        return text
-
-    return classify_pending(pending, read, listing)
 
 
 def step_plan(spec: Spec) -> dict:
@@ -87,11 +70,12 @@ def step_plan(spec: Spec) -> dict:
                     "note": f"tag {to} not fetched yet; preflight fetches it and lists the migrations"}
     pending, undo = migration_delta(release_migrations(spec, repo, to), applied_migrations(spec) if frm else [])
     facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
+    classes = pending_classes(spec, repo, to, pending) if pending else {}
     if undo:
         b = latest_backup_from(load_state(spec), to)
         facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
-    elif frm and pending:
-        facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name))
+    elif frm:
+        facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name), [c["class"] for c in classes.values()])
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
     facts["configured"] = set(live) | set(spec.env) | set(spec.secret_env)  # (env_missing leaves out envUnset and TOOL_WRITTEN)
@@ -99,8 +83,8 @@ def step_plan(spec: Spec) -> dict:
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
     if pending:
-        out["migrationClasses"] = pending_classes(spec, repo, to, pending)
-        out["migrationClass"] = worst([c["class"] for c in out["migrationClasses"].values()])
+        out["migrationClasses"] = classes
+        out["migrationClass"] = worst([c["class"] for c in classes.values()])
     out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_knows_all_migrations(spec, to) else
                            "the project's own apps; installed packages' (e.g. oauth2_provider) are known once "
                            "prepare-release builds releases/" + to)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 from .envfile import render_env
-from .gitrepo import tag_migrations, tag_tree
+from .gitrepo import ls_tree, show, tag_migrations, tag_tree
+from .migclass import classify_pending
 from .requirements import LOCK_FILES, lock_install, pip_check_problems, pip_install_args
 from .spec import Spec
 from .util import Refusal, error_summary, log, now, run, write_private
@@ -133,3 +135,23 @@ def prune_releases(spec: Spec, keep_tags: set[str]) -> list[str]:
             shutil.rmtree(p)
             removed.append(p.name)
     return removed
+
+
+def pending_classes(spec: Spec, repo: Path, to: str, pending: list[str]) -> dict:
+    """Each pending migration's class (see migclass), from its file: the project's apps' in the tag, an
+    installed package's in releases/<to>'s venv once it is built (else classed unknown: destructive)."""
+    site = sorted(spec.release(to).glob("venv/lib/python3*/site-packages"))
+
+    def listing(app: str) -> list[str]:
+        names = [f[:-3] for f in ls_tree(repo, to, f"{app}/migrations") if re.match(r"^\d{4}_\w+\.py$", f)]
+        if not names and site:
+            names = [p.stem for p in (site[0] / app / "migrations").glob("[0-9][0-9][0-9][0-9]_*.py")]
+        return sorted(names)
+
+    def read(app: str, name: str) -> str | None:
+        text = show(repo, to, f"{app}/migrations/{name}.py")
+        if text is None and site and (site[0] / app / "migrations" / f"{name}.py").is_file():
+            text = (site[0] / app / "migrations" / f"{name}.py").read_text()
+        return text
+
+    return classify_pending(pending, read, listing)

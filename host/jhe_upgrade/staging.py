@@ -15,11 +15,14 @@ from .db import (
     db_exists,
     drain,
     kept_name,
+    live_marker,
     table_marks,
     tables_written,
     wait_ready,
 )
 from .dbmoves import finish_interrupted_swap, swap_back, swap_in
+from .handover import handover_unit_file
+from .migclass import worst
 from .recovery import end_failed_move
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
@@ -42,12 +45,16 @@ def drop_staged(spec: Spec, state: dict) -> None:
     save_state(spec, state)
 
 
-def choose_strategy(spec: Spec, kind: str, db_bytes: int) -> tuple[str, str]:
-    """staged or in-window, and why (shown by preview and in the outputs)."""
+def choose_strategy(spec: Spec, kind: str, db_bytes: int, classes: list[str] | None = None) -> tuple[str, str]:
+    """online, staged or in-window, and why (shown by preview and in the outputs). `classes`: the
+    pending migrations' (see migclass); None when not known."""
     if spec.strategy != "staged":
         return "in-window", "jhe:migrationStrategy is in-window"
     if kind != "upgrade":
         return "in-window", f"a {kind} runs in the window"
+    if classes is not None and worst(classes) in ("no-sql", "additive") and handover_unit_file(spec).exists():
+        return "online", ("every pending migration is no-SQL or additive (safe for the old code): applied while the old "
+                          "version serves, then the new release takes over through the hand-over unit - no window")
     if psql("postgres", "SHOW track_counts") != "on":
         return "in-window", "track_counts is off: writes made during staging could not be detected"
     if psql("postgres", "SELECT count(*) FROM pg_prepared_xacts") != "0":
@@ -68,12 +75,13 @@ def ensure_backup_ahead(spec: Spec, state: dict, frm: str | None, to: str) -> di
         verify_ahead(spec, state, frm, to, b)
         return b
     marks = table_marks(spec.db_name)
+    since = live_marker(spec.db_name)  # an online upgrade's rows "written since": from before the dump
     try:
         b = take_backup(spec, frm or "none", to)
     except BackupFailed as e:
         drop_staged(spec, state)
         raise refuse_unchanged(spec, state, frm, str(e)) from e
-    b.update(window=None, ahead=True, marks=marks)
+    b.update(window=None, ahead=True, marks=marks, since=since)
     verify_backup(b)
     state["backup"] = b
     register_backup(state, frm, to, b)
@@ -188,9 +196,10 @@ def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str) -> R
     append_log(spec, f"## Refused: {(state.get('target') or {}).get('kind', 'upgrade')} {frm} -> {spec.version} - {now()}\n\n"
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** none\n\n"
                      f"**What failed:** {reason}\n\n**What was restored:** nothing needed it: {frm} served throughout\n")
+    staged = (state.get("target") or {}).get("strategy") == "staged"
     end_failed_move(spec, state, frm, reason, [])
-    return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened; "
-                   f"the staged copy was dropped)")
+    return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened"
+                   + ("; the staged copy, if one was made, was dropped)" if staged else ")"))
 
 
 def written_since_backup(spec: Spec, state: dict) -> tuple[list[str], dict | None]:

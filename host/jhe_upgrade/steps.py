@@ -28,12 +28,12 @@ from .handover import boot_next, next_unit, restart_through_next, route_to_next,
 from .health import NEXT_PORT, health, smoke_test
 from .plan import migration_delta
 from .recovery import fail_health, recover
-from .release import build_release, prune_releases, release_dependencies, release_migrations, switch_current
+from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import rollback_database
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
-from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, use_staged, written_since_backup
+from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log, finish_entry
 from .util import Refusal, error_summary, log, now, run, write_private
@@ -141,9 +141,11 @@ def _preflight(spec: Spec) -> dict:
     else:
         kind = "upgrade" if frm else "install"
         restore_from = None
-    strategy, why = choose_strategy(spec, kind, db_bytes)
+    classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
+    strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
     state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
-                       "undo": extra, "restoreFrom": restore_from, "strategy": strategy}
+                       "undo": extra, "restoreFrom": restore_from, "strategy": strategy,
+                       "classes": {m: c["class"] for m, c in classes.items()}}
     save_state(spec, state)
     return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
             "strategy": strategy, "strategyWhy": why,
@@ -199,7 +201,7 @@ def step_backup(spec: Spec) -> dict:
     if state["target"].get("kind") == "rollback":
         return {"deferred": True, "beforeWindow": True,
                 "note": f"{frm}'s database is kept whole, by rename, in the window; its dump is written after the window"}
-    if state["target"].get("strategy") == "staged" and not state.get("window"):
+    if state["target"].get("strategy") in ("staged", "online") and not state.get("window"):
         b = ensure_backup_ahead(spec, state, frm, to)  # while the old version serves
         return {"backup": b["path"], "sha256": b["sha256"], "rowCounts": b["rowCounts"], "beforeWindow": True,
                 "seconds": round(time.monotonic() - t, 2)}
@@ -219,6 +221,8 @@ def step_migrate(spec: Spec) -> dict:
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving", "applied": []}
     tgt = state["target"]
+    if tgt.get("strategy") == "online" and not state.get("window"):
+        return migrate_online(spec, state, frm, to)
     staged = tgt.get("strategy") == "staged" and bool(tgt.get("pending"))
     if staged and not state.get("window") and (state.get("staged") or {}).get("phase") != "swapped":
         if not (state.get("backup") or {}).get("ahead"):
@@ -254,6 +258,77 @@ def step_migrate(spec: Spec) -> dict:
     result["migrateSeconds"] = state["migrated"].get("seconds")
     result["cutover"] = cutover(spec, state, frm, to, booted)
     return result
+
+
+def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
+    """No window: every pending migration is no-SQL or additive, so they run on the live database while
+    the old version serves (it never reads what they add); then the new release, booted and healthy in
+    the hand-over unit, takes the requests while `jhe` restarts with it. A failure before the switch is
+    refused with the migrations reversed: the old version served throughout."""
+    t = time.monotonic()
+    b = state.get("backup") or ensure_backup_ahead(spec, state, frm, to)
+    if not state.get("migrated"):
+        before = applied_migrations(spec)
+        rel = spec.release(to)
+        p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
+                check=False, timeout=7200)
+        applied = [m for m in applied_migrations(spec) if m not in before]
+        if p.returncode != 0:
+            raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed while {frm} served "
+                                                     f"({error_summary(p.stderr)}); {unapply(spec, to, before, applied)}")
+        state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2), "online": True}
+        save_state(spec, state)
+    applied = state["migrated"]["applied"]
+    h = boot_next(spec, to)
+    if not h or not h["ok"]:
+        why = h.get("detail") if h else "the hand-over unit is missing"
+        state.pop("migrated", None)
+        raise refuse_unchanged(spec, state, frm, f"{to} failed its health check in the hand-over unit ({why}); "
+                                                 f"{unapply(spec, to, None, applied)}")
+    route_to_next(spec, True)
+    switch_current(spec, to)
+    run(["systemctl", "restart", spec.service])  # the old workers finish their requests; new ones go to the hand-over unit
+    state["cutover"] = {"to": to, "windowSeconds": 0.0, "health": h, "at": now(), "online": True,
+                        "since": b.get("since"), "seconds": round(time.monotonic() - t, 2)}
+    save_state(spec, state)
+    problem = settle_handover(spec)
+    if problem:
+        raise Refusal(problem)
+    return {"strategy": "online", "applied": applied, "migrateSeconds": state["migrated"].get("seconds"),
+            "keptDatabase": None, "bootedBeforeWindow": {"unit": h.get("unit"), "seconds": h.get("bootSeconds")},
+            "cutover": {"current": to, "health": h, "windowSeconds": 0.0, "seconds": round(time.monotonic() - t, 2)}}
+
+
+def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -> str:
+    """Reverses migrations just applied (additive ones reverse cleanly: what they added goes, and the
+    old version never wrote to it), app by app back to where each was; says what was done."""
+    if not applied:
+        return "no migration had been applied"
+    rel = spec.release(to)
+    done: list[str] = []
+    failed: list[str] = []
+    for app, target in unapply_targets(before if before is not None else applied_migrations(spec), applied).items():
+        p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", app, target, "--no-input"], user=spec.app_user,
+                cwd=rel, check=False, timeout=7200)
+        if p.returncode == 0:
+            done.append(f"{app} back to {target}")
+        else:
+            failed.append(f"{app} back to {target} ({error_summary(p.stderr)})")
+    if failed:
+        return (f"reversing them failed for {', '.join(failed)} - the old version keeps serving on a database with those "
+                f"additive changes, which it does not use" + (f"; reversed: {', '.join(done)}" if done else ""))
+    return f"the migrations it applied were reversed ({', '.join(done)})"
+
+
+def unapply_targets(before: list[str], applied: list[str]) -> dict[str, str]:
+    """For each app with migrations in `applied`: the migration to go back to (`manage.py migrate <app>
+    <target>`) - its newest in `before` older than the first applied, else "zero"."""
+    out = {}
+    for app in sorted({m.split(".", 1)[0] for m in applied}):
+        first = min(m.split(".", 1)[1] for m in applied if m.startswith(app + "."))
+        earlier = sorted(m.split(".", 1)[1] for m in before if m.startswith(app + ".") and m.split(".", 1)[1] < first)
+        out[app] = earlier[-1] if earlier else "zero"
+    return out
 
 
 def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:

@@ -80,3 +80,11 @@ def test_the_fixture_v1_1_0_migrations() -> None:
         "oauth2_provider.0014_alter_help_text": "destructive",
     }
     assert "its file was not found" in got["oauth2_provider.0014_alter_help_text"]["operations"][0]
+
+
+def test_reversing_an_online_upgrade_goes_back_app_by_app() -> None:
+    from jhe_upgrade.steps import unapply_targets
+    before = ["core.0001_initial", "core.0005_drop_aux_cache", "oauth2_provider.0013_x", "auth.0012_alter_user_first_name_max_length"]
+    applied = ["core.0006_observation_device_site", "core.0007_alter_observation_source",
+               "oauth2_provider.0014_alter_help_text", "site.0001_initial"]
+    assert unapply_targets(before, applied) == {"core": "0005_drop_aux_cache", "oauth2_provider": "0013_x", "site": "zero"}

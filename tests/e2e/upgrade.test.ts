@@ -1,5 +1,5 @@
 // The forward upgrade on the real engine and a real server: adopt a runbook install, upgrade
-// v1.0.0 -> v1.1.0 -> v1.2.0 -> v2.0.0, refuse v1.2.0 without its env var (changing nothing), keep
+// v1.0.0 -> v1.1.0 -> v1.2.0 -> v2.0.0 -> v2.1.0 -> v2.2.0 (no window) -> v2.1.0, refuse v1.2.0 without its env var (changing nothing), keep
 // secrets out of every log, re-run as a no-op, and destroy without touching the server.
 import * as assert from "assert";
 import { execFileSync } from "child_process";
@@ -10,7 +10,7 @@ import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
 import { leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
-import { Writer } from "../helpers/writer";
+import { AckedWrite, lostByContent, Writer } from "../helpers/writer";
 import { adminLogin, dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
@@ -22,6 +22,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
     let stack: Stack;
     let envAtStart: Record<string, string | null>;
     let seeded: { patients: number; observations: string };
+    const onlineWrites: AckedWrite[] = [];
 
     before(async function () {
         h = await up("e2eup", { legacy: "v1.0.0", patients: 40, observations: 3000 });
@@ -270,10 +271,46 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         await stack.setConfig("jhe:version", { value: "v2.0.0" });
     });
 
+    it("v2.1.0 (additive migrations only), then v2.2.0 (a migration with no SQL): no window - a writer posting throughout sees no failure and no 503", async function () {
+        for (const [v, cls, mig] of [["v2.1.0", "additive", "core.0006_observation_device_site"], ["v2.2.0", "no-sql", "core.0007_alter_observation_source"]]) {
+            await stack.setConfig("jhe:version", { value: v });
+            const pre = await stack.preview({ diff: true });
+            assert.match(pre.stdout, new RegExp(`migrationClass\\s*:\\s*"${cls}"`));
+            assert.match(pre.stdout, /summary\s*:.*every pending migration is no-SQL or additive: applied while v2\.\d\.0 serves, then v2\.\d\.0 takes over through the hand-over unit - no maintenance window/);
+            const w = new Writer(h).start();
+            const res = await stack.up();
+            await new Promise((r) => setTimeout(r, 300));
+            const report = await w.stop();
+            onlineWrites.push(...report.ackedRows);
+            const o = Object.fromEntries(Object.entries(res.outputs).map(([k, x]) => [k, x.value]));
+            assert.deepStrictEqual([o.deployed.version, o.migration.strategy, o.downtimeSeconds, o.migrationsApplied], [v, "online", 0, [mig]]);
+            assert.deepStrictEqual([report.errors, report.maintenance503], [0, 0], `${v}: ${JSON.stringify(report.statuses)}`);
+            assert.ok(report.acked.length > 20, `${v}: ${report.acked.length} writes acknowledged`);
+            assert.strictEqual(await health(), v);
+            assert.strictEqual((await ssh(h, "systemctl is-active -q jhe-next@" + v + " || test -e /var/lib/jhe-upgrade/jhe/next-on")).code, 1);
+        }
+        assert.deepStrictEqual(await query(h, "SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = 'core_obs_code_created_idx'::regclass"), [{ valid: true }],
+            "the index built concurrently is valid");
+        assert.deepStrictEqual(await lostByContent(h, onlineWrites), []);
+    });
+
+    it("rolling back v2.2.0 -> v2.1.0 after an online upgrade: every write since survives (those made while its migration ran too)", async function () {
+        await stack.setConfig("jhe:version", { value: "v2.1.0" });
+        const w = new Writer(h).start();
+        const res = await stack.up();
+        await new Promise((r) => setTimeout(r, 300));
+        const report = await w.stop();
+        onlineWrites.push(...report.ackedRows);
+        assert.strictEqual(res.outputs.deployed.value.version, "v2.1.0");
+        assert.deepStrictEqual(await query(h, "SELECT name FROM django_migrations WHERE app = 'core' AND name LIKE '0007%'"), []);
+        assert.deepStrictEqual(await lostByContent(h, onlineWrites), [], "every write acknowledged since the online upgrades began");
+        assert.strictEqual(await health(), "v2.1.0");
+    });
+
     it("a config-only change: an unreadable OIDC key fails the health gate and the old .env comes back; a good setting is applied, every other value kept", async function () {
         const before = await dotenvValues(h, `${APP}/current/.env`);
         await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: "-----BEGIN PRIVATE KEY-----\\nnot a key\\n-----END PRIVATE KEY-----", secret: true }, true);
-        await assert.rejects(stack.up(), /v2\.0\.0 failed its health check with the new settings \(\/o\/\.well-known\/jwks\.json answered 500/);
+        await assert.rejects(stack.up(), /v2\.1\.0 failed its health check with the new settings \(\/o\/\.well-known\/jwks\.json answered 500/);
         assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), before, "the previous .env is back");
         assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
         await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: String(before.OIDC_RSA_PRIVATE_KEY), secret: true }, true);
@@ -287,7 +324,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.ok(report.acked.length > 10, `${report.acked.length} writes acknowledged`);
         assert.deepStrictEqual(await dotenvValues(h, `${APP}/current/.env`), { ...before, JHE_SUPPORT_CONTACT: "Desk 2 <desk@example.org> #2" });
         assert.deepStrictEqual(await oidcKeys(h), { status: 200, keys: 1 });
-        assert.strictEqual(await health(), "v2.0.0");
+        assert.strictEqual(await health(), "v2.1.0");
     });
 
     it("running up again with no change does nothing: the preview shows no changes", async function () {
@@ -301,7 +338,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         const before = await serverFingerprint(h);
         await stack.destroy();
         assert.deepStrictEqual(await serverFingerprint(h), before);
-        assert.strictEqual(await health(), "v2.0.0");
+        assert.strictEqual(await health(), "v2.1.0");
     });
 });
 

@@ -120,7 +120,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     it("tag does not exist: refused in preflight, naming the tags there are", async function () {
         await scenario("tag does not exist", "v1.0.0", async () => {
             await setVersion("v9.9.9");
-            await assert.rejects(stack.up(), /jhe:version v9\.9\.9 is not a tag of \/srv\/jhe-upstream\.git \(newest tags: v3\.0\.0, v2\.0\.0, v1\.5\.0/);
+            await assert.rejects(stack.up(), /jhe:version v9\.9\.9 is not a tag of \/srv\/jhe-upstream\.git \(newest tags: v3\.0\.0, v2\.2\.0, v2\.1\.0, v2\.0\.0, v1\.5\.0/);
             await setVersion("v1.0.0");
             return "refused in preflight";
         });
@@ -360,22 +360,26 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
 
     it("release fails the health gate (v1.4.0): reverted", async function () {
         await scenario("release fails the health gate (v1.4.0)", "v1.2.0", async () => {
+            // Its one migration is additive: applied while v1.2.0 serves, then v1.4.0 fails its check in the
+            // hand-over unit - refused with the migration reversed, before any window.
             await setVersion("v1.4.0");
-            await assert.rejects(stack.up(), /v1\.4\.0 failed its health check.*reverted automatically/s);
+            await assert.rejects(stack.up(), /v1\.4\.0 failed its health check in the hand-over unit .*the migrations it applied were reversed \(core back to 0005_drop_aux_cache\)\. Nothing on the server changed: v1\.2\.0 kept serving throughout/s);
+            assert.deepStrictEqual(await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_patient' AND column_name = 'email'"), []);
             await setVersion("v1.2.0");
             await stack.up();
-            return "reverted automatically";
+            return "refused in the hand-over unit; its additive migration reversed; v1.2.0 never stopped";
         });
     });
 
     it("app fails to start (v1.5.0): reverted", async function () {
         await scenario("app fails to start (v1.5.0)", "v1.2.0", async () => {
+            // Code only: booted in the hand-over unit, where it crashes - refused at once, v1.2.0 never stopped.
             await setVersion("v1.5.0");
-            await assert.rejects(stack.up(), /v1\.5\.0 failed its health check.*reverted automatically/s);
-            assert.match(await sshOk(h, "journalctl -u jhe --no-pager -o cat | grep -c jhe_native_accel || true"), /[1-9]/);
+            await assert.rejects(stack.up(), /v1\.5\.0 failed its health check in the hand-over unit \(jhe-next@v1\.5\.0\.service exited while starting.*Nothing on the server changed: v1\.2\.0 kept serving throughout/s);
+            assert.match(await sshOk(h, "journalctl -u jhe-next@v1.5.0 --no-pager -o cat | grep -c jhe_native_accel || true"), /[1-9]/);
             await setVersion("v1.2.0");
             await stack.up();
-            return "reverted automatically";
+            return "refused in the hand-over unit (it crashed starting); v1.2.0 never stopped";
         });
     });
 
