@@ -140,9 +140,12 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         await sshOk(h, "umount /srv/small");
     });
 
-    /** Fills the filesystem of `dir` (a small one the test mounted) to all but `leaveKiB`: a file named `filler` in it. */
+    /** Fills the filesystem of `dir` (a small one the test mounted) to all but about `leaveKiB`, in files
+     * `filler.N`: while something else writes there, a request for what was free a moment ago can fail,
+     * so it asks again for what is free now (bounded). */
     const fill = (dir: string, leaveKiB: number) =>
-        `fallocate -l $(( $(df --output=avail -k ${dir} | tail -1) * 1024 - ${leaveKiB * 1024} )) ${dir}/filler`;
+        `for i in $(seq 1 50); do a=$(( $(df --output=avail -k ${dir} | tail -1) - ${leaveKiB} )); ` +
+        `[ $a -gt 64 ] || break; fallocate -l $(( a * 1024 )) ${dir}/filler.$i || rm -f ${dir}/filler.$i; done`;
 
     it("backup filesystem fills up during the dump: refused with the filesystem named, the partial dump removed, the old version never stops", async function () {
         // A filesystem with room for the preflight's estimate (database + 300 MiB) that something else
@@ -159,7 +162,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
                 assert.match(err, /Nothing on the server changed: v1\.0\.0 kept serving throughout/);
                 assert.deepStrictEqual((await sshOk(h, "ls -A /srv/bfull/jhe")).trim(), "", "no partial dump left");
                 assert.match(await sshOk(h, "tail -n 12 /opt/jupyterhealth-exchange/UPGRADE_LOG.md"), /## Refused: upgrade v1\.0\.0 -> v1\.1\.0[\s\S]*filled up during the dump/);
-                await sshOk(h, "rm -f /srv/bfull/filler");
+                await sshOk(h, "rm -f /srv/bfull/filler.*");
                 await stack.removeConfig("jhe:backupDir");
                 await setVersion("v1.0.0");
                 await stack.up(); // the stack back to the default layout (nothing to do on the server)
@@ -461,7 +464,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
             assert.match(error, /Nothing on the server changed: v1\.0\.0 kept serving throughout/);
             assert.strictEqual(await serving(), "v1.0.0");
             assert.deepStrictEqual(await query(h, "SELECT datname FROM pg_database WHERE datname LIKE '%staged%'"), [], "the copy is dropped");
-            await sshOk(h, "rm -f /var/lib/postgresql/filler");
+            await sshOk(h, "rm -f /var/lib/postgresql/filler.*");
             const res = await stack.up();
             assert.strictEqual(res.outputs.deployed.value.version, "v1.1.0");
             return `refused while v1.0.0 served; copy dropped; with room again, up converged (${res.outputs.downtimeSeconds.value} s downtime)`;
