@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .backup import BackupFailed, take_backup, verify_backup
 from .db import (
@@ -29,6 +33,8 @@ from .spec import Spec
 from .state import register_backup, save_state
 from .upgradelog import append_log
 from .util import Refusal, error_summary, log, now, psql, run, sql_literal
+
+T = TypeVar("T")
 
 
 def staged_db(spec: Spec) -> str:
@@ -117,44 +123,15 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     st = {"to": to, "backup": b["id"], "db": sdb, "phase": "restoring"}
     state["staged"] = st
     save_state(spec, state)
-    t = time.monotonic()
+    started = (psql("postgres", "SELECT pg_postmaster_start_time()"), data_dir_free()[0])
     try:
-        restore_copy(spec, sdb, Path(b["path"]) / b["dump"])
-    except (RuntimeError, subprocess.CalledProcessError) as e:
-        err = f"{e} {getattr(e, 'stderr', None) or ''}"
-        if not wait_ready(60):  # PostgreSQL restarts itself if it could not write its log (a full disk)
-            raise Refusal(f"{restore_failed(err, measure=False)}; PostgreSQL has not accepted connections since (60 s): "
-                          f"free space in its data directory and start it (systemctl start postgresql), then run "
-                          f"`pulumi up` again - the staged copy {sdb} is dropped then") from e
-        drop_staged(spec, state)
-        raise refuse_unchanged(spec, state, frm, restore_failed(err)) from e
-    st["restoreSeconds"] = round(time.monotonic() - t, 2)
-    before = set(applied_migrations(spec, sdb))
-    counters = deletion_counters(sdb)
-    st["phase"] = "migrating"
+        _make_copy(spec, st, sdb, Path(b["path"]) / b["dump"], frm, to)
+    except StagedFailed as e:
+        raise _refuse_staged(spec, state, frm, to, st["phase"], e.err, started) from e
+    except (RuntimeError, subprocess.CalledProcessError) as e:  # PostgreSQL failing under it (a full disk, a crash)
+        raise _refuse_staged(spec, state, frm, to, st["phase"], f"{e} {getattr(e, 'stderr', None) or ''}", started) from e
     save_state(spec, state)
-    t = time.monotonic()
-    rel = spec.release(to)
-    # Through `manage.py shell` so the settings are the release's own, with DB_NAME pointing at the
-    # copy (JHE's settings read the environment first); it refuses unless they really do.
-    code = ("import os, sys; from django.conf import settings; from django.core.management import call_command; "
-            "name = settings.DATABASES['default']['NAME']; "
-            "sys.exit(f'the settings use database {name}, not the staged copy') if name != os.environ['DB_NAME'] "
-            "else call_command('migrate', interactive=False, verbosity=1)")
-    p = run([str(rel / "venv/bin/python"), "manage.py", "shell", "-c", code], user=spec.app_user, cwd=rel,
-            env={**os.environ, "DB_NAME": sdb}, check=False, timeout=7200)
-    applied = [m for m in applied_migrations(spec, sdb) if m not in before]
-    if p.returncode != 0:
-        err = error_summary(p.stderr)
-        drop_staged(spec, state)
-        raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed on a staged copy of the database: {err}")
-    st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
-    # The rows the migrations deleted: the copy against the live database, unchanged since the dump
-    # (else the window migrates the live database and records them again).
-    st["deletedByMigrations"] = migration_deletions(spec.db_name, sdb, counters, deletion_counters(sdb),
-                                                    deletions_dir(spec, frm, to))
-    save_state(spec, state)
-    log(f"staged copy {sdb} migrated ({len(applied)} migrations, {st['migrateSeconds']} s) while {frm} serves")
+    log(f"staged copy {sdb} migrated ({len(st['applied'])} migrations, {st['migrateSeconds']} s) while {frm} serves")
     return st
 
 
@@ -171,23 +148,104 @@ def restore_copy(spec: Spec, sdb: str, dump: Path) -> None:
         raise RuntimeError(p.stderr.strip() or f"pg_restore exited {p.returncode}")  # whole: the first error is the cause
 
 
-def restore_failed(err: str, measure: bool = True) -> str:
-    """Why the staged copy could not be made, and what to do (said plainly when the disk filled)."""
-    if "No space left on device" in err or "could not extend file" in err:
-        data_dir, free = data_dir_free() if measure else ("", -1)
-        room = f"{free / 2**20:.0f} MiB free now that the copy is dropped" if measure else "PostgreSQL is down"
-        where = f"the PostgreSQL data directory{' ' + data_dir if data_dir else ''}"
-        return (f"{where} filled up while the backup was restored into the staged copy ({room}). Free space there, or set "
-                f"jhe:migrationStrategy to in-window (the migration then runs on the live database in the window and "
-                f"needs no copy), then run `pulumi up` again (PostgreSQL: {_pg_error(err)})")
-    return f"restoring the backup into the staged copy failed: {_pg_error(err)}"
+class StagedFailed(Exception):
+    """A command making or migrating the staged copy failed; `err` is its output."""
+
+    def __init__(self, err: str) -> None:
+        super().__init__(err[-300:])
+        self.err = err
+
+
+def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: str) -> None:
+    """The staged copy: the dump restored into it, then migrated with the new release (`st`, part of the
+    state, records the phase reached and the results)."""
+    t = time.monotonic()
+    try:
+        restore_copy(spec, sdb, dump)
+    except RuntimeError as e:
+        raise StagedFailed(str(e)) from e
+    st["restoreSeconds"] = round(time.monotonic() - t, 2)
+    before = set(applied_migrations(spec, sdb))
+    counters = deletion_counters(sdb)
+    st["phase"] = "migrating"
+    t = time.monotonic()
+    rel = spec.release(to)
+    # Through `manage.py shell` so the settings are the release's own, with DB_NAME pointing at the
+    # copy (JHE's settings read the environment first); it refuses unless they really do.
+    code = ("import os, sys; from django.conf import settings; from django.core.management import call_command; "
+            "name = settings.DATABASES['default']['NAME']; "
+            "sys.exit(f'the settings use database {name}, not the staged copy') if name != os.environ['DB_NAME'] "
+            "else call_command('migrate', interactive=False, verbosity=1)")
+    p = run([str(rel / "venv/bin/python"), "manage.py", "shell", "-c", code], user=spec.app_user, cwd=rel,
+            env={**os.environ, "DB_NAME": sdb}, check=False, timeout=7200)
+    if p.returncode != 0:
+        raise StagedFailed(p.stderr)
+    applied = [m for m in applied_migrations(spec, sdb) if m not in before]
+    st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
+    # The rows the migrations deleted: the copy against the live database, unchanged since the dump
+    # (else the window migrates the live database and records them again).
+    st["deletedByMigrations"] = migration_deletions(spec.db_name, sdb, counters, deletion_counters(sdb),
+                                                    deletions_dir(spec, frm, to))
+
+
+def _refuse_staged(spec: Spec, state: dict, frm: str | None, to: str, phase: str, err: str,
+                   started: tuple[str, str]) -> Refusal:
+    """The staged copy could not be made or migrated: PostgreSQL back (it restarts itself after a crash,
+    e.g. when it could not write its log on a full disk), the copy dropped, the move refused with what
+    happened - said plainly when the data directory filled up. `started`: the postmaster's start time
+    and the data directory, read before."""
+    data_dir = started[1]
+    free_then = shutil.disk_usage(data_dir).free
+    try:
+        restarted = _once_up(lambda: psql("postgres", "SELECT pg_postmaster_start_time()")) != started[0]
+        _once_up(lambda: drop_staged(spec, state))
+    except subprocess.CalledProcessError:
+        return Refusal(f"{staged_failed(err, phase, to, (data_dir, free_then, None))}; PostgreSQL crashed and has not accepted "
+                       f"connections since (60 s): free space in {data_dir} and start it (systemctl start postgresql), then "
+                       f"run `pulumi up` again (the staged copy {staged_db(spec)} is dropped then)")
+    reason = staged_failed(err, phase, to, (data_dir, free_then, shutil.disk_usage(data_dir).free))
+    if restarted:
+        reason += f"; PostgreSQL restarted itself meanwhile (the sessions of {frm} were reset, its data is intact)"
+    return refuse_unchanged(spec, state, frm, reason)
+
+
+def _once_up(fn: Callable[[], T], seconds: float = 60.0) -> T:
+    """`fn` (reading or changing the cluster) once PostgreSQL takes sessions again: after a crash it
+    restarts on its own, and may still be going down, or recovering, when first asked."""
+    deadline = time.monotonic() + seconds
+    while True:
+        wait_ready(max(1.0, deadline - time.monotonic()))
+        try:
+            return fn()
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def staged_failed(err: str, phase: str, to: str, room: tuple[str, int, int | None] | None) -> str:
+    """Why the staged copy could not be made (`phase` restoring) or migrated, and what to do - said
+    plainly when the data directory filled up: PostgreSQL names the full disk, or the disk has next to
+    no room left (PostgreSQL may have crashed instead of saying so)."""
+    full = "No space left on device" in err or "could not extend file" in err or (room is not None and room[1] < 64 * 2**20)
+    if full:
+        where = f"the PostgreSQL data directory{' ' + room[0] if room else ''}"
+        state = ("PostgreSQL is down" if not room else f"{room[1] / 2**20:.0f} MiB free" if room[2] is None else
+                 f"{room[1] / 2**20:.0f} MiB free then, {room[2] / 2**20:.0f} MiB now that the copy is dropped")
+        return (f"{where} filled up while the staged copy was {'restored' if phase == 'restoring' else 'migrated'} ({state}). "
+                f"Free space there, or set jhe:migrationStrategy to in-window (the migration then runs on the live database "
+                f"in the window and needs no copy), then run `pulumi up` again (PostgreSQL: {_pg_error(err)})")
+    if phase == "restoring":
+        return f"restoring the backup into the staged copy failed: {_pg_error(err)}"
+    return f"`manage.py migrate` of {to} failed on a staged copy of the database: {error_summary(err)}"
 
 
 def _pg_error(err: str) -> str:
     """The error that says why: a full disk when one is named (the errors after it are its consequences,
     e.g. a foreign key whose index could not be built), else the first error."""
-    lines = [l.strip() for l in err.splitlines() if "ERROR" in l or "error:" in l or "FATAL" in l or "PANIC" in l]
-    lines = [l for l in lines if "No space left" in l] or lines
+    every = [l.strip() for l in err.splitlines() if l.strip()]
+    lines = ([l for l in every if "No space left" in l]
+             or [l for l in every if re.search(r"ERROR|[Ee]rror:|FATAL|PANIC", l)])
     return (lines[0] if lines else err.strip().splitlines()[-1] if err.strip() else "(no output)")[:300]
 
 

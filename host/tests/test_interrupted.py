@@ -72,19 +72,26 @@ def test_a_dump_that_failed_otherwise_says_so(tmp_path: Path) -> None:
     assert str(e).startswith("the backup could not be written (pg_dump: error: connection to server failed") and "filled up" not in str(e)
 
 
-def test_a_restore_that_filled_the_data_directory_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(staging, "data_dir_free", lambda: ("/var/lib/postgresql/15/main", 5 * 2**20))
+def test_a_staged_copy_that_filled_the_data_directory_says_what_to_do() -> None:
     err = ('pg_restore: error: could not execute query: ERROR:  could not extend file "base/16390/16421": No space left on device\n'
            "HINT:  Check free disk space.\n"
            "pg_restore: error: could not execute query: ERROR:  there is no unique constraint matching given keys "
            'for referenced table "core_patient"\n'
            "pg_restore: warning: errors ignored on restore: 2")
-    msg = staging.restore_failed(err)
-    assert msg.startswith("the PostgreSQL data directory /var/lib/postgresql/15/main filled up while the backup was restored")
-    assert "(5 MiB free now that the copy is dropped)" in msg and "jhe:migrationStrategy to in-window" in msg
-    assert 'could not extend file "base/16390/16421"' in msg
-    assert staging.restore_failed("pg_restore: error: could not open input file").startswith(
+    room = ("/var/lib/postgresql/15/main", 1 * 2**20, 40 * 2**20)
+    msg = staging.staged_failed(err, "restoring", "v1.1.0", room)
+    assert msg.startswith("the PostgreSQL data directory /var/lib/postgresql/15/main filled up while the staged copy was restored")
+    assert "(1 MiB free then, 40 MiB now that the copy is dropped)" in msg and "jhe:migrationStrategy to in-window" in msg
+    assert 'could not extend file "base/16390/16421"' in msg, "the first error, the cause"
+    # PostgreSQL crashed (could not write its log) instead of naming the disk: the room left says it
+    crash = "psql: WARNING:  terminating connection because of crash of another server process\nserver closed the connection unexpectedly"
+    assert staging.staged_failed(crash, "migrating", "v1.1.0", room).startswith(
+        "the PostgreSQL data directory /var/lib/postgresql/15/main filled up while the staged copy was migrated")
+    plenty = ("/var/lib/postgresql/15/main", 900 * 2**20, 940 * 2**20)
+    assert staging.staged_failed("pg_restore: error: could not open input file", "restoring", "v1.1.0", plenty).startswith(
         "restoring the backup into the staged copy failed: pg_restore: error: could not open input file")
+    assert staging.staged_failed("Traceback...\ndjango.db.utils.IntegrityError: duplicate key", "migrating", "v1.3.0", plenty) == (
+        "`manage.py migrate` of v1.3.0 failed on a staged copy of the database: django.db.utils.IntegrityError: duplicate key")
 
 
 def test_a_swap_cut_between_its_renames_is_finished(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
