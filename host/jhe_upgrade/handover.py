@@ -13,7 +13,7 @@ from .release import release_ready
 from .spec import Spec
 from .state import current_version
 from .util import log, run
-from .window import service_active, start_service
+from .window import connections_to, service_active, start_service
 
 
 def handover_unit_file(spec: Spec) -> Path:
@@ -79,18 +79,28 @@ def restart_through_next(spec: Spec) -> str | None:
     return settle_handover(spec)
 
 
-def route_to_next(spec: Spec, on: bool) -> None:
+def route_to_next(spec: Spec, on: bool, settle: float = 0.5) -> None:
+    """nginx to the hand-over unit (or back). nginx reads the flag as a request arrives, then connects:
+    a request routed just before the flip still reaches the side it chose, which must still listen -
+    so this waits `settle` seconds before the caller stops anything."""
     f = next_flag(spec)
     if on:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.touch()
+    elif f.exists():
+        f.unlink()
     else:
-        f.unlink(missing_ok=True)
+        return
+    time.sleep(settle)
 
 
 def end_handover(spec: Spec) -> None:
-    """nginx back to the service, the hand-over unit stopped (before an old version is started again)."""
+    """nginx back to the service, the hand-over unit stopped once its requests under way are done
+    (bounded; its graceful stop lets them finish anyway)."""
     route_to_next(spec, False)
+    deadline = time.monotonic() + 5
+    while connections_to(NEXT_PORT) and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop_next(spec)
 
 

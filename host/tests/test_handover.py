@@ -36,6 +36,8 @@ class Host:
         monkeypatch.setattr(handover, "current_version", lambda s: "v1.1.0")
         monkeypatch.setattr(handover, "health", lambda s, tag, timeout, port: {"ok": healthy, "detail": "refused"})
         monkeypatch.setattr(handover, "next_unit", lambda s, tag: f"jhe-next@{tag}.service")
+        monkeypatch.setattr(handover, "connections_to", lambda port: 0)
+        monkeypatch.setattr(handover.time, "sleep", lambda s: self.calls.append(f"wait {s}"))
 
 
 @pytest.fixture
@@ -57,7 +59,8 @@ def test_the_service_takes_over_then_nginx_goes_back(spec: Spec, monkeypatch: py
     handover.route_to_next(spec, True)
     assert handover.settle_handover(spec) is None
     assert not handover.next_flag(spec).exists(), "nginx back to the service"
-    assert h.calls == ["start service", "systemctl stop jhe-next@*.service"], "started before the hand-over unit stops"
+    assert h.calls == ["wait 0.5", "start service", "wait 0.5", "systemctl stop jhe-next@*.service"], \
+        "started before nginx goes back; requests routed before the flip reach their side before the hand-over unit stops"
 
 
 def test_a_service_that_does_not_come_back_leaves_the_hand_over_unit_serving(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:

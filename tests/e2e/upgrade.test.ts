@@ -276,7 +276,8 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
             await stack.setConfig("jhe:version", { value: v });
             const pre = await stack.preview({ diff: true });
             assert.match(pre.stdout, new RegExp(`migrationClass\\s*:\\s*"${cls}"`));
-            assert.match(pre.stdout, /summary\s*:.*every pending migration is no-SQL or additive: applied while v2\.\d\.0 serves, then v2\.\d\.0 takes over through the hand-over unit - no maintenance window/);
+            assert.match(pre.stdout, /migrationStrategy\s*:\s*"online"/);
+            assert.match(pre.stdout, /summary\s*:.*every pending migration is no-SQL or additive: applied while v2\.\d\.0 serves, then v2\.\d\.0 takes over/);
             const w = new Writer(h).start();
             const res = await stack.up();
             await new Promise((r) => setTimeout(r, 300));

@@ -258,11 +258,19 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     // The swap: the tool frozen (SIGSTOP) once it closes the databases, the first of its two renames done
     // for it (the live database to the name the swap recorded), then killed - a kill between the renames.
     const PG = "runuser -u postgres -- psql -qtAX";
-    const CREATING = `[ "$(${PG} -c "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'CREATE DATABASE %TEMPLATE \\"jhe_production\\"%'")" != 0 ]`;
+    const STATE = `${APP}/.jhe-upgrade/state.json`;
+    const FREEZE = "pkill -STOP -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'";
+    // The snapshot: the tool frozen once it has named the copy and closed the database, the copy made for
+    // it (its next statement, which a kill would leave running or done), then killed.
+    const CUT_SNAPSHOT = [
+        FREEZE,
+        `name=$(python3 -c 'import json; print(json.load(open("${STATE}"))["snapshotPending"]["name"])')`,
+        `${PG} -c "CREATE DATABASE \\"$name\\" TEMPLATE jhe_production"`,
+    ].join("; ");
     const LIVE_COUNT = `${PG} -c "SELECT count(*) FROM pg_database WHERE datname = 'jhe_production'" > /tmp/fault.live`;
     const CUT_SWAP = [
-        "pkill -STOP -xf 'python3 /usr/local/lib/jhe-upgrade/jhe_upgrade.py [a-z]+'",
-        `prev=$(python3 -c 'import json; print(json.load(open("${APP}/.jhe-upgrade/state.json"))["swap"]["previous"])')`,
+        FREEZE,
+        `prev=$(python3 -c 'import json; print(json.load(open("${STATE}"))["swap"]["previous"])')`,
         `${PG} -c "ALTER DATABASE jhe_production RENAME TO \\"$prev\\""`,
         `${TOOL}; ${LIVE_COUNT}`,
     ].join("; ");
@@ -271,7 +279,8 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         ["the host tool killed right after jhe stopped", "v1.0.0", `${PAGE} && ! systemctl is-active -q jhe`, TOOL],
         // With the writer going, an upgrade's staged copy is dropped and the window takes a snapshot;
         // a rollback swaps the kept database back in by two renames.
-        ["the host tool killed during the snapshot", "v1.1.0", `${PAGE} && ${CREATING}`, `${TOOL}; ${LIVE_COUNT}`],
+        ["the host tool killed during the snapshot", "v1.1.0", `${PAGE} && test -e /var/lib/jhe-upgrade/closed-databases.json && grep -q snapshotPending ${STATE}`,
+            `${CUT_SNAPSHOT}; ${TOOL}; ${LIVE_COUNT}`],
         ["the host tool killed between the swap's two renames", "v1.0.0", `${PAGE} && test -e /var/lib/jhe-upgrade/closed-databases.json`, CUT_SWAP],
         ["the host tool killed during the migration", "v1.1.0", `${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL],
         ["the host tool killed right after the switch", "v1.0.0", `${PAGE} && ${current("v1.0.0")}`, TOOL],
@@ -314,7 +323,7 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
                     assert.deepStrictEqual(stray, [], "copies kept but recorded nowhere");
                 }
                 const meanwhile = after === target ? `${target} (new)` : after === before ? `${before} (old)` : `${after} (the maintenance page)`;
-                return `${action === CUT_SWAP ? "killed with no database under the live name; " : inMove ? "killed while the copy was made; " : ""}${upFailed ? "up failed" : "up succeeded"}; ` +
+                return `${action === CUT_SWAP ? "killed with no database under the live name; " : inMove ? "killed with the copy made, not recorded; " : ""}${upFailed ? "up failed" : "up succeeded"}; ` +
                     `meanwhile ${meanwhile}; re-run converged${inMove ? ", every database open again, no stray copy" : ""} (${res.outputs.downtimeSeconds.value} s downtime)`;
             });
         });
