@@ -208,10 +208,12 @@ def kept_name(spec: Spec, frm: str | None) -> str:
 
 
 def live_marker(db: str) -> dict:
-    """Where "written since" starts: a transaction id taken just before a release starts serving (every
-    row written after has a newer xmin), with the cluster it belongs to, and the tables' write counters
-    then (a later rollback compares only the tables whose counters moved)."""
-    xid, sysid = psql(db, "SELECT txid_current() % 4294967296, (SELECT system_identifier FROM pg_control_system())").split("|")
+    """Where "written since" starts: the oldest transaction still running now (every row committed
+    after - also by a transaction that began before and commits later, e.g. after a dump's snapshot
+    while the old version serves - has an xmin no older), with the cluster it belongs to, and the
+    tables' write counters then (a later rollback compares only the tables whose counters moved)."""
+    xid, sysid = psql(db, "SELECT txid_snapshot_xmin(txid_current_snapshot()) % 4294967296, "
+                          "(SELECT system_identifier FROM pg_control_system())").split("|")
     return {"xid": int(xid), "cluster": sysid, "marks": table_marks(db)}
 
 

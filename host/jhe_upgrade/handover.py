@@ -41,8 +41,12 @@ def boot_next(spec: Spec, tag: str) -> dict | None:
     older program) or no such release."""
     if not handover_unit_file(spec).exists() or not release_ready(spec, tag):
         return None
-    stop_next(spec)
     unit = next_unit(spec, tag)
+    if next_flag(spec).exists():  # nginx is routed to it (a killed run's): never stopped while it serves
+        h = health(spec, tag, 5.0, port=NEXT_PORT)
+        if h["ok"]:
+            return {**h, "unit": unit, "bootSeconds": 0.0}
+    stop_next(spec)
     t = time.monotonic()
     p = run(["systemctl", "start", unit], check=False)
     h = _healthy(spec, tag, unit) if p.returncode == 0 else {"ok": False, "detail": p.stderr.strip()[-300:]}
@@ -118,6 +122,9 @@ def settle_handover(spec: Spec) -> str | None:
     if not service_active(spec):
         start_service(spec)
     h = health(spec, ver, spec.health_timeout, port=MAIN_PORT)
+    if not h["ok"] and service_active(spec):  # still the code it started with (a run killed before its restart)
+        run(["systemctl", "restart", spec.service])
+        h = health(spec, ver, spec.health_timeout, port=MAIN_PORT)
     if not h["ok"]:
         return (f"{spec.service} did not pass its health check with {ver} ({h.get('detail')}); {ver} keeps serving "
                 f"from {next_unit(spec, ver)}; run `pulumi up` again once {spec.service} starts")

@@ -2,8 +2,10 @@
 has it before the release is built): the class of each operation and of the migration (its worst).
 
     no-sql       nothing reaches the database (choices, help text, verbose names, Python defaults, options)
-    additive     safe for the old code while it serves: a new table, a nullable (or DB-defaulted) column,
-                 a new or dropped index, a column made nullable
+    additive     safe for the old code while it serves, and quick: a new table, a nullable (or
+                 DB-defaulted) column, an index built concurrently, a dropped index, a column made nullable
+    blocking     safe for the old code but locks a table while it works: a plain AddIndex, a new column
+                 with an index, a unique constraint or a foreign key
     data         runs code or SQL over the rows (RunPython, RunSQL): what it does is not known
     destructive  removes or renames what the old code uses, rewrites a column, or adds what the old
                  code's writes may break (a NOT NULL column without a DB default, a constraint)
@@ -13,7 +15,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 
-CLASSES = ("no-sql", "additive", "data", "destructive")
+CLASSES = ("no-sql", "additive", "blocking", "data", "destructive")
 
 # Field arguments that never reach the database (Django's schema editor ignores them: non_db_attrs;
 # a changed Python `default` emits no SQL either).
@@ -64,13 +66,16 @@ def _field_key(field: ast.expr) -> tuple[str, list[str], dict[str, str]]:
 
 
 def operations(source: str) -> list[ast.Call]:
-    """The calls in the `operations = [...]` list of a migration module (empty if there is none)."""
+    """The calls in the `operations = [...]` list of a migration module. Raises ValueError when the list
+    is not written out call by call (built in code, a name for an operation, no list at all): what it
+    holds is then not known, and the migration is classed destructive."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "operations" for t in node.targets):
-            if isinstance(node.value, (ast.List, ast.Tuple)):
+            if isinstance(node.value, (ast.List, ast.Tuple)) and all(isinstance(e, ast.Call) for e in node.value.elts):
                 return [e for e in node.value.elts if isinstance(e, ast.Call)]
-    return []
+            raise ValueError("its operations are not written out one call each")
+    raise ValueError("it has no operations list")
 
 
 def apply_op(fields: dict[tuple[str, str], ast.expr], op: ast.Call) -> None:
@@ -95,7 +100,11 @@ def field_history(sources: list[str]) -> dict[tuple[str, str], ast.expr]:
     """(model, field) -> its latest definition, over migration modules in order."""
     fields: dict[tuple[str, str], ast.expr] = {}
     for src in sources:
-        for op in operations(src):
+        try:
+            ops = operations(src)
+        except (SyntaxError, ValueError):
+            continue  # (its fields stay unknown: an AlterField of one is then classed destructive)
+        for op in ops:
             apply_op(fields, op)
     return fields
 
@@ -111,7 +120,7 @@ def classify_operation(op: ast.Call, earlier: dict[tuple[str, str], ast.expr]) -
     if kind in ADDITIVE_OPS:
         return "additive", f"{kind} {name if kind == 'CreateModel' else model}: {ADDITIVE_OPS[kind]}"
     if kind == "AddIndex":
-        return "additive", f"AddIndex on {model}: a new index (plain AddIndex blocks writes to the table while it is built)"
+        return "blocking", f"AddIndex on {model}: blocks writes to the table while the index is built (AddIndexConcurrently does not)"
     if kind in DATA_OPS:
         return "data", f"{kind}: {DATA_OPS[kind]}"
     if kind in DESTRUCTIVE_OPS:
@@ -124,7 +133,11 @@ def classify_operation(op: ast.Call, earlier: dict[tuple[str, str], ast.expr]) -
     field = kw.get("field")
     if kind == "AddField" and isinstance(field, ast.Call):
         fkw = _kw(field)
-        if _is_true(fkw.get("null")) or "db_default" in fkw or _name(field.func) == "ManyToManyField":
+        if _name(field.func) in ("ForeignKey", "OneToOneField") or _is_true(fkw.get("db_index")) or _is_true(fkw.get("unique")):
+            return "blocking", (f"AddField {model}.{name}: builds an index (or a foreign key) while the table is locked "
+                                f"against reads and writes")
+        has_default = "db_default" in fkw and not (isinstance(fkw["db_default"], ast.Constant) and fkw["db_default"].value is None)
+        if _is_true(fkw.get("null")) or has_default or _name(field.func) == "ManyToManyField":
             return "additive", f"AddField {model}.{name}: a nullable (or DB-defaulted) column the old code leaves alone"
         return "destructive", (f"AddField {model}.{name}: NOT NULL without a DB default - the old code's inserts "
                                f"would fail while it serves")

@@ -16,6 +16,7 @@ in migrate's place.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -221,6 +222,17 @@ def step_migrate(spec: Spec) -> dict:
     if _upgrade_done(spec, state, to):
         return {"skipped": f"{to} already serving", "applied": []}
     tgt = state["target"]
+    if tgt.get("strategy") == "online" and not state.get("window") and not state.get("migrated"):
+        # Preflight knew the project's own migrations; the built release knows every app's (an installed
+        # package may bring one that is not safe while the old version serves): judged again now.
+        pending, _ = migration_delta(release_migrations(spec, spec.repo, to), applied_migrations(spec))
+        classes = pending_classes(spec, spec.repo, to, pending)
+        unsafe = {m: c["class"] for m, c in classes.items() if c["class"] not in ("no-sql", "additive")}
+        if unsafe:
+            log(f"the built release brings migrations that are not safe while {frm} serves "
+                f"({', '.join(f'{m}: {c}' for m, c in unsafe.items())}): staged instead of online")
+            tgt.update(strategy="staged", pending=pending, classes={m: c["class"] for m, c in classes.items()})
+            save_state(spec, state)
     if tgt.get("strategy") == "online" and not state.get("window"):
         return migrate_online(spec, state, frm, to)
     staged = tgt.get("strategy") == "staged" and bool(tgt.get("pending"))
@@ -270,9 +282,12 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     if not state.get("migrated"):
         before = applied_migrations(spec)
         rel = spec.release(to)
+        # Never queue behind a long transaction holding a lock the migration needs (every request would
+        # queue behind the migration): give up after a few seconds instead, and refuse.
         p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
-                check=False, timeout=7200)
-        applied = [m for m in applied_migrations(spec) if m not in before]
+                env={**os.environ, "PGOPTIONS": "-c lock_timeout=5s"}, check=False, timeout=7200)
+        # (a killed run may have applied some already: the preflight's pending ones count as this move's)
+        applied = [m for m in applied_migrations(spec) if m not in before or m in (state["target"].get("pending") or [])]
         if p.returncode != 0:
             raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed while {frm} served "
                                                      f"({error_summary(p.stderr)}); {unapply(spec, to, before, applied)}")

@@ -56,9 +56,10 @@ def connections_to(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc
     return n
 
 
-def stop_now(spec: Spec, drain: float = 3.0) -> None:
+def stop_now(spec: Spec, drain: float = 20.0) -> None:
     """Once the maintenance page is up: the requests under way finish (bounded by `drain`), then the
-    service's processes go at once - no graceful shutdown to wait for."""
+    service's processes go at once - no graceful shutdown to wait for once they are idle (`drain` is the
+    unit's --graceful-timeout: a request that runs longer would be cut off by a graceful stop too)."""
     if not service_active(spec):
         return
     deadline = time.monotonic() + drain

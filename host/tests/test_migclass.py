@@ -39,7 +39,13 @@ def mig(*ops: str) -> str:
     ('migrations.AddField(model_name="study", name="x", field=models.IntegerField(null=True))', "additive", "nullable"),
     ('migrations.AddField(model_name="study", name="x", field=models.IntegerField(db_default=0))', "additive", "DB-defaulted"),
     ('migrations.AddField(model_name="study", name="x", field=models.IntegerField(default=0))', "destructive", "inserts would fail"),
-    ('migrations.AddIndex(model_name="study", index=models.Index(fields=["name"], name="s_name"))', "additive", "blocks writes"),
+    ('migrations.AddIndex(model_name="study", index=models.Index(fields=["name"], name="s_name"))', "blocking", "blocks writes"),
+    ('AddIndexConcurrently(model_name="study", index=models.Index(fields=["name"], name="s_name"))', "additive", "without blocking"),
+    ('migrations.AddField(model_name="study", name="k", field=models.CharField(max_length=9, null=True, db_index=True))', "blocking",
+     "builds an index"),
+    ('migrations.AddField(model_name="study", name="site", field=models.ForeignKey(null=True, on_delete=models.CASCADE, to="core.site"))',
+     "blocking", "foreign key"),
+    ('migrations.AddField(model_name="study", name="x", field=models.IntegerField(db_default=None))', "destructive", "inserts would fail"),
     ('migrations.CreateModel(name="Site", fields=[("id", models.BigAutoField(primary_key=True))])', "additive", "creates table"),
     ('migrations.RemoveField(model_name="study", name="name")', "destructive", "drops a column"),
     ('migrations.RenameField(model_name="study", old_name="name", new_name="title")', "destructive", "renames a column"),
@@ -88,3 +94,14 @@ def test_reversing_an_online_upgrade_goes_back_app_by_app() -> None:
     applied = ["core.0006_observation_device_site", "core.0007_alter_observation_source",
                "oauth2_provider.0014_alter_help_text", "site.0001_initial"]
     assert unapply_targets(before, applied) == {"core": "0005_drop_aux_cache", "oauth2_provider": "0013_x", "site": "zero"}
+
+
+@pytest.mark.parametrize("body", [
+    "    operations = [migrations.RunSQL(s) for s in STATEMENTS]\n",  # built in code
+    "    operations = [DROP]\n",  # a name for an operation
+    "    pass\n",  # no list at all
+])
+def test_operations_that_cannot_be_read_are_destructive(body: str) -> None:
+    src = "from django.db import migrations\nclass Migration(migrations.Migration):\n" + body
+    got = classify([INITIAL, src], 1)
+    assert got["class"] == "destructive" and "could not be read" in got["operations"][0], got
