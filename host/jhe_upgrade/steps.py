@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 
 from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
@@ -281,11 +282,9 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     b = state.get("backup") or ensure_backup_ahead(spec, state, frm, to)
     if not state.get("migrated"):
         before = applied_migrations(spec)
-        rel = spec.release(to)
         # Never queue behind a long transaction holding a lock the migration needs (every request would
         # queue behind the migration): give up after a few seconds instead, and refuse.
-        p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
-                env={**os.environ, "PGOPTIONS": "-c lock_timeout=5s"}, check=False, timeout=7200)
+        p = manage_migrate(spec, to, env={**os.environ, "PGOPTIONS": "-c lock_timeout=5s"})
         # (a killed run may have applied some already: the preflight's pending ones count as this move's)
         applied = [m for m in applied_migrations(spec) if m not in before or m in (state["target"].get("pending") or [])]
         if p.returncode != 0:
@@ -319,12 +318,10 @@ def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -
     old version never wrote to it), app by app back to where each was; says what was done."""
     if not applied:
         return "no migration had been applied"
-    rel = spec.release(to)
     done: list[str] = []
     failed: list[str] = []
     for app, target in unapply_targets(before if before is not None else applied_migrations(spec), applied).items():
-        p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", app, target, "--no-input"], user=spec.app_user,
-                cwd=rel, check=False, timeout=7200)
+        p = manage_migrate(spec, to, app, target)
         if p.returncode == 0:
             done.append(f"{app} back to {target}")
         else:
@@ -333,6 +330,13 @@ def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -
         return (f"reversing them failed for {', '.join(failed)} - the old version keeps serving on a database with those "
                 f"additive changes, which it does not use" + (f"; reversed: {', '.join(done)}" if done else ""))
     return f"the migrations it applied were reversed ({', '.join(done)})"
+
+
+def manage_migrate(spec: Spec, tag: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`manage.py migrate [app target]` with release `tag`'s code, as the app user (not checked)."""
+    rel = spec.release(tag)
+    return run([str(rel / "venv/bin/python"), "manage.py", "migrate", *args, "--no-input"], user=spec.app_user, cwd=rel,
+               env=env, check=False, timeout=7200)
 
 
 def unapply_targets(before: list[str], applied: list[str]) -> dict[str, str]:
@@ -349,12 +353,10 @@ def unapply_targets(before: list[str], applied: list[str]) -> dict[str, str]:
 def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     before = set(applied_migrations(spec))
     counters = deletion_counters(spec.db_name)
-    rel = spec.release(to)
     t = time.monotonic()
     state["dbTouched"] = True
     save_state(spec, state)
-    p = run([str(rel / "venv/bin/python"), "manage.py", "migrate", "--no-input"], user=spec.app_user, cwd=rel,
-            check=False, timeout=7200)
+    p = manage_migrate(spec, to)
     after = applied_migrations(spec)
     applied = [m for m in after if m not in before]
     if p.returncode != 0:
