@@ -28,7 +28,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 p() { echo "\$ npm run pulumi -- $*"; pulumi "$@"; }
 
 step "1. A server as the runbook's operator has it: JHE v1.0.0 checked out in /opt/jupyterhealth-exchange"
-info=$(testhost/testhost.sh up --name "$name" --legacy v1.0.0)
+info=$(testhost/testhost.sh up --name "$name" --legacy v1.0.0 --app-timing "boot=6 stop=3.5")
 get() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$info" "$1"; }
 echo "server $(get address), host key $(get hostKey | cut -c1-40)..., site $(get siteUrl)"
 

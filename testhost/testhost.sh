@@ -3,7 +3,7 @@
 # namespace of its own, reachable over SSH at a private address on a veth link.
 #
 #   testhost.sh up     [--name N] [--legacy TAG] [--patients N] [--observations M] [--data-on-disk]
-#                                                                                    prints JSON
+#                      [--app-timing "boot=S stop=S"]                               prints JSON
 #   testhost.sh down   [--name N] | --all
 #   testhost.sh status [--name N]                                                    prints JSON
 #   testhost.sh ssh    [--name N] [-- command ...]
@@ -13,7 +13,9 @@
 # in as root, as `deploy` (password-less sudo) and as `needpw` (sudo asks for a password). `down` leaves no
 # process, mount, cgroup, network namespace or veth behind. The overlay lives in memory (a few GB); with
 # --data-on-disk, /var/lib/postgresql and /backups are on this machine's disk instead
-# ($JHE_TESTHOST_DISK/<name>, removed by `down`), for databases of a gigabyte and more.
+# ($JHE_TESTHOST_DISK/<name>, removed by `down`), for databases of a gigabyte and more. With
+# --app-timing the fixture app boots and stops as slowly as the real JHE (/etc/jhe-fixture/timing,
+# read by the fixture's jhe/wsgi.py), e.g. "boot=6 stop=3.5".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 RUN=${JHE_TESTHOST_RUN:-/run/jhe-testhost}
@@ -27,7 +29,7 @@ log() { echo "testhost: $*" >&2; }
 now_ms() { date +%s%3N; }
 
 cmd=${1:-}; shift || true
-name=default legacy="" patients=100 observations=10000 all=false on_disk=false passthru=()
+name=default legacy="" patients=100 observations=10000 all=false on_disk=false app_timing="" passthru=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) name=$2; shift 2 ;;
@@ -36,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --observations) observations=$2; shift 2 ;;
     --all) all=true; shift ;;
     --data-on-disk) on_disk=true; shift ;;
+    --app-timing) app_timing=$2; shift 2 ;;
     --) shift; passthru=("$@"); break ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
   esac
@@ -43,6 +46,8 @@ done
 [[ $name =~ ^[a-z0-9][a-z0-9-]{0,10}$ ]] || die "--name must be 1-11 of a-z, 0-9, '-' (got '$name')"
 [[ $patients =~ ^[0-9]+$ && $patients -ge 1 ]] || die "--patients must be a positive number"
 [[ $observations =~ ^[0-9]+$ ]] || die "--observations must be a number"
+[[ -z $app_timing || $app_timing =~ ^(boot|stop)=[0-9]+(\.[0-9]+)?(\ (boot|stop)=[0-9]+(\.[0-9]+)?)?$ ]] \
+  || die "--app-timing must be like \"boot=6 stop=3.5\" (seconds; got '$app_timing')"
 [[ -z $legacy || $legacy =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--legacy must be a fixture tag such as v1.0.0"
 
 inst="$RUN/$name"
@@ -209,6 +214,10 @@ echo "needpw:$(head -c 12 /dev/urandom | base64)" | chpasswd
 echo 'needpw ALL=(ALL) ALL' > /etc/sudoers.d/needpw
 chmod 0440 /etc/sudoers.d/deploy /etc/sudoers.d/needpw
 USERS
+  if [[ -n $app_timing ]]; then
+    remote "install -d -m 0755 /etc/jhe-fixture && echo '$app_timing' > /etc/jhe-fixture/timing" \
+      || { do_down "$name"; die "could not write the app timing"; }
+  fi
   if [[ -n $legacy ]]; then
     echo "$legacy" > "$inst/legacy"
     echo "https://$name.jhe.test" > "$inst/site_url"

@@ -39,6 +39,8 @@ export interface UpOptions {
     observations?: number;
     /** PostgreSQL's data and /backups on this machine's disk, not in the in-memory overlay. */
     dataOnDisk?: boolean;
+    /** The fixture app boots and stops as slowly as the real JHE: e.g. "boot=6 stop=3.5" (seconds). */
+    appTiming?: string;
 }
 
 /** Boots a test server; rejects with the script's own words if it cannot. */
@@ -48,6 +50,7 @@ export async function up(name: string, opts: UpOptions = {}): Promise<HostInfo> 
     if (opts.patients !== undefined) args.push("--patients", String(opts.patients));
     if (opts.observations !== undefined) args.push("--observations", String(opts.observations));
     if (opts.dataOnDisk) args.push("--data-on-disk");
+    if (opts.appTiming) args.push("--app-timing", opts.appTiming);
     const { stdout } = await execFileP(TESTHOST, args, { maxBuffer: 1 << 20, timeout: 600_000 });
     return JSON.parse(stdout.trim().split("\n").pop()!) as HostInfo;
 }
