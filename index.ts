@@ -10,10 +10,14 @@
 //   4. the upgrade       components/release.ts    preflight, prepare-release, backup, migrate,
 //                                                  switch-restart, health-gate, finish - replaced on
 //                                                  every jhe:version change; the host tool (host/jhe_upgrade/) runs them.
-//                                                  By default the backup and the migration run on a
-//                                                  copy while the old version serves; the window is a
-//                                                  rename swap and the restart (jhe:migrationStrategy)
-//   5. the plan          components/plan.ts       read-only look at the server during preview
+//                                                  Migrations that are all no-SQL or additive run while
+//                                                  the old version serves, and the new release takes over
+//                                                  through a hand-over unit: no window. Otherwise the
+//                                                  backup and the migration run on a copy while the old
+//                                                  version serves; the window is a rename swap and the
+//                                                  switch to the release booted before it (jhe:migrationStrategy)
+//   5. the plan          components/plan.ts       read-only look at the server during preview, with
+//                                                  the migrations' classes and the downtime estimate
 //
 // components/program.ts wires 1-5 together; this file reads the config and exports the outputs.
 import * as pulumi from "@pulumi/pulumi";
@@ -38,6 +42,7 @@ export const migration = outputs.migration;
 export const rollback = outputs.rollback;
 export const dependencies = outputs.dependencies;
 export const downtimeSeconds = outputs.downtimeSeconds;
+export const window = outputs.window;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;

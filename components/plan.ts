@@ -19,6 +19,10 @@ export interface Plan {
     migrationClasses?: Record<string, { class: string; operations: string[] }>;
     /** The worst of them. */
     migrationClass?: string;
+    /** How long the maintenance page will be up, from the path, the database's size and rates measured on the server. */
+    estimatedDowntimeSeconds?: number;
+    /** The path the move will take, the estimate's parts (snapshot, migrate, switch) and where each rate comes from. */
+    estimate?: { path: string; parts: Record<string, number>; basis: Record<string, string>; writesPerSecond?: number };
     /** Whose migrations pending/undo cover: every app once the target release is built, else the project's own. */
     migrationsOf?: string;
     /** Variables new in the target's env example that neither the .env, the stack nor jhe:envUnset decides. */

@@ -54,6 +54,8 @@ export function jheProgram(config: JheConfig) {
         // How the release's dependencies were installed (as the lock pins them) and what `pip check` found.
         dependencies: r.finish.apply((f) => (f.dependencies as Record<string, unknown> | undefined) ?? null),
         downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
+        // What the window held (path, snapshot, migration, switch seconds) beside preflight's estimate of it.
+        window: r.finish.apply((f) => (f.window as Record<string, unknown> | undefined) ?? null),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
         upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,
         backupBucket: bucket?.bucketName ?? (config.backupBucket.mode === "existing" ? config.backupBucket.name : null),

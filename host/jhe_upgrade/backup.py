@@ -150,9 +150,10 @@ def take_snapshot(spec: Spec, state: dict, frm: str | None, to: str) -> dict | N
     with sessions_closed(spec.db_name):
         psql("postgres", f'CREATE DATABASE "{name}" OWNER "{spec.db_user}" TEMPLATE "{spec.db_name}"{strategy}')
     copy_db_properties(spec.db_name, name)
+    copy_seconds = round(time.monotonic() - t, 2)
     b = {"id": name, "snapshot": name, "keptDatabase": name, "window": state["window"]["id"], "from": frm or "none",
          "to": to, "created": now(), "rowCounts": row_counts(spec, name), "appliedMigrations": applied_migrations(spec, name),
-         "seconds": round(time.monotonic() - t, 2)}
+         "seconds": round(time.monotonic() - t, 2), "copySeconds": copy_seconds, "bytes": db_bytes}
     state["backup"] = b
     state["swap"] = {"previous": name, "in": None, "at": now(), "snapshot": True}
     state.pop("snapshotPending", None)

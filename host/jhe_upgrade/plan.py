@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .db import applied_migrations, db_exists, db_size
 from .envfile import HINTS, env_added, env_missing, parse_env
+from .estimate import estimate_for
 from .gitrepo import tag_exists
 from .migclass import worst
 from .release import pending_classes, release_knows_all_migrations, release_migrations
@@ -71,8 +72,9 @@ def step_plan(spec: Spec) -> dict:
     pending, undo = migration_delta(release_migrations(spec, repo, to), applied_migrations(spec) if frm else [])
     facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
     classes = pending_classes(spec, repo, to, pending) if pending else {}
+    state = load_state(spec)
     if undo:
-        b = latest_backup_from(load_state(spec), to)
+        b = latest_backup_from(state, to)
         facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
     elif frm:
         facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name), [c["class"] for c in classes.values()])
@@ -82,6 +84,10 @@ def step_plan(spec: Spec) -> dict:
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
+    est = estimate_for(spec, state, action=out["action"], strategy=facts.get("strategy"), pending=pending, classes=classes,
+                       db_bytes=db_size(spec.db_name) if frm else 0)
+    out["estimatedDowntimeSeconds"] = est["seconds"]
+    out["estimate"] = {k: est[k] for k in ("path", "parts", "basis", "writesPerSecond") if k in est}
     if pending:
         out["migrationClasses"] = classes
         out["migrationClass"] = worst([c["class"] for c in classes.values()])

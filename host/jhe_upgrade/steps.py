@@ -25,6 +25,7 @@ import time
 from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
 from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, set_db_password
 from .envfile import env_added, env_problems, target_env
+from .estimate import estimate_for, observed, record
 from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .handover import boot_next, next_unit, restart_through_next, route_to_next, settle_handover
 from .health import NEXT_PORT, health, smoke_test
@@ -145,15 +146,17 @@ def _preflight(spec: Spec) -> dict:
         restore_from = None
     classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
     strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
+    est = estimate_for(spec, state, action=kind, strategy=strategy, pending=pending, classes=classes, db_bytes=db_bytes)
     state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
                        "undo": extra, "restoreFrom": restore_from, "strategy": strategy,
-                       "classes": {m: c["class"] for m, c in classes.items()}}
+                       "classes": {m: c["class"] for m, c in classes.items()},
+                       "estimate": {k: est[k] for k in ("seconds", "path", "rewriteBytes")}}
     save_state(spec, state)
     return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
             "strategy": strategy, "strategyWhy": why,
             "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
             "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
-            "databaseBytes": db_bytes}
+            "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"]}
 
 
 def step_prepare(spec: Spec) -> dict:
@@ -446,6 +449,7 @@ def step_finish(spec: Spec) -> dict:
         release_lock(spec)
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
     kind = (state.get("target") or {}).get("kind", "upgrade")
+    timing = observed(state, seconds)  # (before the backup record below is replaced by the deferred dump's)
     rb = state.get("rollback")
     b = state.get("backup") or {}
     # Dumps written now that the new version serves (in the window the database was only copied or
@@ -477,9 +481,11 @@ def step_finish(spec: Spec) -> dict:
         "envAdded": added, "smoke": smoke, "releasesRemoved": removed, "finished": now(), "kind": kind,
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
         "dependencies": release_dependencies(spec, to),
+        "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
+    record(state, timing)
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
     for k in ("target", "backup", *MOVE_KEYS):
         state.pop(k, None)

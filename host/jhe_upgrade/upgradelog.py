@@ -45,12 +45,15 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         "",
     ]
     staged = (state.get("migrated") or {}).get("staged")
+    online = (state.get("migrated") or {}).get("online")
     return "\n".join([
         f"## {kind} {'of' if not frm else 'to'} {to} - {stamp}", "",
         f"**Performed by:** {operator} (stack {owner})",
         f"**From:** {frm or 'nothing'}  **To:** {to}",
-        f"**Downtime:** {summary['downtimeSeconds']} s (maintenance page shown)",
-        "**Migration:** " + ("on a staged copy while the old version served; swapped in by rename" if staged
+        f"**Downtime:** {summary['downtimeSeconds']} s (maintenance page shown)"
+        + (f"; estimated {est} s at preflight" if (est := summary.get("estimatedDowntimeSeconds")) is not None else ""),
+        "**Migration:** " + ("applied while the old version served; no window (hand-over)" if online else
+                             "on a staged copy while the old version served; swapped in by rename" if staged
                               else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})"
                                                       if fallback else "")),
         *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",

@@ -103,6 +103,9 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
             assert.match(pre.stdout, new RegExp(`${m.replace(/\./g, "\\.")}\\W[\\s\\S]{0,80}?class\\s*:\\s*"${c}"`), m);
         }
         assert.match(pre.stdout, /summary\s*:.*"upgrade v1\.0\.0 -> v1\.1\.0: backup and migrations on a copy while v1\.0\.0 serves, then a rename swap in the window/);
+        // the downtime estimate: nobody writes now, so the staged copy is swapped in and the window holds the switch
+        assert.match(pre.stdout, /estimatedDowntimeSeconds\s*:\s*\d+(\.\d+)?\n/);
+        assert.match(pre.stdout, /path\s*:\s*"staged: migrated on a copy before the window, swapped in by rename"/);
     });
 
     it("up v1.1.0: backs up, migrates, restarts, passes the health gate, and reports it", async function () {
@@ -133,6 +136,11 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.match(onServer, new RegExp(`^${o.backup.sha256}  `));
         assert.match(onServer, /\n700\n600\n$/);
         assert.ok(o.downtimeSeconds > 0 && o.downtimeSeconds < 60, `downtime ${o.downtimeSeconds}`);
+        // what the window held, beside preflight's estimate of it (recorded for the next estimate)
+        assert.strictEqual(o.window.path, "staged", JSON.stringify(o.window));
+        assert.strictEqual(o.window.windowSeconds, o.downtimeSeconds);
+        assert.strictEqual(typeof o.window.estimatedSeconds, "number");
+        assert.ok(o.window.migrateSeconds > 0 && o.window.rewriteBytes > 0, JSON.stringify(o.window)); // 0003 runs over core_*
         // Nothing was written meanwhile, so the copy migrated while v1.0.0 served was swapped in, and
         // the database as v1.0.0 had it is kept as it was: the seeded rows, no v1.1.0 column.
         assert.strictEqual(o.migration.strategy, "staged");
@@ -159,6 +167,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         assert.match(log, /\*\*From:\*\* v1\.0\.0 {2}\*\*To:\*\* v1\.1\.0/);
         assert.match(log, new RegExp(`Migrations applied: ${V110_APPLIED.join(", ").replace(/\./g, "\\.")}`));
         assert.match(log, /\*\*Migration:\*\* on a staged copy while the old version served; swapped in by rename/);
+        assert.match(log, /\*\*Downtime:\*\* [0-9.]+ s \(maintenance page shown\); estimated [0-9.]+ s at preflight/);
         assert.match(log, /Environment variables added by v1\.1\.0: JHE_FEATURE_X/);
         assert.match(log, new RegExp(`Backup: ${o.backup.location} \\(sha256 ${o.backup.sha256}`));
         assert.match(log, /- \/health: 200\n- \/admin\/: 302\n- \/o\/\.well-known\/jwks\.json: 200/);
@@ -277,6 +286,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
             const pre = await stack.preview({ diff: true });
             assert.match(pre.stdout, new RegExp(`migrationClass\\s*:\\s*"${cls}"`));
             assert.match(pre.stdout, /migrationStrategy\s*:\s*"online"/);
+            assert.match(pre.stdout, /estimatedDowntimeSeconds\s*:\s*0\n/);
             assert.match(pre.stdout, /summary\s*:.*every pending migration is no-SQL or additive: applied while v2\.\d\.0 serves, then v2\.\d\.0 takes over/);
             const w = new Writer(h).start();
             const res = await stack.up();
