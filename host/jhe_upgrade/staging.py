@@ -249,13 +249,21 @@ def _pg_error(err: str) -> str:
     return (lines[0] if lines else err.strip().splitlines()[-1] if err.strip() else "(no output)")[:300]
 
 
-def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str) -> Refusal:
-    """A failure before the window: bookkeeping as after a recovery, though there was nothing to undo."""
+def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str, kept: list[str] | None = None) -> Refusal:
+    """A failure before the window: bookkeeping as after a recovery, though there was nothing to undo.
+    `kept`: additive migrations applied while the old version served that could not be reversed - the
+    database keeps what they added (the old version does not use it), and the refusal says so."""
+    restored = (f"the database keeps what migrations {', '.join(kept)} added (reversing them failed; {frm} does not use it); "
+                f"{frm} served throughout" if kept else f"nothing needed it: {frm} served throughout")
     append_log(spec, f"## Refused: {(state.get('target') or {}).get('kind', 'upgrade')} {frm} -> {spec.version} - {now()}\n\n"
                      f"**Performed by:** {spec.operator} (stack {spec.owner})\n**Downtime:** none\n\n"
-                     f"**What failed:** {reason}\n\n**What was restored:** nothing needed it: {frm} served throughout\n")
+                     f"**What failed:** {reason}\n\n**What was restored:** {restored}\n")
     staged = (state.get("target") or {}).get("strategy") == "staged"
     end_failed_move(spec, state, frm, reason, [])
+    if kept:
+        return Refusal(f"{reason}. {frm} kept serving throughout (no window was opened); the database keeps the tables, columns "
+                       f"or indexes that {', '.join(kept)} added, which {frm} does not use: `pulumi up` again applies them "
+                       f"anew, or reverse them by hand with `manage.py migrate <app> <migration>` from releases/{spec.version}")
     return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened"
                    + ("; the staged copy, if one was made, was dropped)" if staged else ")"))
 

@@ -291,8 +291,9 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         # (a killed run may have applied some already: the preflight's pending ones count as this move's)
         applied = [m for m in applied_migrations(spec) if m not in before or m in (state["target"].get("pending") or [])]
         if p.returncode != 0:
+            said, kept = unapply(spec, to, before, applied)
             raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed while {frm} served "
-                                                     f"({error_summary(p.stderr)}); {unapply(spec, to, before, applied)}")
+                                                     f"({error_summary(p.stderr)}); {said}", kept)
         state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2), "online": True}
         save_state(spec, state)
     applied = state["migrated"]["applied"]
@@ -300,8 +301,8 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     if not h or not h["ok"]:
         why = h.get("detail") if h else "the hand-over unit is missing"
         state.pop("migrated", None)
-        raise refuse_unchanged(spec, state, frm, f"{to} failed its health check in the hand-over unit ({why}); "
-                                                 f"{unapply(spec, to, None, applied)}")
+        said, kept = unapply(spec, to, None, applied)
+        raise refuse_unchanged(spec, state, frm, f"{to} failed its health check in the hand-over unit ({why}); {said}", kept)
     route_to_next(spec, True)
     switch_current(spec, to)
     run(["systemctl", "restart", spec.service])  # the old workers finish their requests; new ones go to the hand-over unit
@@ -316,11 +317,12 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
             "cutover": {"current": to, "health": h, "windowSeconds": 0.0, "seconds": round(time.monotonic() - t, 2)}}
 
 
-def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -> str:
+def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -> tuple[str, list[str]]:
     """Reverses migrations just applied (additive ones reverse cleanly: what they added goes, and the
-    old version never wrote to it), app by app back to where each was; says what was done."""
+    old version never wrote to it), app by app back to where each was. Returns what was done, and the
+    migrations still applied afterwards (none when every reversal worked)."""
     if not applied:
-        return "no migration had been applied"
+        return "no migration had been applied", []
     done: list[str] = []
     failed: list[str] = []
     for app, target in unapply_targets(before if before is not None else applied_migrations(spec), applied).items():
@@ -330,9 +332,10 @@ def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -
         else:
             failed.append(f"{app} back to {target} ({error_summary(p.stderr)})")
     if failed:
-        return (f"reversing them failed for {', '.join(failed)} - the old version keeps serving on a database with those "
-                f"additive changes, which it does not use" + (f"; reversed: {', '.join(done)}" if done else ""))
-    return f"the migrations it applied were reversed ({', '.join(done)})"
+        now_applied = set(applied_migrations(spec))
+        return (f"reversing them failed for {', '.join(failed)}" + (f"; reversed: {', '.join(done)}" if done else ""),
+                [m for m in applied if m in now_applied])
+    return f"the migrations it applied were reversed ({', '.join(done)})", []
 
 
 def manage_migrate(spec: Spec, tag: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

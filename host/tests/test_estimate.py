@@ -88,3 +88,22 @@ def test_observed_splits_the_window_and_record_keeps_the_last_few() -> None:
     for i in range(KEEP_TIMINGS + 3):
         record(s, {"i": i})
     assert [t["i"] for t in s["timings"]] == list(range(3, KEEP_TIMINGS + 3))
+
+
+def test_a_refusal_after_a_failed_reversal_says_what_the_database_keeps(monkeypatch: Any) -> None:
+    """(Not an estimate: the online path's refusal, whose reversal can fail.) A refusal never says
+    "nothing changed" when additive migrations stayed applied."""
+    from types import SimpleNamespace
+
+    import jhe_upgrade.staging as st
+    logged: list[str] = []
+    monkeypatch.setattr(st, "append_log", lambda spec, text: logged.append(text))
+    monkeypatch.setattr(st, "end_failed_move", lambda *a: None)
+    spec = SimpleNamespace(operator="op", owner="o/p/s", version="v2.1.0")
+    state = {"target": {"kind": "upgrade", "strategy": "online"}}
+    r = str(st.refuse_unchanged(spec, state, "v2.0.0", "boom", ["core.0006_observation_device_site"]))  # type: ignore[arg-type]
+    assert "Nothing on the server changed" not in r and "keeps the tables, columns or indexes that core.0006" in r
+    assert "keeps what migrations core.0006_observation_device_site added" in logged[-1]
+    r = str(st.refuse_unchanged(spec, state, "v2.0.0", "boom"))  # type: ignore[arg-type]
+    assert "Nothing on the server changed: v2.0.0 kept serving throughout" in r
+    assert "nothing needed it" in logged[-1]
