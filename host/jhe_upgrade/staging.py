@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .backup import BackupFailed, take_backup, verify_backup
+from .catchup import catch_up
 from .db import (
     applied_migrations,
     aux_name,
@@ -165,6 +166,9 @@ def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: 
     except RuntimeError as e:
         raise StagedFailed(str(e)) from e
     st["restoreSeconds"] = round(time.monotonic() - t, 2)
+    # The copy's counters around its migration say which tables the migration changed (see catchup);
+    # read with no session left on it, so every count is written.
+    st["marksBeforeMigrate"] = table_marks(sdb) if drain(sdb) else None
     before = set(applied_migrations(spec, sdb))
     counters = deletion_counters(sdb)
     st["phase"] = "migrating"
@@ -182,6 +186,7 @@ def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: 
         raise StagedFailed(p.stderr)
     applied = [m for m in applied_migrations(spec, sdb) if m not in before]
     st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
+    st["marksAfterMigrate"] = table_marks(sdb) if st["marksBeforeMigrate"] is not None and drain(sdb) else None
     # The rows the migrations deleted: the copy against the live database, unchanged since the dump
     # (else the window migrates the live database and records them again).
     st["deletedByMigrations"] = migration_deletions(spec.db_name, sdb, counters, deletion_counters(sdb),
@@ -307,6 +312,16 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
     if not b.get("ahead") or st.get("phase") != "migrated" or not db_exists(st.get("db", "")):
         return False
     written, marks = written_since_backup(spec, state)
+    if written and marks is not None:
+        done = catch_up(spec.db_name, st["db"], written, b, marks, st)
+        if isinstance(done, dict):
+            st["caughtUp"] = done
+            b["caughtUp"] = True  # the dump lacks those rows: finish dumps the database kept instead
+            save_state(spec, state)
+            written = []
+        else:
+            log(f"the rows written meanwhile cannot be caught up in the migrated copy: {done}")
+            state["catchUpRefused"] = done
     if not written and marks is not None:
         state["dbTouched"] = True
         save_state(spec, state)
@@ -318,12 +333,13 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
         if not written:
             return _staged_swapped(spec, state, frm, to, kept)
         b["window"] = None
+        b.pop("caughtUp", None)
         swap_back(spec, state)  # the copy stays, renamed: it was the live database for a moment
         state.pop("staged", None)
         save_state(spec, state)
     log(f"written since the backup began: {', '.join(written)}; the staged copy is dropped and the "
         f"window backs up and migrates the live database instead")
-    state["stagedFallback"] = {"written": written, "at": now()}
+    state["stagedFallback"] = {"written": written, "at": now(), "notCaughtUp": state.pop("catchUpRefused", None)}
     drop_staged(spec, state)
     return False
 
@@ -335,6 +351,6 @@ def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str
     st["phase"] = "swapped"
     state["dbTouched"] = True
     state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True,
-                         "deletedByMigrations": st.get("deletedByMigrations") or {}}
+                         "deletedByMigrations": st.get("deletedByMigrations") or {}, "caughtUp": st.get("caughtUp")}
     save_state(spec, state)
     return True

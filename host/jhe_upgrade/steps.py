@@ -256,7 +256,7 @@ def step_migrate(spec: Spec) -> dict:
         result["bootedBeforeWindow"] = {"unit": next_unit(spec, to), "seconds": booted.get("bootSeconds")}
     if tgt.get("strategy") == "staged":
         if staged and use_staged(spec, state, frm, to):
-            result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds")}
+            result["staged"] = {k: state["staged"].get(k) for k in ("restoreSeconds", "migrateSeconds", "caughtUp")}
             result["keptDatabase"] = state["backup"]["keptDatabase"]
         elif (state.get("backup") or {}).get("ahead") and not state["backup"].get("window"):
             # Code-only, or the staged copy was dropped (use_staged found the writes then): the backup
@@ -458,7 +458,8 @@ def step_finish(spec: Spec) -> dict:
     # Dumps written now that the new version serves (in the window the database was only copied or
     # renamed): a rollback's backup of the newer database, or the portable dump of the snapshot.
     src = (rb["keptDatabase"] if rb and b.get("to") != to else
-           b["snapshot"] if b.get("snapshot") and not b.get("dump") else None)
+           b["snapshot"] if b.get("snapshot") and not b.get("dump") else
+           b["keptDatabase"] if b.get("caughtUp") and b.get("keptDatabase") else None)  # (see catchup)
     if src and db_exists(src):
         b = take_backup(spec, frm or "none", to, db=src)
         verify_backup(b)

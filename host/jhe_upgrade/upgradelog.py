@@ -46,6 +46,7 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
     ]
     staged = (state.get("migrated") or {}).get("staged")
     online = (state.get("migrated") or {}).get("online")
+    caught = (state.get("migrated") or {}).get("caughtUp") or {}
     return "\n".join([
         f"## {kind} {'of' if not frm else 'to'} {to} - {stamp}", "",
         f"**Performed by:** {operator} (stack {owner})",
@@ -53,7 +54,9 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         f"**Downtime:** {summary['downtimeSeconds']} s (maintenance page shown)"
         + (f"; estimated {est} s at preflight" if (est := summary.get("estimatedDowntimeSeconds")) is not None else ""),
         "**Migration:** " + ("applied while the old version served; no window (hand-over)" if online else
-                             "on a staged copy while the old version served; swapped in by rename" if staged
+                             "on a staged copy while the old version served; swapped in by rename"
+                             + ("; rows written meanwhile caught up in it: " + ", ".join(f"{t} {n}" for t, n in caught.items())
+                                if caught else "") if staged
                               else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})"
                                                       if fallback else "")),
         *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",

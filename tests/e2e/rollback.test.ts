@@ -237,4 +237,43 @@ describe("rollback and recovery (real engine, real server with RSA, ECDSA and Ed
         assert.deepStrictEqual(await missing(written), []);
         assert.match(res.outputs.rollback.value.restoredFrom, /-v1\.0\.0-to-v1\.1\.0$/);
     });
+
+    it("rows written to a table the migration leaves alone while the staged copy is made are caught up in it: still swapped in, none lost", async function () {
+        // Another client (not the app) inserts patients and renames one while v1.0.0 serves, until the
+        // maintenance page goes on; v1.1.0's migrations change observations, studies and aux resources,
+        // not patients.
+        await setVersion("v1.1.0");
+        const inserted: number[] = [];
+        const renamed = `Caught-${Date.now()}`;
+        let running = true;
+        const loop = (async () => {
+            for (let i = 0; running && i < 3000; i++) {
+                if ((await request(h, "GET", "/health").catch(() => ({ status: 0 }))).status === 503) break;
+                const [r] = await query<{ id: string }>(h, "INSERT INTO core_patient (name_family, name_given, created) " +
+                    "VALUES ('Catchup', $1, now()) RETURNING id", [`n${i}`]).catch(() => [] as { id: string }[]);
+                if (r) inserted.push(Number(r.id));
+                if (i === 5) await query(h, "UPDATE core_patient SET name_given = $1 WHERE id = 1", [renamed]);
+                await new Promise((res) => setTimeout(res, 50));
+            }
+        })();
+        let res;
+        try {
+            res = await stack.up();
+        } finally {
+            running = false;
+            await loop;
+        }
+        const m = res.outputs.migration.value;
+        assert.deepStrictEqual([m.strategy, m.writtenSinceBackup], ["staged", null], JSON.stringify(m));
+        assert.ok(m.staged.caughtUp?.core_patient > 0, JSON.stringify(m.staged));
+        assert.deepStrictEqual(Object.keys(m.staged.caughtUp), ["core_patient"]);
+        const have = new Set((await query<{ id: string }>(h, "SELECT id FROM core_patient WHERE name_family = 'Catchup'")).map((r) => Number(r.id)));
+        assert.deepStrictEqual(inserted.filter((id) => !have.has(id)), [], `of ${inserted.length} inserted`);
+        assert.deepStrictEqual(await query(h, "SELECT name_given FROM core_patient WHERE id = 1"), [{ name_given: renamed }]);
+        // v1.1.0's data migration ran on every observation of the copy; the patients' id sequence is past the rows put in
+        assert.deepStrictEqual(await query(h, "SELECT count(*)::int AS n FROM core_observation WHERE source IS NULL"), [{ n: 0 }]);
+        await query(h, "INSERT INTO core_patient (name_family, name_given, created) VALUES ('After', 'x', now())");
+        const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
+        assert.match(log, /swapped in by rename; rows written meanwhile caught up in it: core_patient \d+/);
+    });
 });

@@ -1,0 +1,96 @@
+"""The staged copy caught up in the window: rows written while it was restored and migrated, to tables
+its migration did not change, are copied into it - so only writes to tables the migration changed make
+the window fall back to migrating the live database.
+
+Which tables the migration changed is measured on the copy itself: PostgreSQL's write counters, file
+node and columns of each table read before and after `migrate` ran on it (a data migration changes
+counters, a schema change the columns, a rewrite the file node). A table written meanwhile is caught up
+only when that is exact: the migration left it alone, it has the same columns on both sides, a primary
+key, and since the backup began rows were only inserted or updated (no delete, no truncate: a deleted
+row leaves nothing to copy). The rows written since the marker read before the dump (their xmin) are
+then put in the copy in one transaction: each replaces the copy's row of the same key, or is added."""
+from __future__ import annotations
+
+from .db import public_tables
+from .replay import _marker_condition, replay_order
+from .rowkeys import columns, primary_key, q
+from .util import log, psql, run, sql_literal
+
+# table_marks' fields: inserted, updated, deleted, file node, columns digest
+INS, UPD, DEL, NODE, COLS = range(5)
+
+
+def catch_up_plan(written: list[str], backup_marks: dict, live_marks: dict, before: dict, after: dict,
+                  keyed: dict[str, bool]) -> str | None:
+    """None when every table in `written` can be caught up exactly, else why not. `before`/`after`:
+    the copy's marks around its migration; `keyed`: whether each table has a primary key."""
+    touched = {t for t in set(before) | set(after) if before.get(t) != after.get(t)}
+    for t in written:
+        if t in touched:
+            return f"{t} was written meanwhile and the migration changes it"
+        if t not in after or t not in backup_marks or t not in live_marks:
+            return f"{t} is not on both sides (new or dropped since the backup)"
+        if live_marks[t][COLS] != after[t][COLS]:
+            return f"{t} has other columns in the migrated copy"
+        if live_marks[t][DEL] != backup_marks[t][DEL]:
+            return f"rows of {t} were deleted meanwhile"
+        if live_marks[t][NODE] != backup_marks[t][NODE]:
+            return f"{t} was truncated or rewritten meanwhile"
+        if not keyed.get(t):
+            return f"{t} has no primary key"
+    return None
+
+
+def catch_up_script(tables: list[str], cols: dict[str, list[str]], pks: dict[str, list[str]], rows: dict[str, str]) -> str:
+    """One transaction on the copy: each table's rows (COPY text, in `rows`) into a temporary table,
+    the copy's rows of the same keys replaced by them, the id sequence moved past them. Foreign keys
+    Django declares are deferred to the commit, so a parent's row may be replaced before its children's."""
+    out = ["BEGIN;"]
+    for i, t in enumerate(tables):
+        c = ", ".join(q(x) for x in cols[t])
+        tmp = f"jhe_upgrade_catchup_{i}"
+        key = ", ".join(q(k) for k in pks[t])
+        out += [f"CREATE TEMPORARY TABLE {tmp} ON COMMIT DROP AS SELECT {c} FROM public.{q(t)} WITH NO DATA;",
+                f"COPY {tmp} ({c}) FROM STDIN;", rows[t] + "\\.",
+                f"DELETE FROM public.{q(t)} x USING {tmp} y WHERE ({', '.join('x.' + q(k) for k in pks[t])}) = "
+                f"({', '.join('y.' + q(k) for k in pks[t])});",
+                f"INSERT INTO public.{q(t)} ({c}) SELECT {c} FROM {tmp};"]
+        if len(pks[t]) == 1:
+            s = f"pg_get_serial_sequence({sql_literal('public.' + q(t))}, {sql_literal(pks[t][0])})"
+            out.append(f"SELECT setval(s, m) FROM (SELECT {s} AS s, (SELECT max({key}) FROM public.{q(t)}) AS m) x "
+                       f"WHERE s IS NOT NULL AND m IS NOT NULL AND m > coalesce(pg_sequence_last_value(s::regclass), 0);")
+    out.append("COMMIT;")
+    return "\n".join(out)
+
+
+def _copy_out(db: str, query: str) -> str:
+    """Rows of `query` in COPY's text format, exactly (no trailing whitespace stripped)."""
+    return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"], user="postgres", cwd="/", quiet=True,
+               input=f"COPY ({query}) TO STDOUT;\n").stdout
+
+
+def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks: dict, staged: dict) -> dict | str:
+    """In the window (the app stopped, every session ended): the rows written to `written` since the
+    backup began, put in the migrated copy. Returns {table: rows copied}, or why it was not done (the
+    copy is then left as it was, and the window migrates the live database)."""
+    if "marksBeforeMigrate" not in staged or "marksAfterMigrate" not in staged:
+        return "the copy's counters around its migration were not recorded"
+    newer = _marker_condition(live, backup.get("since"))
+    if not newer:
+        return "no usable marker of when the backup began"
+    pks = {t: [k for k, _ in primary_key(live, t)] for t in written if t in public_tables(live)}
+    why = catch_up_plan(written, backup.get("marks") or {}, live_marks, staged["marksBeforeMigrate"],
+                        staged["marksAfterMigrate"], {t: bool(k) for t, k in pks.items()})
+    if why:
+        return why
+    edges = [(c, p) for c, p in (line.split("|") for line in psql(
+        copy, "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+              "JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
+    ).splitlines() if line)]
+    tables = replay_order(written, edges)
+    cols = {t: columns(copy, t) for t in tables}
+    rows = {t: _copy_out(live, f"SELECT {', '.join(q(x) for x in cols[t])} FROM public.{q(t)} WHERE {newer}") for t in tables}
+    psql(copy, catch_up_script(tables, cols, pks, rows))
+    counts = {t: rows[t].count("\n") for t in tables}
+    log(f"caught up in the migrated copy: {', '.join(f'{t} {n}' for t, n in counts.items())} rows written while it was made")
+    return counts
