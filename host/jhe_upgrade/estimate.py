@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from .db import table_marks, tables_written
 from .util import psql, quote_ident, sql_literal
 
 # Defaults (2-core test servers): the switch through the hand-over unit (maintenance page, old workers
@@ -32,18 +33,23 @@ REWRITE_PER_COPY = 0.35
 KEEP_TIMINGS = 10
 
 
-def rewrite_bytes(classes: dict, table_bytes: dict[str, int]) -> int:
-    """Bytes of the tables the pending migrations rewrite or lock (see migclass "rewrites": a model,
-    or "*" for the whole app's tables), each table counted once."""
-    tables: set[str] = set()
+def tables_of(classes: dict, tables: list[str] | dict, key: str = "rewrites") -> set[str]:
+    """The tables the pending migrations work on (see migclass: "rewrites" - rewritten or locked -, or
+    "changes" - any SQL): a model's table, or every table of the app for "*"."""
+    out: set[str] = set()
     for mig, c in classes.items():
         app = mig.split(".", 1)[0]
-        for model in c.get("rewrites") or []:
+        for model in c.get(key) or []:
             if model == "*":
-                tables |= {t for t in table_bytes if t.startswith(app + "_")}
-            elif f"{app}_{model}" in table_bytes:
-                tables.add(f"{app}_{model}")
-    return sum(table_bytes[t] for t in tables)
+                out |= {t for t in tables if t.startswith(app + "_")}
+            elif f"{app}_{model}" in tables:
+                out.add(f"{app}_{model}")
+    return out
+
+
+def rewrite_bytes(classes: dict, table_bytes: dict[str, int]) -> int:
+    """Bytes of the tables the pending migrations rewrite or lock, each counted once."""
+    return sum(table_bytes[t] for t in tables_of(classes, table_bytes))
 
 
 def _median(values: list) -> float | None:
@@ -82,8 +88,10 @@ def rates(timings: list[dict], probe: dict | None) -> dict:
 
 
 def estimate(*, action: str, strategy: str | None, pending: list[str], db_bytes: int, rewrite: int,
-             writes_per_second: float | None, r: dict) -> dict:
-    """{seconds, path, parts}: the maintenance page's time for this move, from the rates `r` (see rates)."""
+             writes_per_second: float | None, r: dict, written_changed: list[str] | None = None) -> dict:
+    """{seconds, path, parts}: the maintenance page's time for this move, from the rates `r` (see rates).
+    `written_changed`: of the tables written to now, those the migrations change (None: not known) -
+    writes to other tables are caught up in the staged copy (see catchup) and do not make it fall back."""
     def done(seconds: float, path: str, **parts: float) -> dict:
         return {"seconds": round(seconds, 1), "path": path, "parts": {k: round(v, 2) for k, v in parts.items()},
                 "basis": r["basis"]}
@@ -101,22 +109,29 @@ def estimate(*, action: str, strategy: str | None, pending: list[str], db_bytes:
     migrate = r["migrateOverheadSeconds"] + rewrite / r["rewriteBytesPerSecond"]
     if strategy == "staged" and not writes_per_second:
         return done(switch, "staged: migrated on a copy before the window, swapped in by rename", switch=switch)
-    why = (f"staged, but the database is written to now ({writes_per_second:.1f} transactions/s): the copy is "
-           f"dropped and the window holds a snapshot and the migration" if strategy == "staged" else
+    if strategy == "staged" and written_changed == []:
+        return done(switch, f"staged: the database is written to now ({writes_per_second:.1f} transactions/s), to tables "
+                            f"the migrations leave alone: those rows are caught up in the copy, swapped in by rename",
+                    switch=switch)
+    why = (f"staged, but the database is written to now ({writes_per_second:.1f} transactions/s)"
+           + (f", to tables the migrations change ({', '.join(written_changed)})" if written_changed else "")
+           + ": the copy is dropped and the window holds a snapshot and the migration" if strategy == "staged" else
            "in the window: a snapshot of the database and the migration")
     return done(snapshot + migrate + switch, why, snapshot=snapshot, migrate=migrate, switch=switch)
 
 
 # --- What the estimate reads from the server (read-only) ---
 
-def writes_per_second(seconds: float = 1.5) -> float:
-    """Write transactions per second in the whole cluster now: transaction ids handed out while this
-    waits (a read-only transaction gets none; our own statements take none)."""
+def writes_now(db: str, seconds: float = 1.5) -> tuple[float, list[str]]:
+    """Write transactions per second in the whole cluster now (transaction ids handed out while this
+    waits: a read-only transaction gets none, nor do our own statements), and the tables of `db` whose
+    write counters moved meanwhile (a session that stays open reports its counts up to 10 s late, so
+    this list can miss some)."""
     q = "SELECT txid_snapshot_xmax(txid_current_snapshot())"
-    a, t = int(psql("postgres", q)), time.monotonic()
+    a, t, m0 = int(psql("postgres", q)), time.monotonic(), table_marks(db)
     time.sleep(seconds)
-    b = int(psql("postgres", q))
-    return max(0, b - a) / (time.monotonic() - t)
+    b, m1 = int(psql("postgres", q)), table_marks(db)
+    return max(0, b - a) / (time.monotonic() - t), tables_written(m0, m1)
 
 
 def table_bytes(db: str) -> dict[str, int]:
@@ -171,10 +186,12 @@ def estimate_for(spec, state: dict, *, action: str, strategy: str | None, pendin
     timings = state.get("timings") or []
     need_rates = action == "upgrade" and strategy != "online" and pending
     tables = table_bytes(spec.db_name) if need_rates else {}
-    wps = writes_per_second() if need_rates and strategy == "staged" else None
+    wps, written = writes_now(spec.db_name) if need_rates and strategy == "staged" else (None, [])
     r = rates(timings, probe(spec.db_name, tables) if need_rates and not _calibrated(timings) else None)
+    changed = tables_of(classes, tables, "changes")
     out = estimate(action=action, strategy=strategy, pending=pending, db_bytes=db_bytes,
-                   rewrite=rewrite_bytes(classes, tables), writes_per_second=wps, r=r)
+                   rewrite=rewrite_bytes(classes, tables), writes_per_second=wps, r=r,
+                   written_changed=sorted(t for t in written if t in changed) if written else None)
     out["rewriteBytes"] = rewrite_bytes(classes, tables)
     if wps is not None:
         out["writesPerSecond"] = round(wps, 1)

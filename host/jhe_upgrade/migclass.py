@@ -160,6 +160,7 @@ def classify(sources: list[str], i: int) -> dict:
     """Migration `i` of an app (its modules `sources`, in order): its class and why, from its operations,
     each judged against the fields as the migrations (and operations) before it left them."""
     rewrites: list[str] = []
+    changes: list[str] = []
     try:
         fields = field_history(sources[:i])
         ops = []
@@ -168,19 +169,22 @@ def classify(sources: list[str], i: int) -> dict:
             apply_op(fields, op)
             if ops[-1][0] in REWRITING:
                 rewrites.append(rewritten_model(op))
+            if ops[-1][0] != "no-sql":
+                changes.append(rewritten_model(op))
     except (SyntaxError, ValueError, KeyError) as e:
         ops = [("destructive", f"could not be read ({type(e).__name__}: {e}); treated as destructive")]
-        rewrites = ["*"]
+        rewrites = changes = ["*"]
     return {"class": worst([c for c, _ in ops]), "operations": [w for _, w in ops] or ["no operations"],
-            "rewrites": sorted(set(rewrites))}
+            "rewrites": sorted(set(rewrites)), "changes": sorted(set(changes))}
 
 
 REWRITING = ("blocking", "data", "destructive")
 
 
 def rewritten_model(op: ast.Call) -> str:
-    """The model (lower case) whose table a blocking, data or destructive operation works through, or
-    "*" when that is not known (code, SQL, an operation nested or unknown): the whole app's tables."""
+    """The model (lower case) whose table an operation works on, or "*" when that is not known (code,
+    SQL, an operation nested or unknown): the whole app's tables. ("rewrites": those of blocking, data
+    and destructive operations; "changes": those of every operation that reaches the database.)"""
     kind, kw = _name(op.func), _kw(op)
     named = kw.get("model_name", kw.get("name", kw.get("old_name")))
     if kind not in DATA_OPS and kind != "SeparateDatabaseAndState" and isinstance(named, ast.Constant):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jhe_upgrade.estimate import KEEP_TIMINGS, estimate, observed, rates, record, rewrite_bytes
+from jhe_upgrade.estimate import KEEP_TIMINGS, estimate, observed, rates, record, rewrite_bytes, tables_of
 from jhe_upgrade.migclass import classify
 
 MiB = 2**20
@@ -24,6 +24,14 @@ def test_rewrites_name_the_model_or_the_whole_app() -> None:
     assert classify([two], 0)["rewrites"] == ["patient"]
     assert classify([mig('migrations.AlterModelOptions(name="study", options={})')], 0)["rewrites"] == []
     assert classify(["operations = build()"], 0)["rewrites"] == ["*"]
+
+
+def test_changes_name_every_table_a_migration_reaches() -> None:
+    add = 'migrations.AddField(model_name="observation", name="x", field=models.IntegerField(null=True))'
+    opts = 'migrations.AlterModelOptions(name="study", options={})'
+    c = classify([mig(add, opts)], 0)
+    assert (c["rewrites"], c["changes"]) == ([], ["observation"])
+    assert tables_of({"core.0002": c}, ["core_observation", "core_study"], "changes") == {"core_observation"}
 
 
 def test_rewrite_bytes_counts_each_table_once() -> None:
@@ -67,6 +75,10 @@ def test_each_path_and_what_its_window_holds() -> None:
     busy = estimate(action="upgrade", strategy="staged", writes_per_second=10.0, **kw)
     assert busy["seconds"] == 5 + 2 + 8 + 1 and "written to now (10.0 transactions/s)" in busy["path"]
     assert busy["parts"] == {"snapshot": 5.0, "migrate": 10.0, "switch": 1.0}
+    changed = estimate(action="upgrade", strategy="staged", writes_per_second=10.0, written_changed=["core_observation"], **kw)
+    assert changed["seconds"] == 16.0 and "to tables the migrations change (core_observation)" in changed["path"]
+    other = estimate(action="upgrade", strategy="staged", writes_per_second=10.0, written_changed=[], **kw)
+    assert other["seconds"] == 1.0 and "caught up in the copy" in other["path"]
     assert estimate(action="upgrade", strategy="in-window", writes_per_second=None, **kw)["seconds"] == 16.0
     assert estimate(action="upgrade", strategy="staged", writes_per_second=None, **{**kw, "pending": []})["path"].startswith("code only")
     assert estimate(action="rollback", strategy=None, writes_per_second=None, **kw)["seconds"] == 2.5
