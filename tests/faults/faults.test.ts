@@ -419,6 +419,30 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         }
     });
 
+    it("online move (v2.0.0 -> v2.1.0): the host tool killed during the migration while v2.0.0 serves; the re-run converges, no maintenance page at any point", async function () {
+        await scenario("online: the host tool killed during the migration (to v2.1.0)", "v2.1.0", async () => {
+            await setVersion("v2.1.0");
+            await ssh(h, "rm -f /tmp/fault.page");
+            const page = `for i in $(seq 1 100); do ${PAGE} && touch /tmp/fault.page; sleep 0.02; done`; // watched for 2 s after the kill
+            const { fired, upFailed } = await upWithFault(`! ${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, `${TOOL}; ${page}`);
+            assert.ok(fired && upFailed, `killed during the online migration (fired ${fired}), the up failed (${upFailed})`);
+            assert.strictEqual(await serving(), "v2.0.0", "v2.0.0 kept serving after the kill");
+            const res = await rerun();
+            const o = [res.outputs.deployed.value.version, res.outputs.migration.value.strategy, res.outputs.downtimeSeconds.value];
+            assert.deepStrictEqual(o, ["v2.1.0", "online", 0]);
+            assert.strictEqual((await ssh(h, "test -e /tmp/fault.page")).code, 1, "the maintenance page never went on");
+            assert.deepStrictEqual(await query(h, "SELECT name FROM django_migrations WHERE app = 'core' AND name = '0006_observation_device_site'"),
+                [{ name: "0006_observation_device_site" }]);
+            return "killed with v2.0.0 serving, no page; re-run converged online (0 s downtime)";
+        });
+        // Back to v2.0.0 for what follows: an online move rolled back (its backup restored, rows written since replayed).
+        await scenario("online move rolled back (to v2.0.0)", "v2.0.0", async () => {
+            await setVersion("v2.0.0");
+            const res = await stack.up();
+            return `rolled back, ${JSON.stringify(res.outputs.rollback.value.rowsReplayed)} replayed`;
+        });
+    });
+
     it("rollback after writes (v2.0.0 -> v1.0.0): every row written since survives", async function () {
         await scenario("rollback after writes (v2.0.0 -> v1.0.0)", "v1.0.0", async () => {
             await new Promise((r) => setTimeout(r, 2000)); // writes on v2.0.0 first
