@@ -8,15 +8,21 @@ counters, a schema change the columns, a rewrite the file node). A table written
 only when that is exact: the migration left it alone, it has the same columns on both sides, a primary
 key, and since the backup began rows were only inserted or updated (no delete, no truncate: a deleted
 row leaves nothing to copy). The rows written since the marker read before the dump (their xmin) are
-then put in the copy in one transaction: each replaces the copy's row of the same key, or is added."""
+then put in the copy in one transaction: each replaces the copy's row of the same key, or is added.
+A failure there (a constraint the copy has and the rows break) leaves the copy as it was: the window
+then migrates the live database. Not seen: an UPDATE that changes a row's primary key (Django never
+does; the copy would keep the row under its old key too)."""
 from __future__ import annotations
+
+import subprocess
 
 from .db import public_tables
 from .replay import _marker_condition, replay_order
-from .rowkeys import columns, primary_key, q
-from .util import log, psql, run, sql_literal
+from .rowkeys import columns, key_kind, primary_key, q
+from .util import error_summary, log, psql, run, sql_literal
 
-# table_marks' fields: inserted, updated, deleted, file node, columns digest
+# table_marks' fields (copy_marks adds scans and an index/constraint digest): inserted, updated, deleted,
+# file node, columns digest
 INS, UPD, DEL, NODE, COLS = range(5)
 
 
@@ -32,6 +38,8 @@ def catch_up_plan(written: list[str], backup_marks: dict, live_marks: dict, befo
             return f"{t} is not on both sides (new or dropped since the backup)"
         if live_marks[t][COLS] != after[t][COLS]:
             return f"{t} has other columns in the migrated copy"
+        if any(int(live_marks[t][i]) < int(backup_marks[t][i]) for i in (INS, UPD, DEL)):
+            return f"the statistics of {t} were reset meanwhile (its deletes cannot be told)"
         if live_marks[t][DEL] != backup_marks[t][DEL]:
             return f"rows of {t} were deleted meanwhile"
         if live_marks[t][NODE] != backup_marks[t][NODE]:
@@ -41,21 +49,23 @@ def catch_up_plan(written: list[str], backup_marks: dict, live_marks: dict, befo
     return None
 
 
-def catch_up_script(tables: list[str], cols: dict[str, list[str]], pks: dict[str, list[str]], rows: dict[str, str]) -> str:
+def catch_up_script(tables: list[str], cols: dict[str, list[str]], pks: dict[str, list[str]], rows: dict[str, str],
+                    integer_key: dict[str, bool]) -> str:
     """One transaction on the copy: each table's rows (COPY text, in `rows`) into a temporary table,
-    the copy's rows of the same keys replaced by them, the id sequence moved past them. Foreign keys
-    Django declares are deferred to the commit, so a parent's row may be replaced before its children's."""
+    then upserted by primary key (a row the copy has is updated in place - no delete, so no foreign
+    key action fires), and an integer key's sequence moved past them. Foreign keys Django declares
+    are checked at the commit, so the order of the tables does not matter to them."""
     out = ["BEGIN;"]
     for i, t in enumerate(tables):
         c = ", ".join(q(x) for x in cols[t])
         tmp = f"jhe_upgrade_catchup_{i}"
         key = ", ".join(q(k) for k in pks[t])
+        rest = [x for x in cols[t] if x not in pks[t]]
+        update = f"UPDATE SET {', '.join(f'{q(x)} = EXCLUDED.{q(x)}' for x in rest)}" if rest else "NOTHING"
         out += [f"CREATE TEMPORARY TABLE {tmp} ON COMMIT DROP AS SELECT {c} FROM public.{q(t)} WITH NO DATA;",
                 f"COPY {tmp} ({c}) FROM STDIN;", rows[t] + "\\.",
-                f"DELETE FROM public.{q(t)} x USING {tmp} y WHERE ({', '.join('x.' + q(k) for k in pks[t])}) = "
-                f"({', '.join('y.' + q(k) for k in pks[t])});",
-                f"INSERT INTO public.{q(t)} ({c}) SELECT {c} FROM {tmp};"]
-        if len(pks[t]) == 1:
+                f"INSERT INTO public.{q(t)} ({c}) SELECT {c} FROM {tmp} ON CONFLICT ({key}) DO {update};"]
+        if integer_key.get(t):
             s = f"pg_get_serial_sequence({sql_literal('public.' + q(t))}, {sql_literal(pks[t][0])})"
             out.append(f"SELECT setval(s, m) FROM (SELECT {s} AS s, (SELECT max({key}) FROM public.{q(t)}) AS m) x "
                        f"WHERE s IS NOT NULL AND m IS NOT NULL AND m > coalesce(pg_sequence_last_value(s::regclass), 0);")
@@ -73,12 +83,14 @@ def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks:
     """In the window (the app stopped, every session ended): the rows written to `written` since the
     backup began, put in the migrated copy. Returns {table: rows copied}, or why it was not done (the
     copy is then left as it was, and the window migrates the live database)."""
-    if "marksBeforeMigrate" not in staged or "marksAfterMigrate" not in staged:
+    if not staged.get("marksBeforeMigrate") or not staged.get("marksAfterMigrate"):
         return "the copy's counters around its migration were not recorded"
     newer = _marker_condition(live, backup.get("since"))
     if not newer:
         return "no usable marker of when the backup began"
-    pks = {t: [k for k, _ in primary_key(live, t)] for t in written if t in public_tables(live)}
+    live_tables = set(public_tables(live))
+    typed = {t: primary_key(live, t) for t in written if t in live_tables}
+    pks = {t: [k for k, _ in pk] for t, pk in typed.items()}
     why = catch_up_plan(written, backup.get("marks") or {}, live_marks, staged["marksBeforeMigrate"],
                         staged["marksAfterMigrate"], {t: bool(k) for t, k in pks.items()})
     if why:
@@ -90,7 +102,10 @@ def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks:
     tables = replay_order(written, edges)
     cols = {t: columns(copy, t) for t in tables}
     rows = {t: _copy_out(live, f"SELECT {', '.join(q(x) for x in cols[t])} FROM public.{q(t)} WHERE {newer}") for t in tables}
-    psql(copy, catch_up_script(tables, cols, pks, rows))
+    try:
+        psql(copy, catch_up_script(tables, cols, pks, rows, {t: key_kind(pk) == "integer" for t, pk in typed.items()}))
+    except subprocess.CalledProcessError as e:  # (e.g. a unique constraint the rows written meanwhile break)
+        return f"putting the rows in the copy failed ({error_summary(e.stderr or '')})"
     counts = {t: rows[t].count("\n") for t in tables}
     log(f"caught up in the migrated copy: {', '.join(f'{t} {n}' for t, n in counts.items())} rows written while it was made")
     return counts

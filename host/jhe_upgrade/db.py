@@ -195,6 +195,25 @@ def table_marks(db: str) -> dict[str, list[str]]:
     return out
 
 
+# For a staged copy around its migration (see catchup): besides the write counters, file node and
+# columns, the scans (a migration that only reads a table - to build rows elsewhere - changes it in
+# effect) and a digest of its indexes and constraints (an added unique constraint or index).
+COPY_MARKS_SQL = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
+  c.relfilenode, md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+    || a.attnotnull, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+    AND NOT a.attisdropped), '')),
+  coalesce(s.seq_scan, 0), coalesce(s.idx_scan, 0),
+  md5(coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ';' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid), '')
+    || coalesce((SELECT string_agg(pg_get_constraintdef(k.oid), ';' ORDER BY 1) FROM pg_constraint k WHERE k.conrelid = c.oid), ''))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"""
+
+
+def copy_marks(db: str) -> dict[str, list[str]]:
+    """table_marks plus scans and an index/constraint digest (see COPY_MARKS_SQL)."""
+    return {name: rest for name, *rest in (line.split("|") for line in psql(db, COPY_MARKS_SQL).splitlines() if line)}
+
+
 def tables_written(before: dict, after: dict) -> list[str]:
     return sorted(t for t in set(before) | set(after) if before.get(t) != after.get(t))
 

@@ -7,12 +7,14 @@ window holds a snapshot of the database and the migration, as the in-window path
 database is written to is read now (transaction ids handed out over a second and a half).
 
 The parts' rates come from this server: earlier moves' timings (state["timings"], recorded by finish),
-else a quick read-only probe - a timed copy of up to 16 MiB of the largest table into a temporary table
-that is rolled back, and a timed 16 MiB write (fsynced, then removed) beside PostgreSQL's data. With
-neither (no table to copy), defaults measured on test servers."""
+else a quick probe that leaves nothing behind - a timed copy of up to 16 MiB of the largest table into a
+temporary table in a transaction that is rolled back (5 s at most), and a timed 16 MiB write (fsynced,
+then removed) beside PostgreSQL's data, only with 2 GiB free there. With neither, defaults measured
+on test servers."""
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ ROLLBACK_SECONDS = 2.5
 COPY_PER_WRITE = 1.0
 REWRITE_PER_COPY = 0.35
 KEEP_TIMINGS = 10
+PROBE_MIN_FREE = 2 * 2**30  # the write probe runs only with this much free beside PostgreSQL's data
 
 
 def tables_of(classes: dict, tables: list[str] | dict, key: str = "rewrites") -> set[str]:
@@ -150,7 +153,7 @@ def probe(db: str, tables: dict[str, int], sample: int = 16 * 2**20) -> dict:
     out: dict = {}
     if tables:
         big = max(tables, key=lambda t: tables[t])
-        rows, size = psql(db, f"SELECT greatest(reltuples, 0)::bigint, pg_relation_size(oid) FROM pg_class "
+        rows, size = psql(db, f"SELECT greatest(reltuples, 0)::bigint, pg_table_size(oid) FROM pg_class "
                               f"WHERE oid = {sql_literal('public.' + quote_ident(big))}::regclass").split("|")
         if int(rows) > 0 and int(size) > 0:
             limit = max(1, int(int(rows) * min(1.0, sample / int(size))))
@@ -158,11 +161,18 @@ def probe(db: str, tables: dict[str, int], sample: int = 16 * 2**20) -> dict:
             psql(db, "SELECT 1")
             base = time.monotonic() - t0
             t0 = time.monotonic()
-            copied = psql(db, f"BEGIN; CREATE TEMPORARY TABLE jhe_upgrade_probe AS SELECT * FROM public.{quote_ident(big)} "
-                              f"LIMIT {limit}; SELECT pg_relation_size('jhe_upgrade_probe'); ROLLBACK;")
+            # (sized with TOAST included; given up after 5 s: a preview never waits on it)
+            copied = psql(db, f"BEGIN; SET LOCAL statement_timeout = '5s'; CREATE TEMPORARY TABLE jhe_upgrade_probe AS "
+                              f"SELECT * FROM public.{quote_ident(big)} LIMIT {limit}; "
+                              f"SELECT pg_table_size('jhe_upgrade_probe'); ROLLBACK;", check=False)
             took = max(0.001, time.monotonic() - t0 - base)
-            out["copyBytesPerSecond"] = int(copied.split()[-1]) / took
+            if copied.split() and copied.split()[-1].isdigit():
+                out["copyBytesPerSecond"] = int(copied.split()[-1]) / took
     data_dir = Path(psql("postgres", "SHOW data_directory")).parent
+    for stale in data_dir.glob(".jhe-upgrade-probe-*"):  # (left by a run that was killed)
+        stale.unlink(missing_ok=True)
+    if shutil.disk_usage(data_dir).free < PROBE_MIN_FREE:
+        return out  # never near a full disk (PostgreSQL's own writes come first): the defaults stand
     f = data_dir / f".jhe-upgrade-probe-{os.getpid()}"
     chunk = os.urandom(2**20)
     try:
@@ -199,8 +209,9 @@ def estimate_for(spec, state: dict, *, action: str, strategy: str | None, pendin
 
 
 def _calibrated(timings: list[dict]) -> bool:
-    """Earlier moves on this server give both rates: no probe needed."""
-    return any(t.get("snapshotSeconds") for t in timings) and any(t.get("rewriteBytes") for t in timings)
+    """Earlier migrations on this server give the rewrite rate: no probe (a snapshot's rate then comes
+    from earlier snapshots, or the default)."""
+    return any(t.get("rewriteBytes") and t.get("migrateSeconds") for t in timings)
 
 
 def observed(state: dict, window_seconds: float) -> dict:
@@ -212,7 +223,7 @@ def observed(state: dict, window_seconds: float) -> dict:
     path = ("rollback" if tgt.get("kind") == "rollback" else "online" if m.get("online") else
             "staged" if m.get("staged") else "in-window")
     in_window_backup = b.get("copySeconds", b.get("seconds")) if b.get("window") and path == "in-window" else None
-    migrate_in_window = m.get("seconds") if path == "in-window" else None
+    migrate_in_window = m.get("seconds") if path == "in-window" else m.get("caughtUpSeconds")  # (catch-up: in the window)
     est = tgt.get("estimate") or {}
     out = {"path": path, "windowSeconds": window_seconds, "migrateSeconds": m.get("seconds"),
            "rewriteBytes": est.get("rewriteBytes"), "estimatedSeconds": est.get("seconds"),

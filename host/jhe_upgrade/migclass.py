@@ -202,7 +202,8 @@ def classify_pending(pending: list[str], read: Callable[[str, str], str | None],
         for m in [p for p in pending if p.startswith(app + ".")]:
             n = m.split(".", 1)[1]
             if n not in names or texts[names.index(n)] is None:
-                out[m] = {"class": "destructive", "operations": ["its file was not found (treated as destructive)"]}
+                out[m] = {"class": "destructive", "operations": ["its file was not found (treated as destructive)"],
+                          "rewrites": ["*"], "changes": ["*"]}
                 continue
             i = names.index(n)
             known = [t for t in texts[:i + 1] if t is not None]

@@ -16,6 +16,7 @@ from .db import (
     applied_migrations,
     aux_name,
     copy_db_properties,
+    copy_marks,
     data_dir_free,
     db_exists,
     drain,
@@ -168,7 +169,7 @@ def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: 
     st["restoreSeconds"] = round(time.monotonic() - t, 2)
     # The copy's counters around its migration say which tables the migration changed (see catchup);
     # read with no session left on it, so every count is written.
-    st["marksBeforeMigrate"] = table_marks(sdb) if drain(sdb) else None
+    st["marksBeforeMigrate"] = copy_marks(sdb) if drain(sdb) else None
     before = set(applied_migrations(spec, sdb))
     counters = deletion_counters(sdb)
     st["phase"] = "migrating"
@@ -186,7 +187,7 @@ def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: 
         raise StagedFailed(p.stderr)
     applied = [m for m in applied_migrations(spec, sdb) if m not in before]
     st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
-    st["marksAfterMigrate"] = table_marks(sdb) if st["marksBeforeMigrate"] is not None and drain(sdb) else None
+    st["marksAfterMigrate"] = copy_marks(sdb) if st["marksBeforeMigrate"] is not None and drain(sdb) else None
     # The rows the migrations deleted: the copy against the live database, unchanged since the dump
     # (else the window migrates the live database and records them again).
     st["deletedByMigrations"] = migration_deletions(spec.db_name, sdb, counters, deletion_counters(sdb),
@@ -267,8 +268,8 @@ def refuse_unchanged(spec: Spec, state: dict, frm: str | None, reason: str, kept
     end_failed_move(spec, state, frm, reason, [])
     if kept:
         return Refusal(f"{reason}. {frm} kept serving throughout (no window was opened); the database keeps the tables, columns "
-                       f"or indexes that {', '.join(kept)} added, which {frm} does not use: `pulumi up` again applies them "
-                       f"anew, or reverse them by hand with `manage.py migrate <app> <migration>` from releases/{spec.version}")
+                       f"or indexes that {', '.join(kept)} added, which {frm} does not use: `pulumi up` again continues with them "
+                       f"applied, or reverse them by hand with `manage.py migrate <app> <migration>` from releases/{spec.version}")
     return Refusal(f"{reason}. Nothing on the server changed: {frm} kept serving throughout (no window was opened"
                    + ("; the staged copy, if one was made, was dropped)" if staged else ")"))
 
@@ -297,7 +298,7 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
         if db_exists(sw["previous"]) and not db_exists(sw["in"]):
             # As after the renames of an uninterrupted run: the database kept must hold nothing the
             # backup (and so the copy) lacks, else the copy goes back and the window migrates in place.
-            written = tables_written(b.get("marks") or {}, table_marks(sw["previous"]))
+            written = tables_written(st.get("windowMarks") or b.get("marks") or {}, table_marks(sw["previous"]))
             if not written:
                 return _staged_swapped(spec, state, frm, to, sw["previous"])
             b["window"] = None
@@ -313,9 +314,11 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
         return False
     written, marks = written_since_backup(spec, state)
     if written and marks is not None:
+        t = time.monotonic()
         done = catch_up(spec.db_name, st["db"], written, b, marks, st)
         if isinstance(done, dict):
             st["caughtUp"] = done
+            st["caughtUpSeconds"] = round(time.monotonic() - t, 2)
             b["caughtUp"] = True  # the dump lacks those rows: finish dumps the database kept instead
             save_state(spec, state)
             written = []
@@ -326,6 +329,8 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
         state["dbTouched"] = True
         save_state(spec, state)
         kept = kept_name(spec, frm)
+        st["windowMarks"] = marks  # what the copy holds: a re-run after a cut swap compares the kept database with it
+        save_state(spec, state)
         swap_in(spec, state, st["db"], kept)
         # A client other than the app (stopped) could have written between the check and the rename:
         # the counters of the database kept, read again now that nobody can reach it, say so.
@@ -351,6 +356,7 @@ def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str
     st["phase"] = "swapped"
     state["dbTouched"] = True
     state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True,
-                         "deletedByMigrations": st.get("deletedByMigrations") or {}, "caughtUp": st.get("caughtUp")}
+                         "deletedByMigrations": st.get("deletedByMigrations") or {}, "caughtUp": st.get("caughtUp"),
+                         "caughtUpSeconds": st.get("caughtUpSeconds")}
     save_state(spec, state)
     return True

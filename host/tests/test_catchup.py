@@ -45,14 +45,23 @@ def test_deletes_truncates_other_columns_and_tables_without_a_key_are_refused() 
 
 
 def test_the_script_is_one_transaction_replacing_rows_by_key_and_moving_the_sequence() -> None:
-    s = catch_up_script(["core_patient", "core_studypatient"],
-                        {"core_patient": ["id", "name"], "core_studypatient": ["study_id", "patient_id"]},
-                        {"core_patient": ["id"], "core_studypatient": ["study_id", "patient_id"]},
-                        {"core_patient": "7\tAda\n8\tBo\n", "core_studypatient": "1\t7\n"})
+    s = catch_up_script(["core_patient", "core_studypatient", "django_session"],
+                        {"core_patient": ["id", "name"], "core_studypatient": ["study_id", "patient_id"],
+                         "django_session": ["session_key", "session_data"]},
+                        {"core_patient": ["id"], "core_studypatient": ["study_id", "patient_id"], "django_session": ["session_key"]},
+                        {"core_patient": "7\tAda\n8\tBo\n", "core_studypatient": "1\t7\n", "django_session": "k\tv\n"},
+                        {"core_patient": True, "core_studypatient": False, "django_session": False})
     lines = s.splitlines()
     assert lines[0] == "BEGIN;" and lines[-1] == "COMMIT;"
     assert 'COPY jhe_upgrade_catchup_0 ("id", "name") FROM STDIN;\n7\tAda\n8\tBo\n\\.' in s
-    assert 'DELETE FROM public."core_patient" x USING jhe_upgrade_catchup_0 y WHERE (x."id") = (y."id");' in s
-    assert 'WHERE (x."study_id", x."patient_id") = (y."study_id", y."patient_id");' in s
+    assert ('INSERT INTO public."core_patient" ("id", "name") SELECT "id", "name" FROM jhe_upgrade_catchup_0 '
+            'ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name";') in s
+    assert 'ON CONFLICT ("study_id", "patient_id") DO NOTHING;' in s  # (every column is the key)
+    assert "DELETE" not in s  # rows are updated in place: no foreign key action can fire
+    # only an integer key has a sequence to move (a uuid or text key has none, and max() of it may not exist)
     assert s.count("setval") == 1 and "pg_get_serial_sequence('public.\"core_patient\"', 'id')" in s
-    assert s.index("core_patient\" (") < s.index("core_studypatient\" (")
+
+
+def test_statistics_reset_meanwhile_is_refused() -> None:
+    live = {**BACKUP, "core_patient": marks(2)}
+    assert "statistics of core_patient were reset" in str(catch_up_plan(["core_patient"], BACKUP, live, BEFORE, AFTER, KEYED))

@@ -422,12 +422,13 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
     it("online move (v2.0.0 -> v2.1.0): the host tool killed during the migration while v2.0.0 serves; the re-run converges, no maintenance page at any point", async function () {
         await scenario("online: the host tool killed during the migration (to v2.1.0)", "v2.1.0", async () => {
             await setVersion("v2.1.0");
+            // the maintenance page watched throughout: the killed up, the time between, the re-run (bounded)
             await ssh(h, "rm -f /tmp/fault.page");
-            const page = `for i in $(seq 1 100); do ${PAGE} && touch /tmp/fault.page; sleep 0.02; done`; // watched for 2 s after the kill
-            const { fired, upFailed } = await upWithFault(`! ${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, `${TOOL}; ${page}`);
+            await background(h, "/tmp/page-watch.sh", `for i in $(seq 1 30000); do ${PAGE} && touch /tmp/fault.page; sleep 0.01; done\n`, 300);
+            const { fired, upFailed } = await upWithFault(`! ${PAGE} && pgrep -f '[m]anage.py migrate' >/dev/null`, TOOL);
             assert.ok(fired && upFailed, `killed during the online migration (fired ${fired}), the up failed (${upFailed})`);
             assert.strictEqual(await serving(), "v2.0.0", "v2.0.0 kept serving after the kill");
-            const res = await rerun();
+            const res = await rerun().finally(() => ssh(h, "pkill -f '[p]age-watch.sh'; true"));
             const o = [res.outputs.deployed.value.version, res.outputs.migration.value.strategy, res.outputs.downtimeSeconds.value];
             assert.deepStrictEqual(o, ["v2.1.0", "online", 0]);
             assert.strictEqual((await ssh(h, "test -e /tmp/fault.page")).code, 1, "the maintenance page never went on");
@@ -439,6 +440,8 @@ describe("faults (real engine, real server with RSA, ECDSA and Ed25519 host keys
         await scenario("online move rolled back (to v2.0.0)", "v2.0.0", async () => {
             await setVersion("v2.0.0");
             const res = await stack.up();
+            assert.deepStrictEqual(await query(h, "SELECT 1 FROM information_schema.columns WHERE table_name = 'core_observation' AND column_name = 'device'"), [],
+                "v2.1.0's column gone with the backup taken before it");
             return `rolled back, ${JSON.stringify(res.outputs.rollback.value.rowsReplayed)} replayed`;
         });
     });
