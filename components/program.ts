@@ -46,6 +46,8 @@ export function jheProgram(config: JheConfig) {
             strategy: (f.strategy as string | undefined) ?? (m.strategy as string | undefined) ?? null,
             staged: (m.staged as Record<string, number> | undefined) ?? null,
             writtenSinceBackup: ((f.stagedFallback as { written?: string[] } | null | undefined)?.written) ?? null,
+            // Why those rows could not be caught up in the staged copy instead (see catchup), when it fell back.
+            notCaughtUp: ((f.stagedFallback as { notCaughtUp?: string } | null | undefined)?.notCaughtUp) ?? null,
             keptDatabase: (m.keptDatabase as string | undefined) ?? null,
             // The release booted before the window in the hand-over unit (null: booted in the window).
             bootedBeforeWindow: (m.bootedBeforeWindow as { unit: string; seconds: number } | undefined) ?? null,
