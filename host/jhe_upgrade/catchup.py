@@ -3,8 +3,10 @@ its migration did not change, are copied into it - so only writes to tables the 
 the window fall back to migrating the live database.
 
 Which tables the migration changed is measured on the copy itself: PostgreSQL's write counters, file
-node and columns of each table read before and after `migrate` ran on it (a data migration changes
-counters, a schema change the columns, a rewrite the file node). A table written meanwhile is caught up
+node, columns, indexes and constraints of each table read before and after `migrate` ran on it (a data
+migration changes counters, a schema change the columns, a rewrite the file node); and the tables the
+migrations' code reaches are read from their files (a data migration may only read a table, to build
+rows elsewhere: its `apps.get_model` calls; SQL, or code that names no model, reaches the whole app). A table written meanwhile is caught up
 only when that is exact: the migration left it alone, it has the same columns on both sides, a primary
 key, and since the backup began rows were only inserted or updated (no delete, no truncate: a deleted
 row leaves nothing to copy). The rows written since the marker read before the dump (their xmin) are
@@ -27,13 +29,16 @@ INS, UPD, DEL, NODE, COLS = range(5)
 
 
 def catch_up_plan(written: list[str], backup_marks: dict, live_marks: dict, before: dict, after: dict,
-                  keyed: dict[str, bool]) -> str | None:
+                  keyed: dict[str, bool], by_code: list[str] | None = None) -> str | None:
     """None when every table in `written` can be caught up exactly, else why not. `before`/`after`:
-    the copy's marks around its migration; `keyed`: whether each table has a primary key."""
+    the copy's marks around its migration; `keyed`: whether each table has a primary key; `by_code`:
+    the tables the migrations' code reaches (read from their files: a data migration may only read one)."""
     touched = {t for t in set(before) | set(after) if before.get(t) != after.get(t)}
     for t in written:
         if t in touched:
             return f"{t} was written meanwhile and the migration changes it"
+        if t in (by_code or []):
+            return f"{t} was written meanwhile and the migrations' code reaches it"
         if t not in after or t not in backup_marks or t not in live_marks:
             return f"{t} is not on both sides (new or dropped since the backup)"
         if live_marks[t][COLS] != after[t][COLS]:
@@ -83,7 +88,7 @@ def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks:
     """In the window (the app stopped, every session ended): the rows written to `written` since the
     backup began, put in the migrated copy. Returns {table: rows copied}, or why it was not done (the
     copy is then left as it was, and the window migrates the live database)."""
-    if not staged.get("marksBeforeMigrate") or not staged.get("marksAfterMigrate"):
+    if not staged.get("marksBeforeMigrate") or not staged.get("marksAfterMigrate") or staged.get("changedByCode") is None:
         return "the copy's counters around its migration were not recorded"
     newer = _marker_condition(live, backup.get("since"))
     if not newer:
@@ -92,7 +97,7 @@ def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks:
     typed = {t: primary_key(live, t) for t in written if t in live_tables}
     pks = {t: [k for k, _ in pk] for t, pk in typed.items()}
     why = catch_up_plan(written, backup.get("marks") or {}, live_marks, staged["marksBeforeMigrate"],
-                        staged["marksAfterMigrate"], {t: bool(k) for t, k in pks.items()})
+                        staged["marksAfterMigrate"], {t: bool(k) for t, k in pks.items()}, staged.get("changedByCode"))
     if why:
         return why
     edges = [(c, p) for c, p in (line.split("|") for line in psql(

@@ -43,10 +43,11 @@ def tables_of(classes: dict, tables: list[str] | dict, key: str = "rewrites") ->
     for mig, c in classes.items():
         app = mig.split(".", 1)[0]
         for model in c.get(key) or []:
+            table = model.replace(".", "_", 1) if "." in model else f"{app}_{model}"
             if model == "*":
                 out |= {t for t in tables if t.startswith(app + "_")}
-            elif f"{app}_{model}" in tables:
-                out.add(f"{app}_{model}")
+            elif table in tables:
+                out.add(table)
     return out
 
 

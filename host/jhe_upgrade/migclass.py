@@ -164,13 +164,14 @@ def classify(sources: list[str], i: int) -> dict:
     try:
         fields = field_history(sources[:i])
         ops = []
+        code = functions_models(sources[i])
         for op in operations(sources[i]):
             ops.append(classify_operation(op, fields))
             apply_op(fields, op)
             if ops[-1][0] in REWRITING:
-                rewrites.append(rewritten_model(op))
+                rewrites += rewritten_models(op, code)
             if ops[-1][0] != "no-sql":
-                changes.append(rewritten_model(op))
+                changes += rewritten_models(op, code)
     except (SyntaxError, ValueError, KeyError) as e:
         ops = [("destructive", f"could not be read ({type(e).__name__}: {e}); treated as destructive")]
         rewrites = changes = ["*"]
@@ -181,15 +182,47 @@ def classify(sources: list[str], i: int) -> dict:
 REWRITING = ("blocking", "data", "destructive")
 
 
-def rewritten_model(op: ast.Call) -> str:
-    """The model (lower case) whose table an operation works on, or "*" when that is not known (code,
-    SQL, an operation nested or unknown): the whole app's tables. ("rewrites": those of blocking, data
-    and destructive operations; "changes": those of every operation that reaches the database.)"""
+def rewritten_models(op: ast.Call, code: dict[str, list[str] | None]) -> list[str]:
+    """The models (lower case; "app.model" for another app's) whose tables an operation works on, or
+    ["*"] when that is not known (SQL, code that names no model, an operation nested or unknown): the
+    whole app's tables. A RunPython's are the models its function asks `apps.get_model` for (`code`,
+    from functions_models). ("rewrites": those of blocking, data and destructive operations; "changes":
+    those of every operation that reaches the database.)"""
     kind, kw = _name(op.func), _kw(op)
     named = kw.get("model_name", kw.get("name", kw.get("old_name")))
+    if kind == "RunPython":
+        fn = op.args[0] if op.args else kw.get("code")
+        models = code.get(fn.id) if isinstance(fn, ast.Name) else None
+        return models or ["*"]
     if kind not in DATA_OPS and kind != "SeparateDatabaseAndState" and isinstance(named, ast.Constant):
-        return str(named.value).lower()
-    return "*"
+        return [str(named.value).lower()]
+    return ["*"]
+
+
+def functions_models(source: str) -> dict[str, list[str] | None]:
+    """For each module-level function of a migration: the models it gets with `apps.get_model("app",
+    "Model")` (as "app.model"), or None when it gets one whose name is not written out, or calls
+    another function of the module (what that does is not followed)."""
+    out: dict[str, list[str] | None] = {}
+    tree = ast.parse(source)
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        models: list[str] | None = []
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Call):
+                continue
+            if _name(node.func) == "get_model" and models is not None:
+                args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                if len(args) == 2 == len(node.args):
+                    models.append(f"{args[0]}.{args[1]}".lower())
+                elif len(args) == 1 == len(node.args) and "." in args[0]:
+                    models.append(args[0].lower())
+                else:
+                    models = None
+            elif isinstance(node.func, ast.Name) and node.func.id in names:
+                models = None
+        out[fn.name] = sorted(set(models)) if models else None
+    return out
 
 
 def classify_pending(pending: list[str], read: Callable[[str, str], str | None], listing: Callable[[str], list[str]]) -> dict:

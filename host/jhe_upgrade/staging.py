@@ -22,14 +22,17 @@ from .db import (
     drain,
     kept_name,
     live_marker,
+    public_tables,
     table_marks,
     tables_written,
     wait_ready,
 )
 from .dbmoves import finish_interrupted_swap, swap_back, swap_in
+from .estimate import tables_of
 from .handover import handover_unit_file
 from .migclass import worst
 from .recovery import end_failed_move
+from .release import pending_classes
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
 from .state import register_backup, save_state
@@ -132,6 +135,9 @@ def migrate_copy(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         raise _refuse_staged(spec, state, frm, to, st["phase"], e.err, started) from e
     except (RuntimeError, subprocess.CalledProcessError) as e:  # PostgreSQL failing under it (a full disk, a crash)
         raise _refuse_staged(spec, state, frm, to, st["phase"], f"{e} {getattr(e, 'stderr', None) or ''}", started) from e
+    # What the migrations' code reaches, read from their files (a RunPython's get_model calls; SQL or
+    # code that names no model: the whole app): with what was measured on the copy, what catch-up avoids.
+    st["changedByCode"] = sorted(tables_of(pending_classes(spec, spec.repo, to, st["applied"]), public_tables(sdb), "changes"))
     save_state(spec, state)
     log(f"staged copy {sdb} migrated ({len(st['applied'])} migrations, {st['migrateSeconds']} s) while {frm} serves")
     return st

@@ -22,6 +22,12 @@ def test_tables_the_migration_left_alone_are_caught_up_when_only_inserted_or_upd
     assert catch_up_plan(["core_patient", "django_session"], BACKUP, live, BEFORE, AFTER, KEYED) is None
 
 
+def test_a_table_the_migrations_code_reaches_is_not_caught_up() -> None:
+    live = {**BACKUP, "core_patient": marks(11)}
+    assert catch_up_plan(["core_patient"], BACKUP, live, BEFORE, AFTER, KEYED, ["core_patient"]) == \
+        "core_patient was written meanwhile and the migrations' code reaches it"
+
+
 def test_a_table_the_migration_changed_is_never_caught_up() -> None:
     live = {**BACKUP, "core_observation": marks(101)}
     assert catch_up_plan(["core_observation"], BACKUP, live, BEFORE, AFTER, KEYED) == \

@@ -2,6 +2,7 @@
 moves first, then the probe, then the defaults), the path each strategy takes, and what finish records."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from jhe_upgrade.estimate import KEEP_TIMINGS, estimate, observed, rates, record, rewrite_bytes, tables_of
@@ -32,6 +33,29 @@ def test_changes_name_every_table_a_migration_reaches() -> None:
     c = classify([mig(add, opts)], 0)
     assert (c["rewrites"], c["changes"]) == ([], ["observation"])
     assert tables_of({"core.0002": c}, ["core_observation", "core_study"], "changes") == {"core_observation"}
+
+
+def test_a_data_migration_works_on_the_models_its_function_gets() -> None:
+    src = ("from django.db import migrations\n"
+           "def fill(apps, schema_editor):\n    P = apps.get_model('core', 'Patient')\n    P.objects.update(x=1)\n"
+           "def dyn(apps, schema_editor):\n    for m in ('Patient', 'Study'):\n        apps.get_model('core', m).objects.all()\n"
+           "def calls(apps, schema_editor):\n    fill(apps, schema_editor)\n"
+           "class Migration(migrations.Migration):\n    operations = [migrations.RunPython(%s)]\n")
+    assert classify([src % "fill"], 0)["rewrites"] == ["core.patient"]
+    assert classify([src % "fill"], 0)["changes"] == ["core.patient"]
+    assert classify([src % "dyn"], 0)["rewrites"] == ["*"]
+    assert classify([src % "calls"], 0)["rewrites"] == ["*"]
+    assert tables_of({"core.0008": {"rewrites": ["core.patient", "auth.user"]}}, ["core_patient", "auth_user", "core_study"]) == \
+        {"core_patient", "auth_user"}
+
+
+def test_the_fixture_release_that_leaves_observations_alone() -> None:
+    """v2.3.0: not additive, but none of it reaches observations (what devices write meanwhile)."""
+    mig = Path(__file__).resolve().parents[2] / "tests/fixtures/jhe-app/tags/v2.3.0/files/core/migrations"
+    c = classify([(mig / "0008_patient_name_display_study_title.py").read_text()], 0)
+    assert c["class"] == "destructive"
+    assert c["changes"] == ["core.patient", "patient", "study"]
+    assert tables_of({"core.0008": c}, ["core_patient", "core_study", "core_observation"], "changes") == {"core_patient", "core_study"}
 
 
 def test_rewrite_bytes_counts_each_table_once() -> None:
