@@ -6,7 +6,8 @@
 // Each of the program's runs gives preflight's downtime estimate beside the downtime measured. Last line:
 //   downtime_ratio=<program/runbook at the larger size> downtime_s=<program> runbook_s=<runbook> rto_s=<rollback>
 //   writer_ratio=<program with the writer/runbook> additive_downtime_s=<additive release with the writer>
-//   rollback_downtime_s=<the program's rollback>
+//   rollback_downtime_s=<the program's rollback> writer_other_tables_ratio=<v2.3.0 with the writer/runbook>
+// (the runbook column is v1.0.0 -> v1.1.0 on the same data; v2.3.0's ratio is against that window)
 // Timings are measured in one run on a shared machine: read them as ratios, not absolutes.
 import * as fs from "fs";
 import * as path from "path";
@@ -98,13 +99,13 @@ async function program(size: number, withWriter = false) {
         const rbSamples = await p.stop();
         const lostInRollback = written ? (await lostWrites(h, written.acked)).length : 0;
         if (lostInRollback) throw new Error(`${lostInRollback} acknowledged writes lost in the rollback`);
-        const additiveRun = withWriter ? await additive(h, stack) : undefined;
+        const later = withWriter ? await additive(h, stack) : undefined;
         return {
             total, ...account(upSamples), steps, backupSeconds, plainDump, dbBytes, previewSame, previewChange, migration,
             writes: written ? written.acked.length : 0, writerFailed: written?.errors ?? 0, writer503: written?.maintenance503 ?? 0, window: res.outputs.window.value as Window,
             rollback: { total: rbTotal, rto: timeToServe(rbSamples, t0, FROM), ...account(rbSamples), replayed: rb.outputs.rollback.value?.rowsReplayed,
                 window: rb.outputs.window.value as Window },
-            additive: additiveRun,
+            additive: later?.additive, otherTables: later?.otherTables,
         };
     } finally {
         await removeStack(stack);
@@ -115,12 +116,21 @@ async function program(size: number, withWriter = false) {
 interface Window { path: string; windowSeconds: number; estimatedSeconds: number | null; snapshotSeconds?: number; migrateSeconds?: number; switchSeconds?: number }
 
 /** The additive-only release with the writer: v2.0.0 first (not measured), then v2.0.0 -> v2.1.0 (a
- * nullable column, a new table, an index built concurrently) while a user posts 10 observations a second. */
+ * nullable column, a new table, an index built concurrently) while a user posts 10 observations a second.
+ * Then v2.2.0 (not measured) and v2.2.0 -> v2.3.0 with the writer: not additive, on tables other than
+ * the observations the writer adds (caught up in the staged copy). */
 async function additive(h: Awaited<ReturnType<typeof up>>, stack: Awaited<ReturnType<typeof projectStack>>) {
     await stack.setConfig("jhe:env.JHE_INSTANCE_NAME", { value: "Bench Hospital" }, true);
     await stack.setConfig("jhe:version", { value: "v2.0.0" });
     await stack.up();
-    await stack.setConfig("jhe:version", { value: "v2.1.0" });
+    const additiveRun = await withWriter(h, stack, "v2.1.0");
+    await stack.setConfig("jhe:version", { value: "v2.2.0" });
+    await stack.up();
+    return { additive: additiveRun, otherTables: await withWriter(h, stack, "v2.3.0") };
+}
+
+async function withWriter(h: Awaited<ReturnType<typeof up>>, stack: Awaited<ReturnType<typeof projectStack>>, version: string) {
+    await stack.setConfig("jhe:version", { value: version });
     const p = new Prober(h).start();
     const writer = new Writer(h).start();
     await new Promise((r) => setTimeout(r, 1000));
@@ -131,16 +141,18 @@ async function additive(h: Awaited<ReturnType<typeof up>>, stack: Awaited<Return
     const samples = await p.stop();
     const w = await writer.stop();
     const lost = (await lostWrites(h, w.acked)).length;
-    if (lost) throw new Error(`${lost} acknowledged writes lost in the additive release`);
+    if (lost) throw new Error(`${lost} acknowledged writes lost in ${version}`);
+    const m = res.outputs.migration.value;
     return { total, ...account(samples), failed: w.errors, maintenance503: w.maintenance503, writes: w.acked.length,
-        strategy: res.outputs.migration.value.strategy as string, window: res.outputs.window.value as Window };
+        strategy: m.strategy === "staged" && m.staged?.caughtUp ? `staged, rows caught up: ${Object.entries(m.staged.caughtUp).map(([t, n]) => `${t} ${n}`).join(", ")}` :
+            describe(m), window: res.outputs.window.value as Window };
 }
 
 const est = (w: Window | undefined) => w ? `${w.estimatedSeconds ?? "-"} / ${w.windowSeconds.toFixed(2)}` : "-";
 
 async function main() {
     const rows: string[] = [];
-    let last: { ratio: number; program: number; runbook: number; rto: number; writerRatio: number; additive: number; rollback: number } | undefined;
+    let last: { ratio: number; program: number; runbook: number; rto: number; writerRatio: number; additive: number; rollback: number; otherRatio: number } | undefined;
     for (const size of SIZES) {
         console.error(`bench: ${size} observations: runbook ...`);
         const rb = await runbook(size);
@@ -151,23 +163,25 @@ async function main() {
         const ratio = pg.downtime / rb.downtime;
         const writerRatio = pw.downtime / rb.downtime;
         const ad = pw.additive!;
+        const ot = pw.otherTables!;
+        const otherRatio = ot.downtime / rb.downtime;
         const st = pg.migration.staged;
         rows.push(
             `#### ${size.toLocaleString("en")} observations (database ${(pg.dbBytes / 2 ** 20).toFixed(0)} MiB; app boot/stop as the real JHE's: ${APP_TIMING})`,
             "",
-            "| measure | runbook | jhe-upgrade | ratio | jhe-upgrade, writer posting 10/s (ratio) | additive-only release (v2.0.0 -> v2.1.0), writer posting 10/s |",
-            "|---|---|---|---|---|---|",
-            `| user-visible downtime (503 + errors), s | ${rb.downtime.toFixed(2)} | ${pg.downtime.toFixed(2)} | ${ratio.toFixed(3)} | ${pw.downtime.toFixed(2)} (${writerRatio.toFixed(3)}) | ${ad.downtime.toFixed(2)} |`,
-            `| of which maintenance 503, s | ${rb.maintenance.toFixed(2)} | ${pg.maintenance.toFixed(2)} | | ${pw.maintenance.toFixed(2)} | ${ad.maintenance.toFixed(2)} |`,
-            `| of which errors / refused, s | ${rb.unavailable.toFixed(2)} | ${pg.unavailable.toFixed(2)} | | ${pw.unavailable.toFixed(2)} | ${ad.unavailable.toFixed(2)} |`,
-            `| downtime estimated by preflight / measured window, s | | ${est(pg.window)} | | ${est(pw.window)} | ${est(ad.window)} |`,
-            `| how the migration ran | in the window | ${describe(pg.migration)} | | ${describe(pw.migration)} | ${ad.strategy} |`,
-            `| the window's parts: snapshot / migration / switch, s | | ${parts(pg.window)} | | ${parts(pw.window)} | ${parts(ad.window)} |`,
-            `| writer: failed requests / 503s / acknowledged | | | | ${pw.writerFailed} / ${pw.writer503} / ${pw.writes} | ${ad.failed} / ${ad.maintenance503} / ${ad.writes} |`,
-            `| whole upgrade (command / pulumi up), s | ${rb.total.toFixed(1)} | ${pg.total.toFixed(1)} | ${(pg.total / rb.total).toFixed(2)} | ${pw.total.toFixed(1)} | ${ad.total.toFixed(1)} |`,
-            `| rollback to serving ${FROM} (RTO), s | (manual) | ${pg.rollback.rto.toFixed(2)} | | ${pw.rollback.rto.toFixed(2)} | |`,
-            `| rollback downtime, s | | ${pg.rollback.downtime.toFixed(2)} | | ${pw.rollback.downtime.toFixed(2)} | |`,
-            `| rollback: estimated / measured window, s | | ${est(pg.rollback.window)} | | ${est(pw.rollback.window)} | |`,
+            "| measure | runbook | jhe-upgrade | ratio | jhe-upgrade, writer posting 10/s (ratio) | additive-only release (v2.0.0 -> v2.1.0), writer posting 10/s | not additive, other tables (v2.2.0 -> v2.3.0), writer posting 10/s (ratio) |",
+            "|---|---|---|---|---|---|---|",
+            `| user-visible downtime (503 + errors), s | ${rb.downtime.toFixed(2)} | ${pg.downtime.toFixed(2)} | ${ratio.toFixed(3)} | ${pw.downtime.toFixed(2)} (${writerRatio.toFixed(3)}) | ${ad.downtime.toFixed(2)} | ${ot.downtime.toFixed(2)} (${otherRatio.toFixed(3)}) |`,
+            `| of which maintenance 503, s | ${rb.maintenance.toFixed(2)} | ${pg.maintenance.toFixed(2)} | | ${pw.maintenance.toFixed(2)} | ${ad.maintenance.toFixed(2)} | ${ot.maintenance.toFixed(2)} |`,
+            `| of which errors / refused, s | ${rb.unavailable.toFixed(2)} | ${pg.unavailable.toFixed(2)} | | ${pw.unavailable.toFixed(2)} | ${ad.unavailable.toFixed(2)} | ${ot.unavailable.toFixed(2)} |`,
+            `| downtime estimated by preflight / measured window, s | | ${est(pg.window)} | | ${est(pw.window)} | ${est(ad.window)} | ${est(ot.window)} |`,
+            `| how the migration ran | in the window | ${describe(pg.migration)} | | ${describe(pw.migration)} | ${ad.strategy} | ${ot.strategy} |`,
+            `| the window's parts: snapshot / migration / switch, s | | ${parts(pg.window)} | | ${parts(pw.window)} | ${parts(ad.window)} | ${parts(ot.window)} |`,
+            `| writer: failed requests / 503s / acknowledged | | | | ${pw.writerFailed} / ${pw.writer503} / ${pw.writes} | ${ad.failed} / ${ad.maintenance503} / ${ad.writes} | ${ot.failed} / ${ot.maintenance503} / ${ot.writes} |`,
+            `| whole upgrade (command / pulumi up), s | ${rb.total.toFixed(1)} | ${pg.total.toFixed(1)} | ${(pg.total / rb.total).toFixed(2)} | ${pw.total.toFixed(1)} | ${ad.total.toFixed(1)} | ${ot.total.toFixed(1)} |`,
+            `| rollback to serving ${FROM} (RTO), s | (manual) | ${pg.rollback.rto.toFixed(2)} | | ${pw.rollback.rto.toFixed(2)} | | |`,
+            `| rollback downtime, s | | ${pg.rollback.downtime.toFixed(2)} | | ${pw.rollback.downtime.toFixed(2)} | | |`,
+            `| rollback: estimated / measured window, s | | ${est(pg.rollback.window)} | | ${est(pw.rollback.window)} | | |`,
             `| backup step (pg_dump -Fc -Z1, sha256, pg_restore --list), s | | ${pg.backupSeconds.toFixed(2)} before the window | vs plain \`pg_dump -Fc > /dev/null\` ${pg.plainDump.toFixed(2)} s: ${(pg.backupSeconds / pg.plainDump).toFixed(2)} | ${pw.backupSeconds.toFixed(2)} + a snapshot copy in the window (dumped by finish: ${pw.steps.finish} s) |`,
             `| backup throughput, MiB/s of database | | ${(pg.dbBytes / 2 ** 20 / pg.backupSeconds).toFixed(0)} | plain dump ${(pg.dbBytes / 2 ** 20 / pg.plainDump).toFixed(0)} | |`,
             `| staged copy: restore / migrate (before the window), s | | ${st ? `${st.restoreSeconds} / ${st.migrateSeconds}` : "-"} | | |`,
@@ -180,7 +194,7 @@ async function main() {
             "jhe-upgrade with a writer, steps (s): " + Object.entries(pw.steps).map(([k, v]) => `${k} ${v}`).join(", "),
             "",
         );
-        last = { ratio, program: pg.downtime, runbook: rb.downtime, rto: pg.rollback.rto, writerRatio, additive: ad.downtime, rollback: pg.rollback.downtime };
+        last = { ratio, program: pg.downtime, runbook: rb.downtime, rto: pg.rollback.rto, writerRatio, additive: ad.downtime, rollback: pg.rollback.downtime, otherRatio };
         console.error(`bench: ${size}: downtime ratio ${ratio.toFixed(3)}`);
     }
     const text = rows.join("\n");
@@ -189,7 +203,8 @@ async function main() {
     console.log(text);
     if (last) {
         console.log(`downtime_ratio=${last.ratio.toFixed(3)} downtime_s=${last.program.toFixed(2)} runbook_s=${last.runbook.toFixed(2)} rto_s=${last.rto.toFixed(2)} ` +
-            `writer_ratio=${last.writerRatio.toFixed(3)} additive_downtime_s=${last.additive.toFixed(2)} rollback_downtime_s=${last.rollback.toFixed(2)}`);
+            `writer_ratio=${last.writerRatio.toFixed(3)} additive_downtime_s=${last.additive.toFixed(2)} rollback_downtime_s=${last.rollback.toFixed(2)} ` +
+            `writer_other_tables_ratio=${last.otherRatio.toFixed(3)}`);
     }
 }
 
