@@ -69,25 +69,20 @@ def rates(timings: list[dict], probe: dict | None) -> dict:
     out["switchSeconds"], out["basis"]["switch"] = (switch, "earlier moves") if switch else (SWITCH_SECONDS, "default")
     rb = _median([t.get("windowSeconds") for t in timings if t.get("path") == "rollback"])
     out["rollbackSeconds"], out["basis"]["rollback"] = (rb, "earlier rollbacks") if rb else (ROLLBACK_SECONDS, "default")
-    copy = _median([t["snapshotBytes"] / t["snapshotSeconds"] for t in timings
-                    if t.get("snapshotBytes") and t.get("snapshotSeconds")])
-    if copy:
-        out["copyBytesPerSecond"], out["basis"]["snapshot"] = copy, "earlier snapshots"
-    elif probe and probe.get("writeBytesPerSecond"):
-        out["copyBytesPerSecond"], out["basis"]["snapshot"] = probe["writeBytesPerSecond"] * COPY_PER_WRITE, "probe"
-    else:
-        out["copyBytesPerSecond"], out["basis"]["snapshot"] = 150 * 2**20, "default"
+    probe = probe or {}
+
+    def pick(part: str, key: str, measured: float | None, probed: float | None, default: float, earlier: str) -> None:
+        out[key], out["basis"][part] = ((measured, earlier) if measured else (probed, "probe") if probed else (default, "default"))
+
+    pick("snapshot", "copyBytesPerSecond",
+         _median([t["snapshotBytes"] / t["snapshotSeconds"] for t in timings if t.get("snapshotBytes") and t.get("snapshotSeconds")]),
+         probe.get("writeBytesPerSecond", 0) * COPY_PER_WRITE, 150 * 2**20, "earlier snapshots")
     ran = [t for t in timings if t.get("migrateSeconds") and t.get("path") in ("in-window", "staged", "online")]
     overhead = _median([t["migrateSeconds"] for t in ran if not t.get("rewriteBytes")])
     out["migrateOverheadSeconds"] = min(overhead, 30.0) if overhead else MIGRATE_OVERHEAD_SECONDS
-    rewrite = _median([t["rewriteBytes"] / max(0.1, t["migrateSeconds"] - out["migrateOverheadSeconds"])
-                       for t in ran if t.get("rewriteBytes")])
-    if rewrite:
-        out["rewriteBytesPerSecond"], out["basis"]["migration"] = rewrite, "earlier migrations"
-    elif probe and probe.get("copyBytesPerSecond"):
-        out["rewriteBytesPerSecond"], out["basis"]["migration"] = probe["copyBytesPerSecond"] * REWRITE_PER_COPY, "probe"
-    else:
-        out["rewriteBytesPerSecond"], out["basis"]["migration"] = 20 * 2**20, "default"
+    pick("migration", "rewriteBytesPerSecond",
+         _median([t["rewriteBytes"] / max(0.1, t["migrateSeconds"] - out["migrateOverheadSeconds"]) for t in ran if t.get("rewriteBytes")]),
+         probe.get("copyBytesPerSecond", 0) * REWRITE_PER_COPY, 20 * 2**20, "earlier migrations")
     return out
 
 

@@ -89,7 +89,7 @@ def step_plan(spec: Spec) -> dict:
     out["estimatedDowntimeSeconds"] = est["seconds"]
     out["estimate"] = {k: est[k] for k in ("path", "parts", "basis", "writesPerSecond") if k in est}
     if pending:
-        out["migrationClasses"] = classes
+        out["migrationClasses"] = {m: {k: c[k] for k in ("class", "operations")} for m, c in classes.items()}
         out["migrationClass"] = worst([c["class"] for c in classes.values()])
     out["migrationsOf"] = ("every app (releases/" + to + " is built)" if release_knows_all_migrations(spec, to) else
                            "the project's own apps; installed packages' (e.g. oauth2_provider) are known once "
