@@ -6,11 +6,12 @@ Which tables the migration changed is measured on the copy itself: PostgreSQL's 
 node, columns, indexes and constraints of each table read before and after `migrate` ran on it (a data
 migration changes counters, a schema change the columns, a rewrite the file node); and the tables the
 migrations' code reaches are read from their files (a data migration may only read a table, to build
-rows elsewhere: its `apps.get_model` calls; SQL, or code that names no model, reaches the whole app). A table written meanwhile is caught up
-only when that is exact: the migration left it alone, it has the same columns on both sides, a primary
-key, and since the backup began rows were only inserted or updated (no delete, no truncate: a deleted
-row leaves nothing to copy). The rows written since the marker read before the dump (their xmin) are
-then put in the copy in one transaction: each replaces the copy's row of the same key, or is added.
+rows elsewhere: its `apps.get_model` calls; SQL, or code that names no model, reaches the whole app).
+A table written meanwhile is caught up only when that is exact: the migration left it alone, it has
+the same columns on both sides, a primary key, and since the backup began rows were only inserted or
+updated (no delete, no truncate: a deleted row leaves nothing to copy). The rows written since the
+marker read before the dump (their xmin) are then put in the copy in one transaction: each replaces
+the copy's row of the same key, or is added.
 A failure there (a constraint the copy has and the rows break) leaves the copy as it was: the window
 then migrates the live database. Not seen: an UPDATE that changes a row's primary key (Django never
 does; the copy would keep the row under its old key too)."""
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import subprocess
 
-from .db import public_tables
+from .db import foreign_keys, public_tables, tables_written
 from .replay import _marker_condition, replay_order
 from .rowkeys import columns, key_kind, primary_key, q
 from .util import error_summary, log, psql, run, sql_literal
 
-# table_marks' fields (copy_marks adds scans and an index/constraint digest): inserted, updated, deleted,
-# file node, columns digest
+# table_marks' fields (copy_marks adds an index/constraint digest): inserted, updated, deleted, file
+# node, columns digest
 INS, UPD, DEL, NODE, COLS = range(5)
 
 
@@ -33,7 +34,7 @@ def catch_up_plan(written: list[str], backup_marks: dict, live_marks: dict, befo
     """None when every table in `written` can be caught up exactly, else why not. `before`/`after`:
     the copy's marks around its migration; `keyed`: whether each table has a primary key; `by_code`:
     the tables the migrations' code reaches (read from their files: a data migration may only read one)."""
-    touched = {t for t in set(before) | set(after) if before.get(t) != after.get(t)}
+    touched = set(tables_written(before, after))
     for t in written:
         if t in touched:
             return f"{t} was written meanwhile and the migration changes it"
@@ -100,11 +101,7 @@ def catch_up(live: str, copy: str, written: list[str], backup: dict, live_marks:
                         staged["marksAfterMigrate"], {t: bool(k) for t, k in pks.items()}, staged.get("changedByCode"))
     if why:
         return why
-    edges = [(c, p) for c, p in (line.split("|") for line in psql(
-        copy, "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
-              "JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
-    ).splitlines() if line)]
-    tables = replay_order(written, edges)
+    tables = replay_order(written, foreign_keys(copy))
     cols = {t: columns(copy, t) for t in tables}
     rows = {t: _copy_out(live, f"SELECT {', '.join(q(x) for x in cols[t])} FROM public.{q(t)} WHERE {newer}") for t in tables}
     try:

@@ -176,42 +176,40 @@ INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig)
 COMMIT;""")
 
 
-MARKS_SQL = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
+_MARKS_COLUMNS = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
   c.relfilenode, md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
     || a.attnotnull, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-    AND NOT a.attisdropped), ''))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+    AND NOT a.attisdropped), ''))"""
+_MARKS_FROM = """FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"""
-
-
-def table_marks(db: str) -> dict[str, list[str]]:
-    """Per table: rows inserted/updated/deleted so far (counted even for aborted transactions), the
-    file node (changes on TRUNCATE and rewrites) and a digest of the columns."""
-    out = {}
-    for line in psql(db, MARKS_SQL).splitlines():
-        if line:
-            name, *rest = line.split("|")
-            out[name] = rest
-    return out
-
-
+MARKS_SQL = f"{_MARKS_COLUMNS}\n{_MARKS_FROM}"
 # For a staged copy around its migration (see catchup): besides the write counters, file node and
 # columns, a digest of its indexes and constraints (an added unique constraint or index). (Not its
 # scans: re-adding a foreign key validates it by reading the table it references, so every parent
 # table would count. What a data migration reads comes from its code instead: migclass "changes".)
-COPY_MARKS_SQL = """SELECT c.relname, coalesce(s.n_tup_ins, 0), coalesce(s.n_tup_upd, 0), coalesce(s.n_tup_del, 0),
-  c.relfilenode, md5(coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
-    || a.attnotnull, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-    AND NOT a.attisdropped), '')),
+COPY_MARKS_SQL = f"""{_MARKS_COLUMNS},
   md5(coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ';' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid), '')
     || coalesce((SELECT string_agg(pg_get_constraintdef(k.oid), ';' ORDER BY 1) FROM pg_constraint k WHERE k.conrelid = c.oid), ''))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1"""
+{_MARKS_FROM}"""
+
+
+def table_marks(db: str, sql: str = MARKS_SQL) -> dict[str, list[str]]:
+    """Per table: rows inserted/updated/deleted so far (counted even for aborted transactions), the
+    file node (changes on TRUNCATE and rewrites) and a digest of the columns (COPY_MARKS_SQL: and of
+    the indexes and constraints)."""
+    return {name: rest for name, *rest in (line.split("|") for line in psql(db, sql).splitlines() if line)}
 
 
 def copy_marks(db: str) -> dict[str, list[str]]:
-    """table_marks plus an index/constraint digest (see COPY_MARKS_SQL)."""
-    return {name: rest for name, *rest in (line.split("|") for line in psql(db, COPY_MARKS_SQL).splitlines() if line)}
+    return table_marks(db, COPY_MARKS_SQL)
+
+
+def foreign_keys(db: str) -> list[tuple[str, str]]:
+    """(child, parent) table pairs of the public schema's foreign keys."""
+    return [(c, p) for c, p in (line.split("|") for line in psql(
+        db, "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+            "JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
+    ).splitlines() if line)]
 
 
 def tables_written(before: dict, after: dict) -> list[str]:

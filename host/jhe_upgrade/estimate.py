@@ -195,10 +195,10 @@ def estimate_for(spec, state: dict, *, action: str, strategy: str | None, pendin
     wps, written = writes_now(spec.db_name) if need_rates and strategy == "staged" else (None, [])
     r = rates(timings, probe(spec.db_name, tables) if need_rates and not _calibrated(timings) else None)
     changed = tables_of(classes, tables, "changes")
-    out = estimate(action=action, strategy=strategy, pending=pending, db_bytes=db_bytes,
-                   rewrite=rewrite_bytes(classes, tables), writes_per_second=wps, r=r,
-                   written_changed=sorted(t for t in written if t in changed) if written else None)
-    out["rewriteBytes"] = rewrite_bytes(classes, tables)
+    rewrite = rewrite_bytes(classes, tables)
+    out = estimate(action=action, strategy=strategy, pending=pending, db_bytes=db_bytes, rewrite=rewrite,
+                   writes_per_second=wps, r=r, written_changed=sorted(t for t in written if t in changed) if written else None)
+    out["rewriteBytes"] = rewrite
     if wps is not None:
         out["writesPerSecond"] = round(wps, 1)
     return out

@@ -73,11 +73,12 @@ def step_plan(spec: Spec) -> dict:
     facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
     classes = pending_classes(spec, repo, to, pending) if pending else {}
     state = load_state(spec)
+    db_bytes = db_size(spec.db_name) if frm else 0
     if undo:
         b = latest_backup_from(state, to)
         facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
     elif frm:
-        facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_size(spec.db_name), [c["class"] for c in classes.values()])
+        facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_bytes, [c["class"] for c in classes.values()])
     root = live_root(spec)
     live = parse_env((root / ".env").read_text()) if root and (root / ".env").exists() else {}
     facts["configured"] = set(live) | set(spec.env) | set(spec.secret_env)  # (env_missing leaves out envUnset and TOOL_WRITTEN)
@@ -85,7 +86,7 @@ def step_plan(spec: Spec) -> dict:
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
     est = estimate_for(spec, state, action=out["action"], strategy=facts.get("strategy"), pending=pending, classes=classes,
-                       db_bytes=db_size(spec.db_name) if frm else 0)
+                       db_bytes=db_bytes)
     out["estimatedDowntimeSeconds"] = est["seconds"]
     out["estimate"] = {k: est[k] for k in ("path", "parts", "basis", "writesPerSecond") if k in est}
     if pending:

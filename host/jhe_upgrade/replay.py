@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .db import public_tables, table_marks, tables_written
+from .db import foreign_keys, public_tables, table_marks, tables_written
 from .rowkeys import SCHEMA_TABLES, columns, in_list, key_expr, key_kind, keys, primary_key, q, read_deleted_keys
 from .spec import Spec
 from .util import psql, sql_literal
@@ -107,10 +107,7 @@ def replay_rows(spec: Spec, src_db: str, dst_db: str, export_dir: Path, since: d
     migrations ran) tells their deletions - undone by the older database itself - from users'.
     `tables` in the result says, for every table something was written to, what was done."""
     dst_tables, src_tables = public_tables(dst_db), set(public_tables(src_db))
-    edges = [(c, p) for c, p in (line.split("|") for line in psql(
-        dst_db, "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
-                "JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND k.connamespace = 'public'::regnamespace"
-    ).splitlines() if line)]
+    edges = foreign_keys(dst_db)
     newer = _marker_condition(src_db, since)
     # With the marker's write counters, only the tables written (inserted, updated, deleted, truncated)
     # since the newer version began serving are compared: the rest are as they were then.

@@ -333,10 +333,9 @@ def use_staged(spec: Spec, state: dict, frm: str | None, to: str) -> bool:
             state["catchUpRefused"] = done
     if not written and marks is not None:
         state["dbTouched"] = True
-        save_state(spec, state)
-        kept = kept_name(spec, frm)
         st["windowMarks"] = marks  # what the copy holds: a re-run after a cut swap compares the kept database with it
         save_state(spec, state)
+        kept = kept_name(spec, frm)
         swap_in(spec, state, st["db"], kept)
         # A client other than the app (stopped) could have written between the check and the rename:
         # the counters of the database kept, read again now that nobody can reach it, say so.
