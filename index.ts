@@ -6,7 +6,10 @@
 //                                                  adoption of an in-place install into releases/
 //   2. what serves it    components/systemd.ts    hardened gunicorn unit
 //                        components/nginx.ts      TLS site with a maintenance switch
-//   3. off-host backups  components/backupBucket.ts  S3 bucket, when jhe:backupBucket is set
+//   3. off-host backups  components/backupBucket.ts  S3 bucket, when jhe:backupBucket says "create"; with
+//                                                  any bucket, the offsite-backup step (after finish) copies
+//                                                  each backup there encrypted to jhe:backupEncryptionKey,
+//                                                  reads it back, and prunes old local dumps
 //   4. the upgrade       components/release.ts    preflight, prepare-release, backup, migrate,
 //                                                  switch-restart, health-gate, finish - replaced on
 //                                                  every jhe:version change; the host tool (host/jhe_upgrade/) runs them.
@@ -46,3 +49,4 @@ export const window = outputs.window;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;
+export const offsiteBackup = outputs.offsiteBackup;

@@ -3,6 +3,7 @@
 // Every key is declared (type, description, default) in Pulumi.yaml; this module is the one place
 // that reads them, checks each value and the relations between them, and reports *all* problems
 // at once, each naming the key and what is allowed.
+import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 
 export type MigrationStrategy = "staged" | "in-window";
@@ -56,6 +57,28 @@ export interface JheConfig {
     migrationStrategy: MigrationStrategy;
     /** Name of an existing S3 bucket for off-host backup copies, or a new one made by the stack. */
     backupBucket: { mode: "off" } | { mode: "create"; name?: string } | { mode: "existing"; name: string };
+    /** How backups reach the bucket (with jhe:backupBucket): endpoint, credentials, encryption. */
+    offsite?: OffsiteConfig;
+    /** Said once per run (pulumi.log.warn): settings that are allowed but risky, e.g. unencrypted prod backups. */
+    warnings: string[];
+}
+
+export interface OffsiteConfig {
+    /** S3 endpoint URL (AWS's regional one by default; any S3-compatible server). */
+    endpoint: string;
+    region: string;
+    /** Key prefix in the bucket, ending in "/": each backup is <prefix><backup id>/. */
+    prefix: string;
+    accessKeyId: pulumi.Output<string>;
+    secretAccessKey: pulumi.Output<string>;
+    /** ASCII-armored OpenPGP public key every copy is encrypted to; null: the stack said "none". */
+    publicKey: string | null;
+    /** Its fingerprint (shown in the plan). */
+    fingerprint: string | null;
+    /** The private key, given only for restores from the bucket (a rollback whose local dump is gone). */
+    privateKey?: pulumi.Output<string>;
+    /** Local backups kept on the server; older ones go once their copy in the bucket is verified. */
+    keepLocal: number;
 }
 
 export class ConfigError extends Error {
@@ -163,6 +186,9 @@ export interface SecretInputs {
     /** Names in secretEnv, read without revealing values (the keys of the config object). */
     secretEnvNames?: string[];
     adminPassword?: pulumi.Output<string>;
+    backupAccessKeyId?: pulumi.Output<string>;
+    backupSecretAccessKey?: pulumi.Output<string>;
+    backupDecryptionKey?: pulumi.Output<string>;
     /** The secretEnv values, only to check their shape; no message ever includes one. */
     secretEnvValues?: Record<string, unknown>;
 }
@@ -206,6 +232,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
+        ...OFFSITE_KEYS,
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -376,6 +403,9 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         p.push(`jhe:backupBucket must be "off", "create", "create:<name>" or an existing bucket name (got ${JSON.stringify(bb)})`);
     }
 
+    const warnings: string[] = [];
+    const offsite = backupBucket.mode === "off" ? offsiteNotUsed(raw, p) : offsiteConfig(raw, secrets, p, stage, layout.serviceName, warnings);
+
     if (p.length) throw new ConfigError(p);
     return {
         version,
@@ -395,8 +425,125 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         healthTimeoutSeconds,
         migrationStrategy,
         backupBucket,
+        offsite,
+        warnings,
     };
 }
+
+const OFFSITE_KEYS = ["backupEndpoint", "backupRegion", "backupPrefix", "backupAccessKeyId", "backupSecretAccessKey",
+    "backupEncryptionKey", "backupDecryptionKey", "keepLocalBackups"];
+const REGION = /^[a-z]{2}(-[a-z]+)+-\d$|^[a-z0-9-]{1,32}$/;
+const PREFIX = /^(?:[A-Za-z0-9!_.*'()-]+\/)*$/;
+
+/** With jhe:backupBucket "off", the settings of copies would do nothing: said, not ignored. */
+function offsiteNotUsed(raw: RawConfig, p: string[]): undefined {
+    for (const k of OFFSITE_KEYS) { // (the secret ones are not in `raw`)
+        if (raw[k] !== undefined && raw[k] !== null && raw[k] !== "") p.push(`jhe:${k} is set but jhe:backupBucket is "off": set jhe:backupBucket too, or remove jhe:${k}`);
+    }
+    return undefined;
+}
+
+/** Where copies of backups go and how they are encrypted (jhe:backup*). */
+function offsiteConfig(raw: RawConfig, secrets: SecretInputs, p: string[], stage: Stage, service: string, warnings: string[]): OffsiteConfig | undefined {
+    const region = str(raw, "backupRegion", p, false, "us-east-1");
+    checked(p, "backupRegion", region, rx(REGION, "must be a region name such as eu-central-1"));
+    const endpoint = str(raw, "backupEndpoint", p, false, `https://s3.${region}.amazonaws.com`);
+    try {
+        const u = new URL(endpoint);
+        if (u.protocol !== "https:" && u.protocol !== "http:") throw new Error();
+        if (u.username || u.password || u.search) {
+            p.push("jhe:backupEndpoint must hold no credentials or query (set jhe:backupAccessKeyId and jhe:backupSecretAccessKey)");
+        }
+        if (stage === "prod" && u.protocol !== "https:") p.push(`jhe:backupEndpoint must use https on a prod stack (got ${JSON.stringify(endpoint)})`);
+    } catch {
+        p.push(`jhe:backupEndpoint must be the URL of an S3-compatible endpoint, like https://s3.eu-central-1.amazonaws.com (got ${JSON.stringify(endpoint)})`);
+    }
+    let prefix = str(raw, "backupPrefix", p, false, `jhe/${service}/`);
+    if (prefix && !prefix.endsWith("/")) prefix += "/";
+    checked(p, "backupPrefix", prefix, (v) => (PREFIX.test(v) && !v.split("/").some((s) => s === "." || s === "..") ? undefined
+        : "must be path segments of letters, digits and !_.*'()- each ending in /, like jhe/prod/ (no . or .. segments)"));
+    const keepLocal = int(raw, "keepLocalBackups", p, 3, 1, 100);
+    if (!secrets.backupAccessKeyId || !secrets.backupSecretAccessKey) {
+        p.push("jhe:backupAccessKeyId and jhe:backupSecretAccessKey are required with jhe:backupBucket: the server's credentials for the bucket " +
+            "(`pulumi config set --secret jhe:backupAccessKeyId …` and `pulumi config set --secret jhe:backupSecretAccessKey …`); " +
+            "give them only put, get and list on the bucket");
+    }
+    const keyRaw = str(raw, "backupEncryptionKey", p, false, "").trim();
+    let publicKey: string | null = null;
+    let fingerprint: string | null = null;
+    if (keyRaw === "none") {
+        const w = "jhe:backupEncryptionKey is \"none\": copies of backups (the database, .env with its secrets) go to the bucket unencrypted";
+        if (stage === "prod") warnings.push(`${w}; on a prod stack, set an OpenPGP public key (gpg --export --armor <key id>)`);
+    } else if (!keyRaw) {
+        p.push("jhe:backupEncryptionKey is required with jhe:backupBucket: the OpenPGP public key copies are encrypted to " +
+            "(`gpg --export --armor <key id> | pulumi config set jhe:backupEncryptionKey --`), or \"none\" to upload them unencrypted");
+    } else {
+        const fp = openpgpFingerprint(keyRaw);
+        if (typeof fp === "string") {
+            publicKey = keyRaw + "\n";
+            fingerprint = fp;
+        } else p.push(`jhe:backupEncryptionKey ${fp.error}`);
+    }
+    if (!secrets.backupAccessKeyId || !secrets.backupSecretAccessKey) return undefined;
+    return {
+        endpoint, region, prefix, keepLocal, publicKey, fingerprint,
+        accessKeyId: secrets.backupAccessKeyId, secretAccessKey: secrets.backupSecretAccessKey, privateKey: secrets.backupDecryptionKey,
+    };
+}
+
+/**
+ * The fingerprint of an ASCII-armored OpenPGP public key (its primary key packet: SHA-1 for v4 keys,
+ * SHA-256 for v6), or why it is not one. A private key is refused: the server must never hold it.
+ */
+export function openpgpFingerprint(armored: string): string | { error: string } {
+    if (/BEGIN PGP PRIVATE KEY BLOCK/.test(armored)) {
+        return { error: "holds a private key; give the public key (gpg --export --armor <key id>): the server must never hold the private one" };
+    }
+    const m = /-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n([\s\S]*?)-----END PGP PUBLIC KEY BLOCK-----/.exec(armored);
+    if (!m) return { error: "must be an ASCII-armored OpenPGP public key (-----BEGIN PGP PUBLIC KEY BLOCK-----), from gpg --export --armor <key id>" };
+    const lines = m[1].split(/\r?\n/);
+    const blank = lines.findIndex((l) => l.trim() === "");
+    const body = lines.slice(blank + 1).filter((l) => l.trim() && !l.startsWith("=")).join("");
+    const data = Buffer.from(body, "base64");
+    if (data.length < 8) return { error: "holds no key data" };
+    const first = data[0];
+    if (!(first & 0x80)) return { error: "is not OpenPGP data (bad packet header)" };
+    let tag: number;
+    let len: number;
+    let off: number;
+    if (first & 0x40) {
+        tag = first & 0x3f;
+        const o1 = data[1];
+        if (o1 < 192) [len, off] = [o1, 2];
+        else if (o1 < 224) [len, off] = [((o1 - 192) << 8) + data[2] + 192, 3];
+        else if (o1 === 255) [len, off] = [data.readUInt32BE(2), 6];
+        else return { error: "has a partial-length first packet, which a key never has" };
+    } else {
+        tag = (first >> 2) & 0x0f;
+        const lt = first & 3;
+        if (lt === 0) [len, off] = [data[1], 2];
+        else if (lt === 1) [len, off] = [data.readUInt16BE(1), 3];
+        else if (lt === 2) [len, off] = [data.readUInt32BE(1), 5];
+        else return { error: "has an indeterminate-length first packet" };
+    }
+    if (tag === 5) return { error: "holds a private key; give the public key (gpg --export --armor <key id>)" };
+    if (tag !== 6 || off + len > data.length) return { error: "does not start with a public key packet" };
+    const pkt = data.subarray(off, off + len);
+    if (pkt[0] === 4) {
+        const head = Buffer.from([0x99, (len >> 8) & 0xff, len & 0xff]);
+        return crypto.createHash("sha1").update(head).update(pkt).digest("hex").toUpperCase();
+    }
+    if (pkt[0] === 6) {
+        const head = Buffer.alloc(5);
+        head[0] = 0x9b;
+        head.writeUInt32BE(len, 1);
+        return crypto.createHash("sha256").update(head).update(pkt).digest("hex").toUpperCase();
+    }
+    return { error: `is a version ${pkt[0]} key; give a version 4 or 6 key (gpg 2.2 or later makes version 4)` };
+}
+
+/** Keys read as secrets (never into the raw, plain config). */
+const SECRET_KEYS = ["sshPrivateKey", "dbPassword", "secretEnv", "adminPassword", "backupAccessKeyId", "backupSecretAccessKey", "backupDecryptionKey"];
 
 /** Reads the `jhe` namespace of the current stack's config and validates it. */
 export function loadConfig(): JheConfig {
@@ -405,12 +552,13 @@ export function loadConfig(): JheConfig {
     const plainKeys = [
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
-        "adminUser", "adminEmail", "migrationStrategy",
+        "adminUser", "adminEmail", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");
     raw.keepReleases = cfg.get("keepReleases");
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
+    raw.keepLocalBackups = cfg.get("keepLocalBackups");
     raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
     raw.env = cfg.getObject("env");
     raw.envUnset = cfg.getObject("envUnset");
@@ -418,7 +566,7 @@ export function loadConfig(): JheConfig {
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {
         const [ns, key] = full.split(":");
-        if (ns === "jhe" && !(key in raw) && !["sshPrivateKey", "dbPassword", "secretEnv", "adminPassword"].includes(key)) raw[key] = all[full];
+        if (ns === "jhe" && !(key in raw) && !SECRET_KEYS.includes(key)) raw[key] = all[full];
     }
     const secretEnvObj = cfg.getSecretObject<Record<string, string>>("secretEnv");
     const secretEnvValues = JSON.parse(all["jhe:secretEnv"] ?? "{}") as Record<string, unknown>;
@@ -426,6 +574,9 @@ export function loadConfig(): JheConfig {
         sshPrivateKey: cfg.getSecret("sshPrivateKey"),
         dbPassword: cfg.getSecret("dbPassword"),
         adminPassword: cfg.get("adminPassword") ? cfg.getSecret("adminPassword") : undefined,
+        backupAccessKeyId: cfg.get("backupAccessKeyId") ? cfg.getSecret("backupAccessKeyId") : undefined,
+        backupSecretAccessKey: cfg.get("backupSecretAccessKey") ? cfg.getSecret("backupSecretAccessKey") : undefined,
+        backupDecryptionKey: cfg.get("backupDecryptionKey") ? cfg.getSecret("backupDecryptionKey") : undefined,
         secretEnv: secretEnvObj ? secretEnvObj.apply((o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, String(v)]))) : undefined,
         secretEnvNames: Object.keys(secretEnvValues),
         secretEnvValues,

@@ -47,16 +47,31 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
 }
 
 /**
- * What the host tool is told on stdin. The steps that write .env also get its settings and secrets
- * (then the whole spec is a secret). Deterministic, so an unchanged stack shows no diff.
+ * What the host tool is told on stdin. The steps that write .env also get its settings and secrets,
+ * and where backup copies go with its credentials (then the whole spec is a secret). Deterministic, so an unchanged stack shows no diff.
  */
-export function toolSpec(config: JheConfig, withEnv: boolean): pulumi.Output<string> {
+export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulumi.Input<string>): pulumi.Output<string> {
     if (!withEnv) return pulumi.output(JSON.stringify(baseSpec(config)));
     return pulumi.secret(
         pulumi
-            .all([config.secretEnv, config.db.password ?? pulumi.output("")])
-            .apply(([secretEnv, dbPassword]) => JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv })),
+            .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
+            .apply(([secretEnv, dbPassword, offsite]) => JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, offsite })),
     );
+}
+
+/**
+ * Where and how backups are copied off the server (null without jhe:backupBucket): the endpoint, the
+ * bucket, the credentials, the public key; the private key only when the stack gives one for a
+ * restore. Part of the secret spec only.
+ */
+export function offsiteSpec(config: JheConfig, bucketName?: pulumi.Input<string>): pulumi.Output<Record<string, unknown> | null> {
+    const o = config.offsite;
+    if (!o || !bucketName) return pulumi.output(null);
+    return pulumi.all([bucketName, o.accessKeyId, o.secretAccessKey, o.privateKey ?? pulumi.output("")]).apply(
+        ([bucket, accessKeyId, secretAccessKey, privateKey]) => ({
+            endpoint: o.endpoint, region: o.region, bucket, prefix: o.prefix, accessKeyId, secretAccessKey,
+            publicKey: o.publicKey, encryption: o.publicKey ? "gpg" : "none", privateKey: privateKey || null, keepLocal: o.keepLocal,
+        }));
 }
 
 export interface JheHostArgs {
@@ -66,6 +81,8 @@ export interface JheHostArgs {
      * for it, so a changed key stops preview and up before any command, with both fingerprints named.
      */
     checkedHost?: pulumi.Input<string>;
+    /** The backup bucket's name (jhe:backupBucket, or the one the stack makes), when copies go off the server. */
+    bucketName?: pulumi.Input<string>;
 }
 
 export class JheHost extends pulumi.ComponentResource {
@@ -93,9 +110,11 @@ export class JheHost extends pulumi.ComponentResource {
             perDialTimeout: 10,
         };
         this.spec = toolSpec(c, false);
-        this.specWithEnv = toolSpec(c, true);
+        this.specWithEnv = toolSpec(c, true, args.bucketName);
         // Debian packages JHE needs: installs only what is missing (nothing, with no network, when all are there).
-        this.packages = this.command("system-packages", { create: ensurePackages(c.ssh.user), triggers: SYSTEM_PACKAGES }, { parent: this });
+        // (gpg encrypts backup copies, with a bucket and a key: the runbook's own tool.)
+        const packages = c.offsite?.publicKey ? [...SYSTEM_PACKAGES, "gnupg"] : SYSTEM_PACKAGES;
+        this.packages = this.command("system-packages", { create: ensurePackages(c.ssh.user, packages), triggers: packages }, { parent: this });
         const source = toolSource();
         this.tool = this.command("host-tool", { create: installTool(c.ssh.user), stdin: source, triggers: [sha256(source)] },
             { parent: this, dependsOn: [this.packages] });

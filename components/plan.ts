@@ -29,8 +29,32 @@ export interface Plan {
     envMissing?: string[];
     /** What JHE does with those of them it treats specially (DEBUG, SECRET_KEY, ...). */
     envHints?: Record<string, string>;
+    /** Where this move's backup goes: the server's directory, and the bucket its copy goes to, encrypted or not. */
+    backups?: BackupPlan;
     note?: string;
     error?: string;
+}
+
+export interface BackupPlan {
+    local: string;
+    /** s3://bucket/prefix of the copies, null without jhe:backupBucket. */
+    offsite: string | null;
+    encrypted: boolean;
+    /** The OpenPGP key the copies are encrypted to (fingerprint), null when they are not. */
+    encryptedTo: string | null;
+}
+
+/** Where backups go, from the config alone (shown at preview, before anything runs). */
+export function backupPlan(config: JheConfig): BackupPlan {
+    const b = config.backupBucket;
+    const o = config.offsite;
+    const name = b.mode === "off" ? null : (b.name ?? "<the bucket this stack creates>");
+    return {
+        local: config.layout.backupDir,
+        offsite: name && o ? `s3://${name}/${o.prefix}` : null,
+        encrypted: Boolean(o?.publicKey),
+        encryptedTo: o?.fingerprint ?? null,
+    };
 }
 
 /** A host key line's type and SHA256 fingerprint, as `ssh-keygen -l` prints it. */
@@ -149,7 +173,7 @@ export function readPlan(config: JheConfig): pulumi.Output<Plan> {
             delete r.ok;
             delete r.step;
             delete r.seconds;
-            return r as Plan;
+            return { ...r, backups: backupPlan(config) } as Plan;
         } catch (e) {
             if (e instanceof HostKeyMismatch) throw e; // refused before any command: the preview and up fail here
             return { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` };

@@ -16,18 +16,21 @@ export function jheProgram(config: JheConfig) {
 
     // 1. The server: SSH with a pinned host key, the host-side tool, the releases layout (adopting
     //    an in-place install without downtime beyond one restart).
-    const host = new JheHost("server", { config, checkedHost: planBefore.apply(() => config.ssh.host) });
+    // 3. Off-host backup copies, when configured: the bucket the stack makes, or an existing one.
+    const bucket = config.backupBucket.mode === "create" ? new BackupBucket("backups", { name: config.backupBucket.name }) : undefined;
+    const bucketName = bucket?.bucketName ?? (config.backupBucket.mode === "existing" ? config.backupBucket.name : undefined);
+    for (const w of config.warnings) pulumi.log.warn(w);
+
+    const host = new JheHost("server", { config, checkedHost: planBefore.apply(() => config.ssh.host), bucketName });
 
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
     const service = new SystemdService("systemd", { host, config });
     const site = new NginxSite("nginx", { host, config });
 
-    // 3. Off-host backup copies, when configured.
-    const bucket = config.backupBucket.mode === "create" ? new BackupBucket("backups", { name: config.backupBucket.name }) : undefined;
-
     // 4. The upgrade itself, replaced whenever jhe:version changes: preflight, prepare the release,
     //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
-    const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install] });
+    //    Then, with a bucket, every verified backup is copied off the server (encrypted, read back).
+    const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install], offsite: bucketName !== undefined });
 
     // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read
     //    again once finish is done, so it describes the server as it now is.
@@ -60,6 +63,8 @@ export function jheProgram(config: JheConfig) {
         window: r.finish.apply((f) => (f.window as Record<string, unknown> | undefined) ?? null),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
         upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,
-        backupBucket: bucket?.bucketName ?? (config.backupBucket.mode === "existing" ? config.backupBucket.name : null),
+        backupBucket: bucketName ?? null,
+        // Where this move's backups went off the server (each read back and checked), null without a bucket.
+        offsiteBackup: release.offsite ? release.offsite.apply((o) => (o.offsite as Record<string, unknown> | null) ?? null) : null,
     };
 }

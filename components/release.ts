@@ -12,6 +12,8 @@ export interface JheReleaseArgs {
     config: JheConfig;
     /** Resources that must be in place first (unit, nginx site). */
     dependsOn: pulumi.Resource[];
+    /** Copy backups off the server after finish (jhe:backupBucket set). */
+    offsite?: boolean;
 }
 
 /** The steps in order: [resource name, host tool step, needs the .env settings]. */
@@ -41,6 +43,8 @@ export class JheRelease extends pulumi.ComponentResource {
     public readonly steps: Record<StepName, command.remote.Command>;
     /** Each step's parsed result. */
     public readonly results: Record<StepName, pulumi.Output<Record<string, unknown>>>;
+    /** The off-host copy's result ({offsite: {bucket, copied, ...}}), with a bucket. */
+    public readonly offsite?: pulumi.Output<Record<string, unknown>>;
 
     constructor(name: string, args: JheReleaseArgs, opts?: pulumi.ComponentResourceOptions) {
         super("jhe:upgrade:JheRelease", name, {}, opts);
@@ -62,6 +66,13 @@ export class JheRelease extends pulumi.ComponentResource {
         }
         this.steps = steps;
         this.results = results;
+        // 7b. After the window: the backups copied off the server, each read back and checked; local
+        //     ones pruned only once copied. Its own resource, so a failed upload leaves the upgrade done
+        //     and the next `up` copies what is missing.
+        if (args.offsite) {
+            const cmd = host.step("offsite-backup", "offsite", [config.version], [steps.finish], this, true);
+            this.offsite = cmd.stdout.apply(stepResult);
+        }
         // 8. The optional Django superuser, once the release serves (re-run when its settings change).
         if (config.admin) {
             const a = config.admin;

@@ -11,6 +11,7 @@ from . import util
 from .backup import BackupFailed
 from .db import reopen_databases
 from .handover import settle_handover
+from .offsite import step_offsite
 from .plan import step_plan
 from .provision import step_adopt, step_superuser
 from .recovery import safety_net
@@ -21,7 +22,7 @@ from .util import Refusal, log
 
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
-         "health": step_health, "finish": step_finish, "unlock": step_unlock, "superuser": step_superuser}
+         "health": step_health, "finish": step_finish, "offsite": step_offsite, "unlock": step_unlock, "superuser": step_superuser}
 
 
 # Steps that may run inside a window: whatever fails in them ends with the old version serving.

@@ -35,8 +35,11 @@ def plan_from_facts(f: dict) -> dict:
         b = f.get("backup")
         out["restoreFrom"] = b["id"] if b else None
         kept = b.get("keptDatabase") if b else None
+        where = ((b.get("offsite") or {}).get("location") if b else None) if not f.get("backupLocal", True) else None
         how = (f"bring back the database kept when {to} was left ({kept}) by rename" if kept and f.get("keptExists")
                else f"restore backup {b['id']}" if b else "")
+        if where and b:
+            how = f"fetch backup {b['id']} from {where} (its local copy is gone; decrypted with jhe:backupDecryptionKey), then {how}"
         out["summary"] = (f"rollback {frm} -> {to}: {how} and replay the rows written since"
                           if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
     elif frm:
@@ -76,7 +79,8 @@ def step_plan(spec: Spec) -> dict:
     db_bytes = db_size(spec.db_name) if frm else 0
     if undo:
         b = latest_backup_from(state, to)
-        facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])))
+        facts.update(backup=b, keptExists=bool(b and b.get("keptDatabase") and db_exists(b["keptDatabase"])),
+                     backupLocal=bool(b and (Path(b["path"]) / "db.dump").exists()))
     elif frm:
         facts["strategy"], facts["why"] = choose_strategy(spec, "upgrade", db_bytes, [c["class"] for c in classes.values()])
     root = live_root(spec)

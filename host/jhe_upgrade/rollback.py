@@ -6,6 +6,7 @@ import time
 
 from .db import applied_migrations, db_exists, row_counts, stamp_name
 from .dbmoves import finish_interrupted_swap, restore_backup, swap_in
+from .offsite import ensure_local
 from .recovery import recover
 from .replay import replay_rows
 from .rowkeys import column_renames
@@ -35,6 +36,7 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
         swap_in(spec, state, kept_a, kept)
         entry["keptDatabase"] = None  # it is the live database now
     else:
+        ensure_local(spec, pre)  # its dump, fetched back from the bucket if the server lost it since preflight
         kept = restore_backup(spec, pre)
         state["swap"] = {"previous": kept, "in": None, "at": now()}
     try:

@@ -121,11 +121,12 @@ MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "
 def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:
     state.setdefault("backups", {})[f"{frm}->{to}"] = {
         k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase",
-                              "liveSince", "deletedByMigrations")}
+                              "liveSince", "deletedByMigrations", "offsite")}
 
 
 def latest_backup_from(state: dict, tag: str) -> dict | None:
-    """The newest backup taken when leaving `tag` (the database as `tag` had it), if still on disk."""
+    """The newest backup taken when leaving `tag` (the database as `tag` had it), still on disk or
+    copied off the server (offsite.ensure_local fetches it back)."""
     cands = [b for k, b in (state.get("backups") or {}).items() if k.split("->")[0] == tag]
-    cands = [b for b in cands if (Path(b["path"]) / "db.dump").exists()]
+    cands = [b for b in cands if (Path(b["path"]) / "db.dump").exists() or (b.get("offsite") or {}).get("verified")]
     return max(cands, key=lambda b: b["created"]) if cands else None

@@ -29,6 +29,7 @@ from .estimate import estimate_for, observed, record
 from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .handover import boot_next, next_unit, restart_through_next, route_to_next, settle_handover
 from .health import NEXT_PORT, health, smoke_test
+from .offsite import check_offsite, ensure_local, settings
 from .plan import migration_delta
 from .recovery import fail_health, recover
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
@@ -118,6 +119,13 @@ def _preflight(spec: Spec) -> dict:
     if min(free_backup, free_app) < need:
         problems.append(f"not enough free disk: the backup and the release need about {need // 2**20} MiB, "
                         f"{spec.backup_dir} has {free_backup // 2**20} MiB and {spec.app_root} {free_app // 2**20} MiB free")
+    offsite = settings(spec)
+    offsite_check = None
+    if offsite:
+        try:
+            offsite_check = check_offsite(offsite)
+        except Refusal as e:
+            problems.append(str(e))
     if problems:
         raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
     pending, extra = migration_delta(release_migrations(spec, spec.repo, to), applied_migrations(spec))
@@ -127,6 +135,7 @@ def _preflight(spec: Spec) -> dict:
         frm = prior["from"]  # a re-run after an interruption continues the same move
         kind = prior.get("kind", "upgrade")
         restore_from = prior.get("restoreFrom")
+        fetched = restore_from is not None and ensure_local(spec, restore_from) == "bucket"
     elif extra and pending:
         raise Refusal(f"{frm} -> {to} is a move across branches: the database has migrations {to} does not know "
                       f"({', '.join(extra)}) and lacks some it needs ({', '.join(pending)}). Roll back to a version "
@@ -139,11 +148,13 @@ def _preflight(spec: Spec) -> dict:
             raise Refusal(f"rolling back {frm} -> {to} needs the database as {to} had it, and this server has no backup "
                           f"taken when leaving {to}. Versions that can be rolled back to here: {', '.join(known) or 'none'}; "
                           f"go through one of them, or restore by hand")
-        verify_backup(b)
+        fetched = ensure_local(spec, b) == "bucket"  # its local copy gone: fetched back from the bucket now
         restore_from = b
     else:
         kind = "upgrade" if frm else "install"
         restore_from = None
+    if kind != "rollback":
+        fetched = False
     classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
     strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
     est = estimate_for(spec, state, action=kind, strategy=strategy, pending=pending, classes=classes, db_bytes=db_bytes)
@@ -156,7 +167,8 @@ def _preflight(spec: Spec) -> dict:
             "strategy": strategy, "strategyWhy": why,
             "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
             "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
-            "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"]}
+            "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"],
+            "restoreFetchedFromBucket": fetched, "offsite": offsite_check}
 
 
 def step_prepare(spec: Spec) -> dict:

@@ -41,7 +41,10 @@ async function build(raw: Record<string, unknown>): Promise<{ resources: Seen[];
         {
             version: "v1.1.0", host: "10.1.2.3", sshHostKey: HOST_KEY, siteUrl: "https://jhe.example.org", ...raw,
         },
-        { sshPrivateKey: pulumi.secret("-----BEGIN KEY-----\nabc\n-----END KEY-----"), secretEnv: pulumi.secret({ SECRET_KEY: "s" } as Record<string, string>), secretEnvNames: ["SECRET_KEY"] },
+        {
+            sshPrivateKey: pulumi.secret("-----BEGIN KEY-----\nabc\n-----END KEY-----"), secretEnv: pulumi.secret({ SECRET_KEY: "s" } as Record<string, string>),
+            secretEnvNames: ["SECRET_KEY"], backupAccessKeyId: pulumi.secret("AKIDUNIT"), backupSecretAccessKey: pulumi.secret("BUCKET-SECRET-UNIT"),
+        },
     );
     let outputs: Record<string, unknown> = {};
     await pulumi.runtime.runInPulumiStack(async () => {
@@ -147,7 +150,7 @@ describe("program graph (mocks)", function () {
     });
 
     it("makes the backup bucket private, encrypted, versioned, TLS-only and kept on destroy", async function () {
-        const { resources } = await build({ backupBucket: "create:jhe-backups-test" });
+        const { resources } = await build({ backupBucket: "create:jhe-backups-test", backupEncryptionKey: "none" });
         const aws = resources.filter((r) => r.type.startsWith("aws:s3"));
         assert.deepStrictEqual(aws.map((r) => r.type).sort(), [
             "aws:s3/bucket:Bucket", "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
@@ -166,5 +169,23 @@ describe("program graph (mocks)", function () {
         const policy = JSON.parse(String(await resolve(aws.find((r) => r.type.includes("BucketPolicy"))!.inputs.policy)));
         assert.deepStrictEqual(policy.Statement[0].Condition, { Bool: { "aws:SecureTransport": "false" } });
         assert.strictEqual(policy.Statement[0].Effect, "Deny");
+    });
+
+    it("copies backups off the server after finish, with the bucket's credentials on stdin only", async function () {
+        const { resources } = await build({ backupBucket: "jhe-existing-bucket", backupEncryptionKey: "none" });
+        const off = named(resources, "offsite-backup");
+        assert.deepStrictEqual(off.dependsOn, ["finish"]);
+        assert.deepStrictEqual(await resolve(off.inputs.triggers), ["v1.1.0"]);
+        assert.match(String(await resolve(off.inputs.create)), /jhe_upgrade\.py offsite/);
+        const spec = JSON.parse(String(await resolve(off.inputs.stdin)));
+        assert.strictEqual(spec.offsite.bucket, "jhe-existing-bucket");
+        assert.strictEqual(spec.offsite.secretAccessKey, "BUCKET-SECRET-UNIT");
+        assert.ok(!resources.some((r) => r.type.startsWith("aws:")), "an existing bucket is not managed");
+        for (const r of resources.filter((x) => x.type === "command:remote:Command")) {
+            assert.ok(!String(await resolve(r.inputs.create)).includes("BUCKET-SECRET-UNIT"), `${r.name}: no credential on a command line`);
+            assert.ok(!JSON.stringify(await resolve(r.inputs.triggers) ?? null).includes("BUCKET-SECRET"), `${r.name}: no credential in triggers`);
+        }
+        const { resources: none } = await build({});
+        assert.ok(!none.some((r) => r.name === "offsite-backup"), "no copy step without a bucket");
     });
 });
