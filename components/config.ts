@@ -59,6 +59,11 @@ export interface JheConfig {
     backupBucket: { mode: "off" } | { mode: "create"; name?: string } | { mode: "existing"; name: string };
     /** How backups reach the bucket (with jhe:backupBucket): endpoint, credentials, encryption. */
     offsite?: OffsiteConfig;
+    /**
+     * Disaster recovery: a new server comes up with this backup's data (a backup id under
+     * jhe:backupPrefix, or its s3:// location); used only while the server has no JHE yet.
+     */
+    restoreFrom?: string;
     /** Said once per run (pulumi.log.warn): settings that are allowed but risky, e.g. unencrypted prod backups. */
     warnings: string[];
 }
@@ -405,6 +410,14 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
 
     const warnings: string[] = [];
     const offsite = backupBucket.mode === "off" ? offsiteNotUsed(raw, p) : offsiteConfig(raw, secrets, p, stage, layout.serviceName, warnings);
+    const restoreFrom = str(raw, "restoreFrom", p, false, "") || undefined;
+    if (restoreFrom) {
+        checked(p, "restoreFrom", restoreFrom, rx(RESTORE_FROM, "must be a backup id (like 20260101-120000-v1.0.0-to-v1.1.0) or its location s3://<bucket>/<prefix><id>/"));
+        const named = /^s3:\/\/([^/]+)\//.exec(restoreFrom)?.[1];
+        if (named && backupBucket.mode !== "off" && backupBucket.name && named !== backupBucket.name) {
+            p.push(`jhe:restoreFrom names bucket ${named}, but jhe:backupBucket is ${backupBucket.name}`);
+        }
+    }
 
     if (p.length) throw new ConfigError(p);
     return {
@@ -426,12 +439,14 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         migrationStrategy,
         backupBucket,
         offsite,
+        restoreFrom,
         warnings,
     };
 }
 
 const OFFSITE_KEYS = ["backupEndpoint", "backupRegion", "backupPrefix", "backupAccessKeyId", "backupSecretAccessKey",
-    "backupEncryptionKey", "backupDecryptionKey", "keepLocalBackups"];
+    "backupEncryptionKey", "backupDecryptionKey", "keepLocalBackups", "restoreFrom"];
+const RESTORE_FROM = /^(?:s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/(?:[A-Za-z0-9!_.*'()-]+\/)*)?[A-Za-z0-9][A-Za-z0-9._-]{0,200}\/?$/;
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d$|^[a-z0-9-]{1,32}$/;
 const PREFIX = /^(?:[A-Za-z0-9!_.*'()-]+\/)*$/;
 
@@ -553,6 +568,7 @@ export function loadConfig(): JheConfig {
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
         "adminUser", "adminEmail", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
+        "restoreFrom",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");

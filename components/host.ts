@@ -43,6 +43,8 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
         migrationStrategy: config.migrationStrategy,
         envUnset: config.envUnset,
         owner: stackOwner(),
+        // (only when set: a stack without it sends what it always did)
+        ...(config.restoreFrom ? { restoreFrom: config.restoreFrom } : {}),
     };
 }
 
@@ -55,7 +57,8 @@ export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulum
     return pulumi.secret(
         pulumi
             .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
-            .apply(([secretEnv, dbPassword, offsite]) => JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, offsite })),
+            .apply(([secretEnv, dbPassword, offsite]) =>
+                JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
     );
 }
 

@@ -52,6 +52,8 @@ export function jheProgram(config: JheConfig) {
             // Why those rows could not be caught up in the staged copy instead (see catchup), when it fell back.
             notCaughtUp: ((f.stagedFallback as { notCaughtUp?: string } | null | undefined)?.notCaughtUp) ?? null,
             keptDatabase: (m.keptDatabase as string | undefined) ?? null,
+            // A new server's database restored from the bucket (jhe:restoreFrom): which backup, how long.
+            restored: (m.restored as Record<string, unknown> | undefined) ?? null,
             // The release booted before the window in the hand-over unit (null: booted in the window).
             bootedBeforeWindow: (m.bootedBeforeWindow as { unit: string; seconds: number } | undefined) ?? null,
         })),

@@ -279,3 +279,54 @@ def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path
     log(f"backup {backup_id} fetched from s3://{o.bucket}/{base} into {dest}: {got / 2**20:.1f} MiB in {secs} s, "
         f"{'decrypted and ' if enc else ''}checked against its manifest")
     return {**manifest, "fetchSeconds": secs}
+
+
+RESTORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+def restore_source(spec: Spec, o: Offsite | None) -> tuple[str, str] | None:
+    """(prefix, backup id) of jhe:restoreFrom: a backup id under this stack's prefix, or the location
+    the backup output showed (s3://<bucket>/<prefix><id>/). None when not set."""
+    rf = spec.raw.get("restoreFrom")
+    if not rf:
+        return None
+    if o is None:
+        raise Refusal("jhe:restoreFrom needs jhe:backupBucket and its credentials: the backup is fetched from the bucket")
+    m = re.match(r"^s3://([^/]+)/((?:[^/]+/)*)([^/]+)/?$", rf)
+    if m:
+        if m.group(1) != o.bucket:
+            raise Refusal(f"jhe:restoreFrom names bucket {m.group(1)}, but jhe:backupBucket is {o.bucket}")
+        prefix, bid = m.group(2), m.group(3)
+    else:
+        prefix, bid = o.prefix, rf
+    if not RESTORE_ID.match(bid) or not PREFIX_OK.match(prefix) or {".", ".."} & set(prefix.split("/")):
+        raise Refusal(f"jhe:restoreFrom must be a backup id (like 20260101-120000-v1.0.0-to-v1.1.0) or its location "
+                      f"s3://<bucket>/<prefix><id>/ (got {rf!r})")
+    return prefix, bid
+
+
+def fetch_for_restore(spec: Spec, to: str, database_empty: bool) -> dict | None:
+    """Disaster recovery onto a new server: jhe:restoreFrom's backup fetched from the bucket, decrypted
+    and checked before anything is changed, as the entry the migrate step restores (None without
+    jhe:restoreFrom). Refused on a server whose database has JHE's tables already: a restore never
+    replaces data (a rollback does that, by reverting jhe:version)."""
+    o = settings(spec)
+    src = restore_source(spec, o)
+    if src is None:
+        return None
+    assert o is not None
+    prefix, bid = src
+    if not database_empty:
+        raise Refusal(f"jhe:restoreFrom is for a new server, and the database {spec.db_name} here already has JHE's tables: "
+                      f"nothing was restored. Remove jhe:restoreFrom (to go back to an older version's data, revert jhe:version)")
+    dest = spec.backup_dir / bid
+    manifest = fetch_backup(spec, o, prefix, bid, dest)
+    if manifest.get("from") != to:
+        raise Refusal(f"backup {bid} holds the database of {manifest.get('from')} (taken when it was left for {manifest.get('to')}); "
+                      f"set jhe:version to {manifest.get('from')} to restore it, then upgrade as usual")
+    entry = {"id": bid, "path": str(dest), "dump": "db.dump", "sha256": manifest["sha256"], "created": manifest.get("created"),
+             "from": manifest.get("from"), "to": manifest.get("to"), "rowCounts": manifest.get("rowCounts"),
+             "appliedMigrations": manifest.get("appliedMigrations"), "fetchedFrom": f"s3://{o.bucket}/{prefix}{bid}/",
+             "fetchSeconds": manifest.get("fetchSeconds")}
+    verify_backup(entry)
+    return entry

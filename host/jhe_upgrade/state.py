@@ -115,7 +115,7 @@ class run_lock:
             self.f.close()
 
 
-MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback")
+MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback", "restored")
 
 
 def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:

@@ -23,13 +23,14 @@ import subprocess
 import time
 
 from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
-from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, set_db_password
+from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, row_counts, set_db_password
+from .dbmoves import restore_backup
 from .envfile import env_added, env_problems, target_env
 from .estimate import estimate_for, observed, record
 from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .handover import boot_next, next_unit, restart_through_next, route_to_next, settle_handover
 from .health import NEXT_PORT, health, smoke_test
-from .offsite import check_offsite, ensure_local, settings
+from .offsite import check_offsite, ensure_local, fetch_for_restore, settings
 from .plan import migration_delta
 from .recovery import fail_health, recover
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
@@ -152,9 +153,10 @@ def _preflight(spec: Spec) -> dict:
         restore_from = b
     else:
         kind = "upgrade" if frm else "install"
-        restore_from = None
+        # A new server restored from the bucket (jhe:restoreFrom): fetched and checked now, restored by migrate.
+        restore_from = fetch_for_restore(spec, to, not applied_migrations(spec)) if kind == "install" else None
     if kind != "rollback":
-        fetched = False
+        fetched = restore_from is not None
     classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
     strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
     est = estimate_for(spec, state, action=kind, strategy=strategy, pending=pending, classes=classes, db_bytes=db_bytes)
@@ -279,6 +281,8 @@ def step_migrate(spec: Spec) -> dict:
     if tgt.get("kind") == "rollback":
         result.update(rollback_database(spec, state, frm, to))
     elif not state.get("migrated"):  # (a swapped-in staged copy is migrated already)
+        if tgt.get("kind") == "install" and tgt.get("restoreFrom") and not state.get("restored"):
+            result["restored"] = restore_new_server(spec, state, tgt["restoreFrom"])
         ensure_backup(spec, state, frm, to)
         result.update(migrate_in_place(spec, state, frm, to))
     result["keptDatabase"] = (state.get("backup") or {}).get("keptDatabase")
@@ -286,6 +290,21 @@ def step_migrate(spec: Spec) -> dict:
     result["migrateSeconds"] = state["migrated"].get("seconds")
     result["cutover"] = cutover(spec, state, frm, to, booted)
     return result
+
+
+def restore_new_server(spec: Spec, state: dict, entry: dict) -> dict:
+    """Disaster recovery: the backup fetched at preflight becomes the database of this new server (its
+    empty database is kept, renamed); migrate then finds the backup's migrations applied."""
+    t = time.monotonic()
+    ensure_local(spec, entry)
+    kept = restore_backup(spec, entry)
+    state["restored"] = {"from": entry["id"], "fetchedFrom": entry.get("fetchedFrom"), "emptyDatabaseKept": kept,
+                         "rowCounts": row_counts(spec, spec.db_name), "seconds": round(time.monotonic() - t, 2)}
+    if state["restored"]["rowCounts"] != entry.get("rowCounts"):
+        raise RuntimeError(f"the database restored from {entry['id']} does not have the rows its backup counted")
+    save_state(spec, state)
+    log(f"database restored from {entry['id']} ({entry.get('fetchedFrom')}), {state['restored']['seconds']} s")
+    return state["restored"]
 
 
 def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:

@@ -248,3 +248,28 @@ def test_unreachable_endpoint_is_a_refusal(tmp_path: Path) -> None:
     o.client = lambda: s3.Bucket(o.endpoint, o.region, o.bucket, o.creds, timeout=2)  # type: ignore[method-assign]
     with pytest.raises(Refusal, match="jhe:backupEndpoint"):
         offsite.check_offsite(o)
+
+
+def test_restore_onto_a_new_server_fetches_and_checks_first(server: S3Server, keys: KeyPair, tmp_path: Path, no_pg: None) -> None:
+    spec = offsite_spec(tmp_path / "old", server, keys)
+    e = fake_backup(spec, "20260102-000000-v1.0.0-to-v1.1.0", "2026-01-02T00:00:00Z", b"DR")
+    offsite.upload_backup(offsite.settings(spec), e)  # type: ignore[arg-type]
+    new = tmp_path / "new"
+    with_restore = lambda rf, private=True: make_spec(new, offsite={**offsite_spec(new, server, keys, private=private).raw["offsite"]},  # noqa: E731
+                                                      restoreFrom=rf)
+    assert offsite.fetch_for_restore(make_spec(new, offsite=spec.raw["offsite"]), "v1.0.0", True) is None
+    with pytest.raises(Refusal, match="names bucket other-bucket"):
+        offsite.fetch_for_restore(with_restore("s3://other-bucket/jhe/test/x/"), "v1.0.0", True)
+    with pytest.raises(Refusal, match="must be a backup id"):
+        offsite.fetch_for_restore(with_restore("../etc"), "v1.0.0", True)
+    with pytest.raises(Refusal, match="already has JHE's tables: nothing was restored"):
+        offsite.fetch_for_restore(with_restore(e["id"]), "v1.0.0", False)
+    with pytest.raises(Refusal, match="no backup nope"):
+        offsite.fetch_for_restore(with_restore("nope"), "v1.0.0", True)
+    with pytest.raises(Refusal, match="holds the database of v1.0.0 .*set jhe:version to v1.0.0"):
+        offsite.fetch_for_restore(with_restore(e["id"]), "v1.1.0", True)
+    with pytest.raises(Refusal, match="jhe:backupDecryptionKey"):
+        offsite.fetch_for_restore(with_restore(e["id"], private=False), "v1.0.0", True)
+    got = offsite.fetch_for_restore(with_restore(f"s3://{BUCKET}/jhe/test/{e['id']}/"), "v1.0.0", True)
+    assert got is not None and got["sha256"] == e["sha256"] and got["fetchedFrom"] == f"s3://{BUCKET}/jhe/test/{e['id']}/"
+    assert sha256_file(Path(got["path"]) / "db.dump") == e["sha256"] and Path(got["path"]).parent == new / "backups"

@@ -9,9 +9,9 @@ import * as os from "os";
 import * as path from "path";
 import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, stepOps } from "../helpers/engine";
-import { leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
+import { filesUnder, leaveUnset, projectStack, V110_APPLIED, V110_MIGRATIONS, serverFingerprint, STATE_DIR, teardown } from "../helpers/stack";
 import { AckedWrite, lostByContent, Writer } from "../helpers/writer";
-import { adminLogin, dotenvValues, HostInfo, oidcKeys, query, request, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
+import { adminLogin, dotenvValues, HostInfo, oidcKeys, query, request, sampleProcesses, serviceStarts, servingVersion, ssh, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
 const APP = "/opt/jupyterhealth-exchange";
 const VERSIONED = ["backup", "finish", "health-gate", "migrate", "preflight", "prepare-release", "switch-restart"];
@@ -201,21 +201,12 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
         await stack.setConfig("jhe:secretEnv.OIDC_RSA_PRIVATE_KEY", { value: oidc, secret: true }, true);
         const key = fs.readFileSync(h.privateKeyPath, "utf8").split("\n").filter((l) => l && !l.startsWith("-----"));
         // Sample the server's process list while the upgrade runs.
-        let sampling = true;
-        const ps: string[] = [];
-        const sampler = (async () => {
-            for (let i = 0; sampling && i < 600; i++) {
-                const r = await ssh(h, "ps -eo args --no-headers");
-                ps.push(r.stdout);
-                await new Promise((res) => setTimeout(res, 100));
-            }
-        })();
+        const sampler = sampleProcesses(h);
         const events: string[] = [];
         let text = "";
         const pre = await stack.preview({ diff: true });
         const res = await stack.up({ onOutput: (o) => (text += o), onEvent: (e) => events.push(JSON.stringify(e)), logVerbosity: 5, logToStdErr: true, debug: true });
-        sampling = false;
-        await sampler;
+        const ps = await sampler.stop();
         assert.strictEqual(res.outputs.deployed.value.version, "v1.2.0");
         assert.strictEqual(await health(), "v1.2.0");
         assert.match(await sshOk(h, `cat ${APP}/current/.env`), new RegExp(`JHE_API_TOKEN=${token}`), "the secret reached the server's .env");
@@ -234,7 +225,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
             "jhe:sshPrivateKey (a line of it)": key, "jhe:secretEnv.OIDC_RSA_PRIVATE_KEY (a line of it)": oidc.split("\n").slice(1, -1),
         };
         // Every file of the state backend this stack has: its checkpoint, history, checkpoint backups, lock.
-        const stateFiles = walk(path.join(STATE_DIR, ".pulumi")).filter((f) => f.includes(stack.name) || !/[\\/](stacks|history|backups|locks)[\\/]/.test(f));
+        const stateFiles = filesUnder(path.join(STATE_DIR, ".pulumi")).filter((f) => f.includes(stack.name) || !/[\\/](stacks|history|backups|locks)[\\/]/.test(f));
         assert.ok(stateFiles.some((f) => f.includes(`${path.sep}history${path.sep}`)) && stateFiles.some((f) => f.includes(`${path.sep}backups${path.sep}`)),
             "the state backend's history and backups are searched too");
         const places: Record<string, string> = {
@@ -354,6 +345,3 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
 });
 
 /** Every file under `dir`. */
-function walk(dir: string): string[] {
-    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
-}

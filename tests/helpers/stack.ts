@@ -16,6 +16,12 @@ export const V110_APPLIED = [...V110_MIGRATIONS, "oauth2_provider.0014_alter_hel
 
 export const STATE_DIR = path.join(ROOT, ".cache", "e2e-state");
 
+/** Every file below `dir` (none if it does not exist). */
+export function filesUnder(dir: string): string[] {
+    if (!fs.existsSync(dir)) return [];
+    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? filesUnder(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+}
+
 /** The stack config that aims the program at a test server (the legacy layout's names are defaults). */
 export function hostConfig(h: HostInfo, version: string): ConfigMap {
     return {

@@ -93,6 +93,25 @@ export async function sshOk(host: HostInfo, command: string, stdin?: string): Pr
     return r.stdout;
 }
 
+/** Samples the server's process list (every 100 ms, at most 600 times) until stop(), which returns the samples. */
+export function sampleProcesses(host: HostInfo): { stop(): Promise<string[]> } {
+    let sampling = true;
+    const ps: string[] = [];
+    const done = (async () => {
+        for (let i = 0; sampling && i < 600; i++) {
+            ps.push((await ssh(host, "ps -eo args --no-headers")).stdout);
+            await new Promise((res) => setTimeout(res, 100));
+        }
+    })();
+    return {
+        stop: async () => {
+            sampling = false;
+            await done;
+            return ps;
+        },
+    };
+}
+
 /** A PostgreSQL client to the server's database, over the namespace link. */
 export async function pg(host: HostInfo, database = "jhe_production"): Promise<Client> {
     const c = new Client({ host: host.address, port: 5432, user: "postgres", password: host.pgPassword, database });
