@@ -499,6 +499,11 @@ function offsiteConfig(raw: RawConfig, secrets: SecretInputs, p: string[], stage
             fingerprint = fp;
         } else p.push(`jhe:backupEncryptionKey ${fp.error}`);
     }
+    if (secrets.backupDecryptionKey) {
+        warnings.push("jhe:backupDecryptionKey is set: the private key goes to the server (in the secret spec of preflight, prepare and " +
+            "offsite-backup) on every `up`; it is needed only for a restore from the bucket. Remove it once the restore is done " +
+            "(pulumi config rm jhe:backupDecryptionKey)");
+    }
     if (!secrets.backupAccessKeyId || !secrets.backupSecretAccessKey) return undefined;
     return {
         endpoint, region, prefix, keepLocal, publicKey, fingerprint,
@@ -575,6 +580,9 @@ export function loadConfig(): JheConfig {
     raw.keepReleases = cfg.get("keepReleases");
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
     raw.keepLocalBackups = cfg.get("keepLocalBackups");
+    // A bucket the stack creates lives in the AWS provider's region: its copies are signed for that one.
+    const awsRegion = new pulumi.Config("aws").get("region");
+    if (!raw.backupRegion && awsRegion && String(raw.backupBucket ?? "").startsWith("create")) raw.backupRegion = awsRegion;
     raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
     raw.env = cfg.getObject("env");
     raw.envUnset = cfg.getObject("envUnset");

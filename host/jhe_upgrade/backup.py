@@ -198,8 +198,7 @@ def cancel_create(name: str, wait: float = 30.0) -> bool:
 
 def prune_kept_databases(spec: Spec, state: dict, keep: int = 2) -> list[str]:
     """Databases kept by staged upgrades beyond the newest `keep` go, each only when its backup (taken
-    with nothing written until the swap, so it holds the same rows) verifies, on the server or as a
-    verified copy in the bucket (local dumps are pruned once copied); their dumps stay."""
+    with nothing written until the swap, so it holds the same rows) verifies; their dumps stay."""
     entries = sorted((b for b in (state.get("backups") or {}).values() if b.get("keptDatabase")),
                      key=lambda b: b.get("created", ""), reverse=True)
     dropped = []
@@ -207,9 +206,8 @@ def prune_kept_databases(spec: Spec, state: dict, keep: int = 2) -> list[str]:
         try:
             verify_backup(b)
         except Exception as e:  # noqa: BLE001 - then the kept database is the good copy: it stays
-            if not (b.get("offsite") or {}).get("verified"):  # (unless its copy in the bucket was verified)
-                log(f"keeping {b['keptDatabase']}: its backup {b['id']} does not verify ({e})")
-                continue
+            log(f"keeping {b['keptDatabase']}: its backup {b['id']} does not verify ({e})")
+            continue
         if db_exists(b["keptDatabase"]):
             drain(b["keptDatabase"])
             psql("postgres", f'DROP DATABASE "{b["keptDatabase"]}"')

@@ -1,7 +1,8 @@
 """OpenPGP encryption of backup copies with gpg, to a public key from the stack's config.
 
-The server gets only the public key; the private key reaches it only for a restore the operator asks
-for, into a throwaway keyring under /run (memory), removed when the restore ends."""
+The server gets the public key; the private key only while the stack gives it (jhe:backupDecryptionKey,
+for a restore), in the step's spec on stdin, imported into a throwaway keyring under /run (memory)
+only when something must be decrypted, and removed right after (a killed step's, by the next one)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,11 +19,17 @@ from .util import Refusal
 
 @contextlib.contextmanager
 def keyring(armored: str, what: str) -> Iterator[tuple[Path, str]]:
-    """A temporary GNUPGHOME holding only `armored` (imported from stdin, never a file); yields it and
-    the key's fingerprint. Removed on exit."""
+    """A temporary GNUPGHOME holding only `armored` (imported through gpg's stdin); yields it and the
+    key's fingerprint. Removed on exit."""
     if shutil.which("gpg") is None:
         raise Refusal("gpg is not installed on the server (Debian package gnupg): backups cannot be encrypted or decrypted")
-    base = Path("/run") if Path("/run").is_dir() else None
+    base = Path("/run") if Path("/run").is_dir() and os.access("/run", os.W_OK) else None
+    if base:
+        # Keyrings of a step that was killed (one step runs at a time: any other one is stale). A killed
+        # restore's may hold the private key: it goes now, with its agent.
+        for stale in base.glob("jhe-upgrade-gpg.*"):
+            subprocess.run(["gpgconf", "--homedir", str(stale), "--kill", "all"], capture_output=True, check=False)
+            shutil.rmtree(stale, ignore_errors=True)
     home = Path(tempfile.mkdtemp(prefix="jhe-upgrade-gpg.", dir=base))
     try:
         os.chmod(home, 0o700)
@@ -65,11 +72,14 @@ def encrypt_file(armored: str, src: Path, dst: Path) -> dict:
             p = subprocess.Popen(["gpg", "--batch", "--homedir", str(home), "--trust-model", "always", "--compress-algo", "none",
                                   "--recipient", fpr, "--encrypt"], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
             assert p.stdin is not None and p.stderr is not None
-            with open(src, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    plain.update(chunk)
-                    p.stdin.write(chunk)
-            p.stdin.close()
+            try:
+                with open(src, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        plain.update(chunk)
+                        p.stdin.write(chunk)
+                p.stdin.close()
+            except BrokenPipeError:  # gpg stopped early: its message below says why
+                pass
             err = p.stderr.read().decode(errors="replace")
             if p.wait() != 0:
                 dst.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .backup import verify_backup
 from .crypt import check_public_key, decrypt_file, encrypt_file
+from .db import db_exists
 from .s3 import Bucket, Creds, S3Error
 from .spec import Spec
 from .state import load_state, save_state
@@ -169,8 +170,9 @@ def step_offsite(spec: Spec) -> dict:
     copied, kept_only_here = [], []
     for e in entries:
         done = e.get("offsite") or {}
-        if done.get("bucket") == o.bucket and done.get("prefix") == o.prefix:
-            continue
+        if done.get("bucket") == o.bucket and done.get("prefix") == o.prefix and done.get("verified") \
+                and (not (Path(e["path"]) / "db.dump").exists() or _still_copied(o, e)):
+            continue  # (a copy lost from the bucket since is sent again while the dump is here)
         if not _local_ok(e):
             if (Path(e["path"]) / "db.dump").exists():  # there but changed since it was written: not sent
                 kept_only_here.append(e["id"])
@@ -181,7 +183,9 @@ def step_offsite(spec: Spec) -> dict:
     pruned = []
     for e in entries[o.keep_local:]:
         d = Path(e["path"])
-        if d.exists() and (e.get("offsite") or {}).get("verified"):
+        # Only once its copy is verified and still whole in the bucket, and never while the database kept
+        # with it is there (finish drops that only against a dump that verifies on the server).
+        if d.exists() and (e.get("offsite") or {}).get("verified") and not _kept_exists(e) and _still_copied(o, e):
             shutil.rmtree(d)
             pruned.append(e["id"])
     if pruned:
@@ -192,6 +196,20 @@ def step_offsite(spec: Spec) -> dict:
         "latest": (latest.get("offsite") or {}).get("location") if latest else None,
         "encryptedTo": ((latest or {}).get("offsite") or {}).get("encryptedTo"),
         "throughputMiBps": _rate(entries, copied)}}
+
+
+def _kept_exists(e: dict) -> bool:
+    return bool(e.get("keptDatabase")) and db_exists(e["keptDatabase"])
+
+
+def _still_copied(o: Offsite, e: dict) -> bool:
+    """Every object of the backup's copy is in the bucket now, at the size sent (a copy may have been
+    deleted or expired since it was verified)."""
+    b = o.client()
+    objs = (e.get("offsite") or {}).get("objects") or {}
+    if not objs or b.head(f"{e['offsite']['prefix']}{e['id']}/manifest.json") is None:
+        return False
+    return all((b.head(x["key"]) or {}).get("content-length") == str(x["bytes"]) for x in objs.values())
 
 
 def _rate(entries: list[dict], copied: list[str]) -> float | None:
@@ -218,10 +236,12 @@ def ensure_local(spec: Spec, entry: dict) -> str:
     return "bucket"
 
 
-def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path, sha256: str | None = None) -> dict:
+def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path, sha256: str | None = None,
+                 expect_from: str | None = None) -> dict:
     """Downloads a backup's objects from the bucket into `dest` (a 0700 directory of postgres, as
     take_backup makes), decrypting each with the private key given for this restore; every file's
-    plaintext is checked against the manifest. Returns the bucket's manifest."""
+    plaintext is checked against the manifest. `expect_from`: the version whose database it must hold
+    (checked on the manifest, before anything is downloaded). Returns the bucket's manifest."""
     b = o.client()
     base = f"{prefix}{backup_id}/"
     try:
@@ -233,6 +253,9 @@ def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path
     if sha256 and manifest.get("sha256") != sha256:
         raise Refusal(f"the copy of backup {backup_id} in the bucket is of another dump (sha256 {str(manifest.get('sha256'))[:12]}… "
                       f"vs {sha256[:12]}…)")
+    if expect_from and manifest.get("from") != expect_from:
+        raise Refusal(f"backup {backup_id} holds the database of {manifest.get('from')} (taken when it was left for "
+                      f"{manifest.get('to')}); set jhe:version to {manifest.get('from')} to restore it, then upgrade as usual")
     enc = manifest.get("encryption")
     if enc and not o.private_key:
         raise Refusal(f"backup {backup_id} in s3://{o.bucket}/{prefix} is encrypted to {enc.get('fingerprint')}: give its private key "
@@ -305,7 +328,7 @@ def restore_source(spec: Spec, o: Offsite | None) -> tuple[str, str] | None:
     return prefix, bid
 
 
-def fetch_for_restore(spec: Spec, to: str, database_empty: bool) -> dict | None:
+def fetch_for_restore(spec: Spec, state: dict, to: str, database_empty: bool) -> dict | None:
     """Disaster recovery onto a new server: jhe:restoreFrom's backup fetched from the bucket, decrypted
     and checked before anything is changed, as the entry the migrate step restores (None without
     jhe:restoreFrom). Refused on a server whose database has JHE's tables already: a restore never
@@ -316,14 +339,14 @@ def fetch_for_restore(spec: Spec, to: str, database_empty: bool) -> dict | None:
         return None
     assert o is not None
     prefix, bid = src
+    if not database_empty and (state.get("restoredFrom") or {}).get("id") == bid:
+        log(f"the database here was restored from {bid} already (an earlier run): the install goes on with it")
+        return None
     if not database_empty:
         raise Refusal(f"jhe:restoreFrom is for a new server, and the database {spec.db_name} here already has JHE's tables: "
                       f"nothing was restored. Remove jhe:restoreFrom (to go back to an older version's data, revert jhe:version)")
     dest = spec.backup_dir / bid
-    manifest = fetch_backup(spec, o, prefix, bid, dest)
-    if manifest.get("from") != to:
-        raise Refusal(f"backup {bid} holds the database of {manifest.get('from')} (taken when it was left for {manifest.get('to')}); "
-                      f"set jhe:version to {manifest.get('from')} to restore it, then upgrade as usual")
+    manifest = fetch_backup(spec, o, prefix, bid, dest, expect_from=to)
     entry = {"id": bid, "path": str(dest), "dump": "db.dump", "sha256": manifest["sha256"], "created": manifest.get("created"),
              "from": manifest.get("from"), "to": manifest.get("to"), "rowCounts": manifest.get("rowCounts"),
              "appliedMigrations": manifest.get("appliedMigrations"), "fetchedFrom": f"s3://{o.bucket}/{prefix}{bid}/",

@@ -39,9 +39,13 @@ def plan_from_facts(f: dict) -> dict:
         how = (f"bring back the database kept when {to} was left ({kept}) by rename" if kept and f.get("keptExists")
                else f"restore backup {b['id']}" if b else "")
         if where and b:
-            how = f"fetch backup {b['id']} from {where} (its local copy is gone; decrypted with jhe:backupDecryptionKey), then {how}"
+            enc = "; decrypted with jhe:backupDecryptionKey" if (b.get("offsite") or {}).get("encryptedTo") else ""
+            how = f"fetch backup {b['id']} from {where} (its local copy is gone{enc}), then {how}"
         out["summary"] = (f"rollback {frm} -> {to}: {how} and replay the rows written since"
                           if b else f"rollback {frm} -> {to} will be refused: no backup taken when leaving {to}")
+    elif not frm and f.get("restoreFrom"):
+        out["summary"] = (f"install {to} on this new server with the database of backup {f['restoreFrom']}, fetched from the "
+                          f"bucket and decrypted at preflight (jhe:restoreFrom)")
     elif frm:
         out["summary"] = f"{out['action']} {frm} -> {to}" + ("" if f["pending"] else " (code only, the database stays as it is)")
         if f.get("strategy") == "online":
@@ -73,7 +77,7 @@ def step_plan(spec: Spec) -> dict:
             return {"from": frm, "to": to, "action": "upgrade" if frm else "install",
                     "note": f"tag {to} not fetched yet; preflight fetches it and lists the migrations"}
     pending, undo = migration_delta(release_migrations(spec, repo, to), applied_migrations(spec) if frm else [])
-    facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo}
+    facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo, "restoreFrom": spec.raw.get("restoreFrom")}
     classes = pending_classes(spec, repo, to, pending) if pending else {}
     state = load_state(spec)
     db_bytes = db_size(spec.db_name) if frm else 0

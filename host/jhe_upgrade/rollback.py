@@ -30,8 +30,7 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
         kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
         if entry.get("keptDatabase") == state["swap"]["in"]:
             entry["keptDatabase"] = None  # it is the live database now
-    elif kept_a and db_exists(kept_a) and sorted(applied_migrations(spec, kept_a)) == sorted(pre.get("appliedMigrations") or []) \
-            and _same_counts(row_counts(spec, kept_a), pre.get("rowCounts")):
+    elif kept_a and kept_usable(spec, state, pre):
         kept, how = stamp_name(spec.db_name, "replaced"), "rename"
         swap_in(spec, state, kept_a, kept)
         entry["keptDatabase"] = None  # it is the live database now
@@ -55,7 +54,18 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
     return {"rollback": state["rollback"]}
 
 
-def _same_counts(now: dict[str, int], then: dict[str, int] | None) -> bool:
+def kept_usable(spec: Spec, state: dict, pre: dict) -> str | None:
+    """The database kept when the target was left, if it is still there and unchanged (its backup's
+    migrations and row counts): the rollback brings it back by rename, and needs no dump."""
+    entry: dict = next((b for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), {})
+    kept = entry.get("keptDatabase")
+    if kept and db_exists(kept) and sorted(applied_migrations(spec, kept)) == sorted(pre.get("appliedMigrations") or []) \
+            and same_counts(row_counts(spec, kept), pre.get("rowCounts")):
+        return str(kept)
+    return None
+
+
+def same_counts(now: dict[str, int], then: dict[str, int] | None) -> bool:
     """The kept database still has the rows its backup counted (backups of older tool versions counted
     fewer tables: those are compared)."""
     return bool(then) and all(now.get(t) == n for t, n in (then or {}).items())

@@ -121,7 +121,7 @@ MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "
 def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:
     state.setdefault("backups", {})[f"{frm}->{to}"] = {
         k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase",
-                              "liveSince", "deletedByMigrations", "offsite")}
+                              "liveSince", "deletedByMigrations", "offsite", "from", "to", "database", "tocEntries", "owner")}
 
 
 def latest_backup_from(state: dict, tag: str) -> dict | None:

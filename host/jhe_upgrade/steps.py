@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from .backup import ensure_backup, prune_kept_databases, take_backup, verify_backup
 from .db import applied_migrations, db_exists, db_size, ensure_postgres, live_marker, pg_major, row_counts, set_db_password
@@ -35,7 +36,7 @@ from .plan import migration_delta
 from .recovery import fail_health, recover
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
 from .requirements import python_version, requirements_of, version_ok
-from .rollback import rollback_database
+from .rollback import kept_usable, rollback_database, same_counts
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
@@ -120,13 +121,6 @@ def _preflight(spec: Spec) -> dict:
     if min(free_backup, free_app) < need:
         problems.append(f"not enough free disk: the backup and the release need about {need // 2**20} MiB, "
                         f"{spec.backup_dir} has {free_backup // 2**20} MiB and {spec.app_root} {free_app // 2**20} MiB free")
-    offsite = settings(spec)
-    offsite_check = None
-    if offsite:
-        try:
-            offsite_check = check_offsite(offsite)
-        except Refusal as e:
-            problems.append(str(e))
     if problems:
         raise Refusal("preflight refused the upgrade " + f"{frm} -> {to}" + " before any change:\n  - " + "\n  - ".join(problems))
     pending, extra = migration_delta(release_migrations(spec, spec.repo, to), applied_migrations(spec))
@@ -136,7 +130,7 @@ def _preflight(spec: Spec) -> dict:
         frm = prior["from"]  # a re-run after an interruption continues the same move
         kind = prior.get("kind", "upgrade")
         restore_from = prior.get("restoreFrom")
-        fetched = restore_from is not None and ensure_local(spec, restore_from) == "bucket"
+        fetched = kind == "rollback" and restore_from is not None and _rollback_dump(spec, state, restore_from)
     elif extra and pending:
         raise Refusal(f"{frm} -> {to} is a move across branches: the database has migrations {to} does not know "
                       f"({', '.join(extra)}) and lacks some it needs ({', '.join(pending)}). Roll back to a version "
@@ -149,14 +143,15 @@ def _preflight(spec: Spec) -> dict:
             raise Refusal(f"rolling back {frm} -> {to} needs the database as {to} had it, and this server has no backup "
                           f"taken when leaving {to}. Versions that can be rolled back to here: {', '.join(known) or 'none'}; "
                           f"go through one of them, or restore by hand")
-        fetched = ensure_local(spec, b) == "bucket"  # its local copy gone: fetched back from the bucket now
+        fetched = _rollback_dump(spec, state, b)
         restore_from = b
     else:
         kind = "upgrade" if frm else "install"
         # A new server restored from the bucket (jhe:restoreFrom): fetched and checked now, restored by migrate.
-        restore_from = fetch_for_restore(spec, to, not applied_migrations(spec)) if kind == "install" else None
+        restore_from = fetch_for_restore(spec, state, to, not applied_migrations(spec)) if kind == "install" else None
     if kind != "rollback":
         fetched = restore_from is not None
+    offsite_check = _check_offsite(spec, kind)
     classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
     strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
     est = estimate_for(spec, state, action=kind, strategy=strategy, pending=pending, classes=classes, db_bytes=db_bytes)
@@ -171,6 +166,34 @@ def _preflight(spec: Spec) -> dict:
             "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
             "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"],
             "restoreFetchedFromBucket": fetched, "offsite": offsite_check}
+
+
+def _rollback_dump(spec: Spec, state: dict, b: dict) -> bool:
+    """The rollback's restore point, before any window: the kept database when it is still there and
+    unchanged (no dump needed); else the dump, fetched back from the bucket if the server lost it.
+    True when it was fetched."""
+    kept = kept_usable(spec, state, b)
+    if kept:
+        if not (Path(b["path"]) / "db.dump").exists():
+            log(f"backup {b['id']} is gone from this server; the rollback brings back the database kept then ({kept}) by rename")
+        return False
+    return ensure_local(spec, b) == "bucket"
+
+
+def _check_offsite(spec: Spec, kind: str) -> dict | None:
+    """The bucket answers and the key encrypts: checked before an upgrade or install (a wrong setting is
+    refused before anything changes); before a rollback only said (a bucket that is down must not
+    hold back a rollback that needs only what is on the server)."""
+    o = settings(spec)
+    if not o:
+        return None
+    try:
+        return check_offsite(o)
+    except Refusal as e:
+        if kind == "rollback":
+            log(f"warning: {e}; the rollback goes on (its backup copy is made after the window, or by the next `pulumi up`)")
+            return {"error": str(e)}
+        raise Refusal(f"preflight refused the {kind} to {spec.version} before any change: {e}") from e
 
 
 def step_prepare(spec: Spec) -> dict:
@@ -298,13 +321,21 @@ def restore_new_server(spec: Spec, state: dict, entry: dict) -> dict:
     t = time.monotonic()
     ensure_local(spec, entry)
     kept = restore_backup(spec, entry)
-    state["restored"] = {"from": entry["id"], "fetchedFrom": entry.get("fetchedFrom"), "emptyDatabaseKept": kept,
-                         "rowCounts": row_counts(spec, spec.db_name), "seconds": round(time.monotonic() - t, 2)}
-    if state["restored"]["rowCounts"] != entry.get("rowCounts"):
+    restored = {"from": entry["id"], "fetchedFrom": entry.get("fetchedFrom"), "emptyDatabaseKept": kept,
+                "rowCounts": row_counts(spec, spec.db_name), "seconds": round(time.monotonic() - t, 2),
+                "fetchSeconds": entry.get("fetchSeconds")}
+    if entry.get("rowCounts") and not same_counts(restored["rowCounts"], entry["rowCounts"]):
         raise RuntimeError(f"the database restored from {entry['id']} does not have the rows its backup counted")
+    state["restored"] = restored
+    state["restoredFrom"] = {"id": entry["id"], "at": now()}  # (kept: a re-run goes on with this data)
     save_state(spec, state)
-    log(f"database restored from {entry['id']} ({entry.get('fetchedFrom')}), {state['restored']['seconds']} s")
-    return state["restored"]
+    # The decrypted copy goes: the database holds it now, and the bucket keeps the encrypted one.
+    shutil.rmtree(entry["path"], ignore_errors=True)
+    rows = json.dumps(restored["rowCounts"], sort_keys=True)
+    append_log(spec, f"## Restored onto this server from {entry['id']} - {now()}\n\n**Performed by:** {spec.operator} "
+                     f"(stack {spec.owner})\n**From:** {entry.get('fetchedFrom')}\n**Rows:** {rows}\n")
+    log(f"database restored from {entry['id']} ({entry.get('fetchedFrom')}), {restored['seconds']} s")
+    return restored
 
 
 def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:

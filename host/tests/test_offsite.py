@@ -15,7 +15,7 @@ from offsite_servers import KeyPair, S3Server, make_keys, start_s3, stop_s3
 
 from jhe_upgrade import offsite, s3
 from jhe_upgrade.crypt import check_public_key, decrypt_file, encrypt_file
-from jhe_upgrade.state import load_state, save_state
+from jhe_upgrade.state import load_state, register_backup, save_state
 from jhe_upgrade.util import Refusal, sha256_file
 
 BUCKET = "jhe-backups-test"
@@ -131,8 +131,12 @@ def fake_backup(spec, name: str, created: str, marker: bytes) -> dict:
     d.mkdir(parents=True)
     (d / "db.dump").write_bytes(b"PGDMP" + marker * 500)
     (d / "env").write_text("SECRET_KEY=do-not-leak\n")
-    return {"id": name, "path": str(d), "dump": "db.dump", "sha256": sha256_file(d / "db.dump"), "created": created,
-            "from": "v1.0.0", "to": "v1.1.0", "rowCounts": {"core_patient": 3}, "appliedMigrations": ["core.0001_initial"]}
+    manifest = {"id": name, "path": str(d), "dump": "db.dump", "sha256": sha256_file(d / "db.dump"), "created": created,
+                "from": "v1.0.0", "to": "v1.1.0", "rowCounts": {"core_patient": 3}, "appliedMigrations": ["core.0001_initial"],
+                "database": "jhe_production", "bytes": 1, "seconds": 0.1}
+    state: dict = {}
+    register_backup(state, "v1.0.0", "v1.1.0", manifest)  # as the state keeps it: what step_offsite uploads
+    return state["backups"]["v1.0.0->v1.1.0"]
 
 
 @pytest.fixture
@@ -201,18 +205,31 @@ def test_fetch_refuses_a_tampered_copy(server: S3Server, keys: KeyPair, tmp_path
     assert not Path(e["path"]).exists() and not list(spec.backup_dir.glob("*.fetching"))
 
 
-def test_step_copies_each_backup_once_and_prunes_only_verified(server: S3Server, keys: KeyPair, tmp_path: Path, no_pg: None) -> None:
-    spec = offsite_spec(tmp_path, server, keys, keep=2)
+def test_step_copies_each_backup_once_and_prunes_only_verified(server: S3Server, keys: KeyPair, tmp_path: Path, no_pg: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = offsite_spec(tmp_path, server, keys, keep=1)
     entries = {f"v1.{i}.0->v1.{i + 1}.0": fake_backup(spec, f"b{i}", f"2026-01-0{i + 1}T00:00:00Z", b"Z%d" % i) for i in range(4)}
+    b = {e["id"]: e for e in entries.values()}
     # b0 changed on disk after it was written: it is neither copied nor pruned.
-    (Path(entries["v1.0.0->v1.1.0"]["path"]) / "db.dump").write_bytes(b"changed")
+    (Path(b["b0"]["path"]) / "db.dump").write_bytes(b"changed")
+    # b1's database is still kept (finish drops it only against a dump that verifies here): its dump stays.
+    b["b1"]["keptDatabase"] = "jhe_production_was_v1_1_0_1"
+    kept = {"jhe_production_was_v1_1_0_1"}
+    monkeypatch.setattr(offsite, "db_exists", lambda name: name in kept)
     save_state(spec, {"backups": entries})
     out = offsite.step_offsite(spec)["offsite"]
     assert out["copied"] == ["b3", "b2", "b1"] and out["notCopied"] == ["b0"]
-    assert out["prunedLocal"] == ["b1"]  # b3, b2 are the newest two; b0 has no copy
-    assert Path(entries["v1.0.0->v1.1.0"]["path"]).exists() and not Path(entries["v1.1.0->v1.2.0"]["path"]).exists()
+    assert out["prunedLocal"] == ["b2"]  # b3 is the newest; b1 keeps its database; b0 has no copy
+    assert Path(b["b0"]["path"]).exists() and Path(b["b1"]["path"]).exists() and not Path(b["b2"]["path"]).exists()
     state = load_state(spec)
     assert all(state["backups"][k]["offsite"]["verified"] for k in ("v1.1.0->v1.2.0", "v1.2.0->v1.3.0", "v1.3.0->v1.4.0"))
+    # b1's copy is lost from the bucket (deleted, expired) after it was verified: the next run sends it
+    # again rather than prune its only copy; once its database is gone, the dump goes.
+    (server.basedir / BUCKET / "jhe" / "test" / "b1" / "db.dump.gpg").unlink()
+    kept.clear()
+    again = offsite.step_offsite(spec)["offsite"]
+    assert again["copied"] == ["b1"] and again["prunedLocal"] == ["b1"]
+    assert (server.basedir / BUCKET / "jhe" / "test" / "b1" / "db.dump.gpg").exists()
     assert offsite.step_offsite(spec)["offsite"]["copied"] == []  # converged
     assert server.secret_key not in spec.state_file.read_text()
 
@@ -257,19 +274,22 @@ def test_restore_onto_a_new_server_fetches_and_checks_first(server: S3Server, ke
     new = tmp_path / "new"
     with_restore = lambda rf, private=True: make_spec(new, offsite={**offsite_spec(new, server, keys, private=private).raw["offsite"]},  # noqa: E731
                                                       restoreFrom=rf)
-    assert offsite.fetch_for_restore(make_spec(new, offsite=spec.raw["offsite"]), "v1.0.0", True) is None
+    assert offsite.fetch_for_restore(make_spec(new, offsite=spec.raw["offsite"]), {}, "v1.0.0", True) is None
     with pytest.raises(Refusal, match="names bucket other-bucket"):
-        offsite.fetch_for_restore(with_restore("s3://other-bucket/jhe/test/x/"), "v1.0.0", True)
+        offsite.fetch_for_restore(with_restore("s3://other-bucket/jhe/test/x/"), {}, "v1.0.0", True)
     with pytest.raises(Refusal, match="must be a backup id"):
-        offsite.fetch_for_restore(with_restore("../etc"), "v1.0.0", True)
+        offsite.fetch_for_restore(with_restore("../etc"), {}, "v1.0.0", True)
     with pytest.raises(Refusal, match="already has JHE's tables: nothing was restored"):
-        offsite.fetch_for_restore(with_restore(e["id"]), "v1.0.0", False)
+        offsite.fetch_for_restore(with_restore(e["id"]), {}, "v1.0.0", False)
     with pytest.raises(Refusal, match="no backup nope"):
-        offsite.fetch_for_restore(with_restore("nope"), "v1.0.0", True)
+        offsite.fetch_for_restore(with_restore("nope"), {}, "v1.0.0", True)
     with pytest.raises(Refusal, match="holds the database of v1.0.0 .*set jhe:version to v1.0.0"):
-        offsite.fetch_for_restore(with_restore(e["id"]), "v1.1.0", True)
+        offsite.fetch_for_restore(with_restore(e["id"]), {}, "v1.1.0", True)
+    assert not (new / "backups" / e["id"]).exists(), "nothing was downloaded for the wrong version"
+    # A re-run after this server's database was restored from it goes on with that data.
+    assert offsite.fetch_for_restore(with_restore(e["id"]), {"restoredFrom": {"id": e["id"]}}, "v1.0.0", False) is None
     with pytest.raises(Refusal, match="jhe:backupDecryptionKey"):
-        offsite.fetch_for_restore(with_restore(e["id"], private=False), "v1.0.0", True)
-    got = offsite.fetch_for_restore(with_restore(f"s3://{BUCKET}/jhe/test/{e['id']}/"), "v1.0.0", True)
+        offsite.fetch_for_restore(with_restore(e["id"], private=False), {}, "v1.0.0", True)
+    got = offsite.fetch_for_restore(with_restore(f"s3://{BUCKET}/jhe/test/{e['id']}/"), {}, "v1.0.0", True)
     assert got is not None and got["sha256"] == e["sha256"] and got["fetchedFrom"] == f"s3://{BUCKET}/jhe/test/{e['id']}/"
     assert sha256_file(Path(got["path"]) / "db.dump") == e["sha256"] and Path(got["path"]).parent == new / "backups"
