@@ -147,7 +147,8 @@ describe("backups to a bucket (real engine, real server, S3Proxy in the server's
         await stack.setConfig("jhe:version", { value: "v1.0.0" });
         const pre = await stack.preview({ diff: true });
         printed.push(pre.stdout, pre.stderr);
-        assert.match(pre.stdout, new RegExp(`summary\\s*:.*fetch backup ${esc(backupId)} from s3://${BUCKET}/${PREFIX}${esc(backupId)}/ \\(its local copy is gone`));
+        // (the preview cuts long strings: the start of the summary says it)
+        assert.match(pre.stdout, new RegExp(`summary\\s*:\\s*"rollback v1\\.1\\.0 -> v1\\.0\\.0: fetch backup ${esc(backupId)} from s3://${BUCKET}/${PREFIX}${esc(backupId)}/ \\(its loca`));
         // Without the private key: refused at preflight, naming the setting; v1.1.0 still serves, untouched.
         await assert.rejects(stack.up(), /encrypted to [0-9A-F]{40}: give its private key for this restore \(`pulumi config set --secret jhe:backupDecryptionKey/);
         assert.strictEqual(await servingVersion(h), "v1.1.0");
@@ -217,16 +218,15 @@ describe("backups to a bucket (real engine, real server, S3Proxy in the server's
             "the access key id": s3.accessKey,
             "the private key": keys.privateKey.split("\n").filter((l) => l.length > 40)[2],
         };
-        // Every file of the state backend this stack has: its checkpoint, history, checkpoint backups.
+        // Every file of the state backend these stacks have: checkpoint, history, checkpoint backups (read as
+        // stored: the Automation API's exportStack would show the secrets decrypted).
         const stateFiles = filesUnder(path.join(STATE_DIR, ".pulumi")).filter((f) => f.includes(stack.name) || (stack2 && f.includes(stack2.name)));
         assert.ok(stateFiles.some((f) => f.includes(`${path.sep}history${path.sep}`)), "the state backend's history is searched too");
-        const exported = JSON.stringify(await stack.exportStack()) + (stack2 ? JSON.stringify(await stack2.exportStack()) : "");
         const server = await sshOk(h, "cat /opt/jupyterhealth-exchange/.jhe-upgrade/state.json /opt/jupyterhealth-exchange/UPGRADE_LOG.md; " +
             "journalctl --no-pager -q 2>/dev/null | tail -n 5000; ls -la /run; ps -eo args");
         for (const [what, value] of Object.entries(secrets)) {
             assert.ok(value && value.length > 16, what);
             for (const f of stateFiles) assert.ok(!fs.readFileSync(f, "utf8").includes(value), `${what} in ${f}`);
-            assert.ok(!exported.includes(value), `${what} in the exported state`);
             printed.forEach((p, i) => assert.ok(!p.includes(value), `${what} in engine output #${i}`));
             assert.ok(!server.includes(value), `${what} on the server`);
             if (h2) assert.ok(!(await sshOk(h2, "cat /opt/jupyterhealth-exchange/.jhe-upgrade/state.json; ls -la /run")).includes(value), `${what} on the new server`);
