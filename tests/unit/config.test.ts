@@ -1,5 +1,6 @@
 import * as assert from "assert";
 import * as pulumi from "@pulumi/pulumi";
+import { problems as configProblems } from "../helpers/config";
 import { ConfigError, validateConfig, RawConfig, SecretInputs } from "../../components/config";
 
 const good: RawConfig = {
@@ -10,15 +11,7 @@ const good: RawConfig = {
 };
 const secrets: SecretInputs = { sshPrivateKey: pulumi.output("KEY") };
 
-function problems(raw: RawConfig, s: SecretInputs = secrets): string[] {
-    try {
-        validateConfig(raw, s);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, String(e));
-        return e.problems;
-    }
-    return [];
-}
+const problems = (raw: RawConfig, s: SecretInputs = secrets) => configProblems(raw, s);
 
 describe("config validation", function () {
     it("accepts a minimal stack and fills the runbook's defaults", function () {

@@ -3,6 +3,7 @@
 // the offsite-backup step after finish getting its credentials on stdin only (Pulumi mocks).
 import * as assert from "assert";
 import * as pulumi from "@pulumi/pulumi";
+import { problems as configProblems } from "../helpers/config";
 import { openpgpFingerprint, RawConfig, SecretInputs, validateConfig, ConfigError } from "../../components/config";
 import { backupPlan } from "../../components/plan";
 import { offsiteSpec, toolSpec } from "../../components/host";
@@ -16,15 +17,7 @@ const creds: SecretInputs = {
     sshPrivateKey: pulumi.output("KEY"), backupAccessKeyId: pulumi.secret("AKIDTEST"), backupSecretAccessKey: pulumi.secret("SECRETVALUE123"),
 };
 
-function problems(raw: RawConfig, s: SecretInputs = creds): string[] {
-    try {
-        validateConfig(raw, s);
-    } catch (e) {
-        assert.ok(e instanceof ConfigError, String(e));
-        return e.problems;
-    }
-    return [];
-}
+const problems = (raw: RawConfig, s: SecretInputs = creds) => configProblems(raw, s);
 
 const value = <T>(o: pulumi.Output<T>) => new Promise<T>((res) => o.apply((v) => res(v)));
 
