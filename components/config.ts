@@ -452,7 +452,8 @@ const PREFIX = /^(?:[A-Za-z0-9!_.*'()-]+\/)*$/;
 
 /** With jhe:backupBucket "off", the settings of copies would do nothing: said, not ignored. */
 function offsiteNotUsed(raw: RawConfig, p: string[]): undefined {
-    for (const k of OFFSITE_KEYS) { // (the secret ones are not in `raw`)
+    // (the secret ones are not in `raw`; keepLocalBackups always is: Pulumi.yaml gives it a default)
+    for (const k of OFFSITE_KEYS.filter((x) => x !== "keepLocalBackups")) {
         if (raw[k] !== undefined && raw[k] !== null && raw[k] !== "") p.push(`jhe:${k} is set but jhe:backupBucket is "off": set jhe:backupBucket too, or remove jhe:${k}`);
     }
     return undefined;

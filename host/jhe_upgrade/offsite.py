@@ -195,6 +195,8 @@ def step_offsite(spec: Spec) -> dict:
         "bucket": o.bucket, "prefix": o.prefix, "copied": copied, "prunedLocal": pruned, "notCopied": kept_only_here,
         "latest": (latest.get("offsite") or {}).get("location") if latest else None,
         "encryptedTo": ((latest or {}).get("offsite") or {}).get("encryptedTo"),
+        "bytesCopied": sum(e["offsite"]["bytes"] for e in entries if e["id"] in copied),
+        "secondsCopying": round(sum(e["offsite"]["seconds"] for e in entries if e["id"] in copied), 2),
         "throughputMiBps": _rate(entries, copied)}}
 
 

@@ -8,10 +8,10 @@ import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { ConfigMap, EngineEvent, Stack } from "@pulumi/pulumi/automation";
+import { EngineEvent, Stack } from "@pulumi/pulumi/automation";
 import { namesWithOp, ROOT } from "../helpers/engine";
 import { makeKeys, KeyPair } from "../helpers/gpgkeys";
-import { S3Server, startS3 } from "../helpers/s3server";
+import { bucketConfig, S3Server, startS3 } from "../helpers/s3server";
 import { filesUnder, leaveUnset, projectStack, STATE_DIR, teardown } from "../helpers/stack";
 import { HostInfo, query, request, sampleProcesses, servingVersion, sshOk, tableFingerprint, up } from "../helpers/testhost";
 
@@ -57,7 +57,7 @@ describe("backups to a bucket (real engine, real server, S3Proxy in the server's
         h = await up("e2ebk", { legacy: "v1.0.0", patients: 20, observations: 1500 });
         s3 = await startS3(h);
         s3.makeBucket(BUCKET);
-        stack = await projectStack(h, "v1.0.0", bucketConfig(s3));
+        stack = await projectStack(h, "v1.0.0", bucketConfig(s3, BUCKET, keys.publicKey));
         await leaveUnset(stack, "JHE_FEATURE_X");
         const r = await stack.up();
         printed.push(r.stdout, r.stderr);
@@ -67,15 +67,6 @@ describe("backups to a bucket (real engine, real server, S3Proxy in the server's
         await s3?.stop();
         await teardown(stack2, h2);
         await teardown(stack, h);
-    });
-
-    /** The stack settings that copy backups to the bucket through `server` (in the stack's server's namespace). */
-    const bucketConfig = (server: S3Server): ConfigMap => ({
-        "jhe:backupBucket": { value: BUCKET },
-        "jhe:backupEndpoint": { value: server.endpoint },
-        "jhe:backupAccessKeyId": { value: server.accessKey, secret: true },
-        "jhe:backupSecretAccessKey": { value: server.secretKey, secret: true },
-        "jhe:backupEncryptionKey": { value: keys.publicKey },
     });
 
     async function allTables(host: HostInfo): Promise<Record<string, { rows: number; checksum: string }>> {
@@ -182,7 +173,7 @@ describe("backups to a bucket (real engine, real server, S3Proxy in the server's
         h2 = await up("e2ebk2");
         s3b = await startS3(h2, s3); // the same bucket, reached from the new server's namespace
         stack2 = await projectStack(h2, "v1.0.0", {
-            ...bucketConfig(s3b),
+            ...bucketConfig(s3b, BUCKET, keys.publicKey),
             "jhe:backupDecryptionKey": { value: keys.privateKey, secret: true },
             "jhe:restoreFrom": { value: `s3://${BUCKET}/${PREFIX}${backupId}/` },
             "jhe:dbPassword": { value: `db-${crypto.randomBytes(6).toString("hex")}`, secret: true },

@@ -7,6 +7,7 @@ import * as crypto from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { ConfigMap } from "@pulumi/pulumi/automation";
 import { ROOT } from "./engine";
 import { HostInfo } from "./testhost";
 
@@ -79,5 +80,16 @@ export async function startS3(h: HostInfo, sharing?: S3Server): Promise<S3Server
             }
             fs.rmSync(dir, { recursive: true, force: true }); // (a sharing server's storage is the first one's)
         },
+    };
+}
+
+/** The stack settings that copy backups to `bucket` through `server`, encrypted to `publicKey`. */
+export function bucketConfig(server: S3Server, bucket: string, publicKey: string): ConfigMap {
+    return {
+        "jhe:backupBucket": { value: bucket },
+        "jhe:backupEndpoint": { value: server.endpoint },
+        "jhe:backupAccessKeyId": { value: server.accessKey, secret: true },
+        "jhe:backupSecretAccessKey": { value: server.secretKey, secret: true },
+        "jhe:backupEncryptionKey": { value: publicKey },
     };
 }

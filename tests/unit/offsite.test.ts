@@ -2,6 +2,8 @@
 // fingerprint read from the public key (checked against gpg's), where the plan says copies go, and
 // the offsite-backup step after finish getting its credentials on stdin only (Pulumi mocks).
 import * as assert from "assert";
+import * as fs from "fs";
+import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { problems as configProblems } from "../helpers/config";
 import { openpgpFingerprint, RawConfig, SecretInputs, validateConfig, ConfigError } from "../../components/config";
@@ -18,6 +20,20 @@ const creds: SecretInputs = {
 };
 
 const problems = (raw: RawConfig, s: SecretInputs = creds) => configProblems(raw, s);
+
+/** The defaults Pulumi.yaml declares, as the engine hands them to the program (every stack gets them). */
+function yamlDefaults(): Record<string, unknown> {
+    const text = fs.readFileSync(path.join(__dirname, "..", "..", "..", "Pulumi.yaml"), "utf8");
+    const out: Record<string, unknown> = {};
+    let key = "";
+    for (const line of text.split("\n")) {
+        const k = /^ {2}([A-Za-z]+):\s*$/.exec(line);
+        if (k) key = k[1];
+        const d = /^ {4}default:\s*(.*)$/.exec(line);
+        if (d && key) out[key] = d[1].replace(/^"(.*)"$/, "$1");
+    }
+    return out;
+}
 
 const value = <T>(o: pulumi.Output<T>) => new Promise<T>((res) => o.apply((v) => res(v)));
 
@@ -61,6 +77,9 @@ describe("off-host backups: config and graph", function () {
         assert.match(problems({ ...k, backupPrefix: "a/../b" }).join("\n"), /jhe:backupPrefix must be path segments/);
         assert.match(problems({ ...k, backupRegion: "Europe West" }).join("\n"), /jhe:backupRegion must be a region name/);
         assert.match(problems({ ...base, backupBucket: "off", backupPrefix: "x/" }).join("\n"), /jhe:backupPrefix is set but jhe:backupBucket is "off"/);
+        // What Pulumi.yaml's defaults put in every stack's config is not "set": a stack without a bucket is valid.
+        const defaults = Object.fromEntries(Object.entries(yamlDefaults()).filter(([k]) => !["version", "host", "sshHostKey", "siteUrl"].includes(k)));
+        assert.deepStrictEqual(problems({ ...base, ...defaults, backupBucket: "off" }), []);
     });
 
     it("defaults to AWS's regional endpoint and a per-service prefix; the plan says where copies go, encrypted to whom", function () {
