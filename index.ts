@@ -22,6 +22,9 @@
 //   5. the plan          components/plan.ts       read-only look at the server during preview, with
 //                                                  the migrations' classes and the downtime estimate
 //
+//   0b. prod follows    components/staging.ts    on a prod stack, an upgrade only to a version the
+//       staging                                    staging stack (jhe:stagingStack) ran and passed
+//
 // components/program.ts wires 1-5 together; this file reads the config and exports the outputs.
 import * as pulumi from "@pulumi/pulumi";
 import { ConfigError, JheConfig, loadConfig } from "./components/config";
@@ -50,3 +53,5 @@ export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;
 export const offsiteBackup = outputs.offsiteBackup;
+export const rehearsals = outputs.rehearsals;
+export const staging = outputs.staging;

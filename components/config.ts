@@ -64,6 +64,11 @@ export interface JheConfig {
      * jhe:backupPrefix, or its s3:// location); used only while the server has no JHE yet.
      */
     restoreFrom?: string;
+    /**
+     * Prod follows staging: the staging stack (a StackReference) whose rehearsals a prod stack's
+     * upgrades must have passed, and an explicit override with its reason.
+     */
+    staging?: { stack?: string; override?: string };
     /** Said once per run (pulumi.log.warn): settings that are allowed but risky, e.g. unencrypted prod backups. */
     warnings: string[];
 }
@@ -237,7 +242,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
-        ...OFFSITE_KEYS,
+        ...OFFSITE_KEYS, "stagingStack", "stagingOverride",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -419,6 +424,8 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         }
     }
 
+    const staging = stagingConfig(raw, p, stage);
+
     if (p.length) throw new ConfigError(p);
     return {
         version,
@@ -440,8 +447,30 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         backupBucket,
         offsite,
         restoreFrom,
+        staging,
         warnings,
     };
+}
+
+const STACK_NAME = /^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+){0,2}$/;
+
+/** jhe:stagingStack (required on prod) and jhe:stagingOverride (a reason, recorded). */
+function stagingConfig(raw: RawConfig, p: string[], stage: Stage): JheConfig["staging"] {
+    const stack = str(raw, "stagingStack", p, false, "") || undefined;
+    const override = str(raw, "stagingOverride", p, false, "").trim() || undefined;
+    if (stack) checked(p, "stagingStack", stack, rx(STACK_NAME, "must be a stack name: <stack>, <project>/<stack> or <org>/<project>/<stack>"));
+    if (override !== undefined && override.length < 10) {
+        p.push("jhe:stagingOverride must say why staging is skipped (at least 10 characters): it is recorded in UPGRADE_LOG.md and the outputs");
+    }
+    if (stage !== "prod") {
+        if (stack || override) p.push("jhe:stagingStack and jhe:stagingOverride are for prod stacks (jhe:stage prod): remove them here");
+        return undefined;
+    }
+    if (!stack) {
+        p.push("jhe:stagingStack is required on a prod stack: the staging stack whose rehearsals prod follows " +
+            "(`pulumi config set jhe:stagingStack organization/jhe/staging`); an upgrade goes only to a version it has run and passed");
+    }
+    return { stack, override };
 }
 
 const OFFSITE_KEYS = ["backupEndpoint", "backupRegion", "backupPrefix", "backupAccessKeyId", "backupSecretAccessKey",
@@ -574,7 +603,7 @@ export function loadConfig(): JheConfig {
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
         "adminUser", "adminEmail", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
-        "restoreFrom",
+        "restoreFrom", "stagingStack", "stagingOverride",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");

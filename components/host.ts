@@ -5,6 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
+import { StagingCheck } from "./staging";
 import { bundleTool } from "./toolBundle";
 
 /** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file
@@ -52,13 +53,16 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
  * What the host tool is told on stdin. The steps that write .env also get its settings and secrets,
  * and where backup copies go with its credentials (then the whole spec is a secret). Deterministic, so an unchanged stack shows no diff.
  */
-export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulumi.Input<string>): pulumi.Output<string> {
-    if (!withEnv) return pulumi.output(JSON.stringify(baseSpec(config)));
+export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulumi.Input<string>,
+                         staging?: pulumi.Input<StagingCheck>): pulumi.Output<string> {
+    // (prod: how the move relates to staging, for UPGRADE_LOG.md; absent elsewhere, so the spec stays as it was)
+    const base = pulumi.output(staging ?? null).apply((st) => ({ ...baseSpec(config), ...(st ? { staging: st } : {}) }));
+    if (!withEnv) return base.apply((b) => JSON.stringify(b));
     return pulumi.secret(
         pulumi
-            .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
-            .apply(([secretEnv, dbPassword, offsite]) =>
-                JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
+            .all([base, config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
+            .apply(([b, secretEnv, dbPassword, offsite]) =>
+                JSON.stringify({ ...b, dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
     );
 }
 
@@ -86,6 +90,8 @@ export interface JheHostArgs {
     checkedHost?: pulumi.Input<string>;
     /** The backup bucket's name (jhe:backupBucket, or the one the stack makes), when copies go off the server. */
     bucketName?: pulumi.Input<string>;
+    /** Prod: how the move relates to the staging stack's rehearsal (components/staging.ts). */
+    staging?: pulumi.Input<StagingCheck>;
 }
 
 export class JheHost extends pulumi.ComponentResource {
@@ -112,8 +118,8 @@ export class JheHost extends pulumi.ComponentResource {
             dialErrorLimit: 5,
             perDialTimeout: 10,
         };
-        this.spec = toolSpec(c, false);
-        this.specWithEnv = toolSpec(c, true, args.bucketName);
+        this.spec = toolSpec(c, false, undefined, args.staging);
+        this.specWithEnv = toolSpec(c, true, args.bucketName, args.staging);
         // Debian packages JHE needs: installs only what is missing (nothing, with no network, when all are there).
         // (gpg encrypts backup copies, with a bucket and a key: the runbook's own tool.)
         const packages = c.offsite?.publicKey ? [...SYSTEM_PACKAGES, "gnupg"] : SYSTEM_PACKAGES;

@@ -7,6 +7,7 @@ import { JheHost } from "./host";
 import { NginxSite } from "./nginx";
 import { readPlan } from "./plan";
 import { JheRelease } from "./release";
+import { stagingGate } from "./staging";
 import { SystemdService } from "./systemd";
 
 export function jheProgram(config: JheConfig) {
@@ -21,7 +22,13 @@ export function jheProgram(config: JheConfig) {
     const bucketName = bucket?.bucketName ?? (config.backupBucket.mode === "existing" ? config.backupBucket.name : undefined);
     for (const w of config.warnings) pulumi.log.warn(w);
 
-    const host = new JheHost("server", { config, checkedHost: planBefore.apply(() => config.ssh.host), bucketName });
+    // 0b. Prod follows staging: an upgrade only to a version the staging stack ran and passed (or an
+    //     override with its reason). Every command waits for this check, as for the host key's.
+    const staging = stagingGate(config, planBefore);
+
+    const host = new JheHost("server", {
+        config, checkedHost: pulumi.all([planBefore, staging ?? null]).apply(() => config.ssh.host), bucketName, staging,
+    });
 
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
     const service = new SystemdService("systemd", { host, config });
@@ -65,6 +72,10 @@ export function jheProgram(config: JheConfig) {
         window: r.finish.apply((f) => (f.window as Record<string, unknown> | undefined) ?? null),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),
         upgradeLog: `${config.layout.appRoot}/UPGRADE_LOG.md`,
+        // What this server ran and passed, and rolled back from: a prod stack reads this from its staging stack.
+        rehearsals: r.finish.apply((f) => (f.rehearsals as Record<string, unknown> | undefined) ?? null),
+        // On prod: how this move relates to staging's rehearsal (passed there, or the override and its reason).
+        staging: staging ?? null,
         backupBucket: bucketName ?? null,
         // Where this move's backups went off the server (each read back and checked), null without a bucket.
         offsiteBackup: release.offsite ? release.offsite.apply((o) => (o.offsite as Record<string, unknown> | null) ?? null) : null,

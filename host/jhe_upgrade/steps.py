@@ -42,7 +42,7 @@ from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log, finish_entry
-from .util import Refusal, error_summary, log, now, run, write_private
+from .util import Refusal, error_summary, log, now, run, version_key, write_private
 from .window import close_window, open_window, service_active, start_service
 
 
@@ -503,16 +503,18 @@ def step_finish(spec: Spec) -> dict:
     to = spec.need_version()
     frm = t.get("from")
     if t.get("to") != to:
-        return {"skipped": f"{to} already finished", "current": current_version(spec)}
+        return {"skipped": f"{to} already finished", "current": current_version(spec), "rehearsals": state.get("rehearsals") or {}}
     seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
     smoke = smoke_test(spec)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
         state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
         for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
+        rehearsals = rehearsed(state, frm, to, "adopted", [])
         save_state(spec, state)
         release_lock(spec)
-        return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke}
+        return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke,
+                "rehearsals": rehearsals}
     kind = (state.get("target") or {}).get("kind", "upgrade")
     timing = observed(state, seconds)  # (before the backup record below is replaced by the deferred dump's)
     rb = state.get("rollback")
@@ -548,6 +550,7 @@ def step_finish(spec: Spec) -> dict:
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
         "dependencies": release_dependencies(spec, to),
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
+        "rehearsals": rehearsed(state, frm, to, kind, migrated), "staging": spec.raw.get("staging"),
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
@@ -558,6 +561,17 @@ def step_finish(spec: Spec) -> dict:
     save_state(spec, state)
     release_lock(spec)
     return summary
+
+
+def rehearsed(state: dict, frm: str | None, to: str, kind: str, migrated: list[str]) -> dict:
+    """What this server ran and passed (the health gate, after the window), and what it rolled back
+    from: a staging stack's outputs carry it, and a prod stack upgrades only to a version passed
+    there (and not rolled back from since)."""
+    reh = state.setdefault("rehearsals", {})
+    if frm and frm != to and (kind == "rollback" or version_key(to) < version_key(frm)):
+        reh[frm] = {"status": "rolled back", "at": now(), "to": to}
+    reh[to] = {"status": "passed", "at": now(), "from": frm, "kind": kind, "migrationsApplied": migrated}
+    return reh
 
 
 def step_status(spec: Spec) -> dict:

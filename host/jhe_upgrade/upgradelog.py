@@ -59,7 +59,8 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
                                 if caught else "") if staged
                               else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})"
                                                       if fallback else "")),
-        *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []), "",
+        *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []),
+        *_staging_line(summary.get("staging"), to), "",
         *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
@@ -71,3 +72,13 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         "**Verification:**",
         *[f"- {k}: {v}" for k, v in summary["smoke"].items()], "",
     ])
+
+
+def _staging_line(staging: dict | None, to: str) -> list[str]:
+    """How a prod move relates to the staging stack's rehearsal: passed there, or overridden (why)."""
+    if not staging:
+        return []
+    if staging.get("override"):
+        return [f"**Staging override:** {staging['override']} (staging stack {staging.get('stack') or '-'}: {to} "
+                f"{staging.get('status') or 'not rehearsed'})"]
+    return [f"**Staging:** {to} {staging.get('status')} on staging stack {staging.get('stack')}"]

@@ -70,10 +70,10 @@ describe("config validation", function () {
         ["user with capitals", { appUser: "Root" }, /jhe:appUser must be a Unix name/],
         ["db name with a dash", { dbName: "jhe-prod" }, /jhe:dbName must be a PostgreSQL name/],
         ["site url not a url", { siteUrl: "jhe.example.org" }, /jhe:siteUrl must be a URL/],
-        ["http on prod", { stage: "prod", siteUrl: "http://jhe.example.org" }, /jhe:siteUrl must use https on a prod stack/],
+        ["http on prod", { stage: "prod", stagingStack: "organization/jhe/staging", siteUrl: "http://jhe.example.org" }, /jhe:siteUrl must use https on a prod stack/],
         ["unknown stage", { stage: "production" }, /jhe:stage must be "staging" or "prod"/],
         ["typo key", { verison: "v1" }, /jhe:verison is not a setting of this program/],
-        ["DEBUG=False on prod", { stage: "prod", env: { DEBUG: "False" } }, /jhe:env.DEBUG: JHE turns DEBUG on for any non-empty value/],
+        ["DEBUG=False on prod", { stage: "prod", stagingStack: "organization/jhe/staging", env: { DEBUG: "False" } }, /jhe:env.DEBUG: JHE turns DEBUG on for any non-empty value/],
         ["empty SMTP_PORT", { env: { SMTP_PORT: "" } }, /jhe:env.SMTP_PORT: an empty SMTP_PORT crashes every manage.py command/],
         ["secret in plain env", { env: { SECRET_KEY: "abc" } }, /jhe:env.SECRET_KEY: a secret; set it with/],
         ["NUL in env", { env: { SITE_NAME: "a\0b" } }, /jhe:env.SITE_NAME must not contain a NUL character/],
@@ -93,7 +93,7 @@ describe("config validation", function () {
     }
 
     it("takes a list of variables left unset, also on prod (DEBUG unset is debug off)", function () {
-        assert.deepStrictEqual(problems({ ...good, stage: "prod", envUnset: ["DEBUG", "OW_API_URL"] }), []);
+        assert.deepStrictEqual(problems({ ...good, stage: "prod", stagingStack: "organization/jhe/staging", envUnset: ["DEBUG", "OW_API_URL"] }), []);
         const p = problems(good, { ...secrets, secretEnvNames: ["OW_API_KEY"], secretEnvValues: { OW_API_KEY: "k" } });
         assert.deepStrictEqual(p, []);
         assert.match(problems({ ...good, envUnset: ["OW_API_KEY"] }, { ...secrets, secretEnvNames: ["OW_API_KEY"], secretEnvValues: { OW_API_KEY: "k" } }).join("\n"),

@@ -64,9 +64,9 @@ describe("off-host backups: config and graph", function () {
     it("warns on prod when copies go unencrypted, and refuses plain http there", function () {
         const staging = validateConfig({ ...base, backupEncryptionKey: "none" }, creds);
         assert.deepStrictEqual(staging.warnings, []);
-        const prod = validateConfig({ ...base, stage: "prod", backupEncryptionKey: "none" }, creds);
+        const prod = validateConfig({ ...base, stage: "prod", stagingStack: "organization/jhe/staging", backupEncryptionKey: "none" }, creds);
         assert.match(prod.warnings.join("\n"), /go to the bucket unencrypted; on a prod stack, set an OpenPGP public key/);
-        assert.match(problems({ ...base, stage: "prod", backupEncryptionKey: "none", backupEndpoint: "http://10.1.1.1:8080" }).join("\n"),
+        assert.match(problems({ ...base, stage: "prod", stagingStack: "organization/jhe/staging", backupEncryptionKey: "none", backupEndpoint: "http://10.1.1.1:8080" }).join("\n"),
             /jhe:backupEndpoint must use https on a prod stack/);
     });
 

@@ -1,0 +1,56 @@
+// Prod follows staging (the runbook's first best practice, enforced): a prod stack reads its staging
+// stack's outputs (a StackReference) and refuses, at preview already, an upgrade to a version that
+// staging has not run and passed, or has rolled back from since - unless jhe:stagingOverride says why.
+// Every command on the server waits for this check, so a refused upgrade changes nothing.
+import * as pulumi from "@pulumi/pulumi";
+import { JheConfig } from "./config";
+import { Plan } from "./plan";
+
+/** One version as a stack ran it: passed its health gate (and stayed), or was rolled back from. */
+export interface Rehearsal {
+    status: "passed" | "rolled back";
+    at?: string;
+    from?: string | null;
+    to?: string;
+}
+
+/** What prod's move relates to on staging (recorded in UPGRADE_LOG.md and the outputs). */
+export interface StagingCheck {
+    stack: string | null;
+    status: string;
+    override?: string;
+}
+
+/**
+ * The check itself, pure: `rehearsals` and `deployed` are the staging stack's outputs, `plan` what
+ * prod's move is. Throws a RunError naming staging's version when prod may not go ahead.
+ */
+export function judgeStaging(version: string, staging: NonNullable<JheConfig["staging"]>, rehearsals: unknown, deployed: unknown,
+                             plan: Plan): StagingCheck {
+    const stack = staging.stack ?? null;
+    if (plan.action === "none") return { stack, status: "no change" };
+    // A rollback goes back to what prod ran before: never held back by staging.
+    if (plan.action === "rollback") return { stack, status: "rollback (not checked)" };
+    const entry = (rehearsals as Record<string, Rehearsal> | undefined)?.[version];
+    if (entry?.status === "passed") return { stack, status: "passed" };
+    const status = entry?.status === "rolled back" ? "rolled back" : "not rehearsed";
+    if (staging.override) return { stack, status, override: staging.override };
+    const runs = (deployed as { version?: string } | undefined)?.version;
+    const why = entry?.status === "rolled back"
+        ? `it ran ${version} and rolled back from it${entry.to ? ` to ${entry.to}` : ""}${entry.at ? ` (${entry.at})` : ""}`
+        : `it has not run ${version}`;
+    throw new pulumi.RunError(
+        `jhe:version ${version} has not passed on the staging stack ${stack}: ${why}; staging runs ${runs ?? "nothing yet"}. ` +
+        `Upgrade staging to ${version} first (its health gate must pass), then preview prod again; or, to go ahead without it, ` +
+        `set the reason: pulumi config set jhe:stagingOverride "<why>" (recorded in UPGRADE_LOG.md and the outputs). Nothing was changed.`);
+}
+
+/** The check for a prod stack (undefined on staging stacks), from its staging stack's outputs. */
+export function stagingGate(config: JheConfig, plan: pulumi.Output<Plan>): pulumi.Output<StagingCheck> | undefined {
+    const s = config.staging;
+    if (!s) return undefined;
+    if (!s.stack) return plan.apply(() => ({ stack: null, status: "no staging stack", override: s.override }));
+    const ref = new pulumi.StackReference(`staging-${s.stack.replace(/\//g, "-")}`, { name: s.stack });
+    return pulumi.all([ref.getOutput("rehearsals"), ref.getOutput("deployed"), plan])
+        .apply(([rehearsals, deployed, p]) => judgeStaging(config.version, s, rehearsals, deployed, p));
+}

@@ -1,0 +1,75 @@
+// Staging first, enforced: a prod stack follows its staging stack (a StackReference in the same
+// backend), on two real servers. Prod refuses an upgrade staging has not run and passed, or has
+// rolled back from; an override with its reason goes ahead and is recorded.
+import * as assert from "assert";
+import { Stack } from "@pulumi/pulumi/automation";
+import { leaveUnset, projectStack, teardown } from "../helpers/stack";
+import { HostInfo, servingVersion, sshOk, up } from "../helpers/testhost";
+
+const LOG = "/opt/jupyterhealth-exchange/UPGRADE_LOG.md";
+
+describe("staging first: prod follows staging (two real servers, StackReference)", function () {
+    this.timeout(900_000);
+    let hs: HostInfo;
+    let hp: HostInfo;
+    let stg: Stack;
+    let prd: Stack;
+
+    before(async function () {
+        hs = await up("e2estg", { legacy: "v1.0.0", patients: 10, observations: 200 });
+        hp = await up("e2eprd", { legacy: "v1.0.0", patients: 10, observations: 200 });
+        stg = await projectStack(hs, "v1.0.0");
+        await leaveUnset(stg, "JHE_FEATURE_X");
+        await stg.up();
+        prd = await projectStack(hp, "v1.0.0", {
+            "jhe:stage": { value: "prod" },
+            "jhe:stagingStack": { value: `organization/jhe/${stg.name}` },
+        });
+        await leaveUnset(prd, "JHE_FEATURE_X");
+        await prd.up(); // adopting what prod runs is no upgrade: not held back
+    });
+    after(async function () {
+        await teardown(prd, hp);
+        await teardown(stg, hs);
+    });
+
+    it("staging: prod refuses v1.1.0 until the staging stack has run and passed it", async function () {
+        await prd.setConfig("jhe:version", { value: "v1.1.0" });
+        const logBefore = await sshOk(hp, `cat ${LOG}`);
+        const refused = new RegExp(`jhe:version v1\\.1\\.0 has not passed on the staging stack organization/jhe/${stg.name}: ` +
+            "it has not run v1\\.1\\.0; staging runs v1\\.0\\.0\\. Upgrade staging to v1\\.1\\.0 first");
+        await assert.rejects(prd.preview(), refused);
+        await assert.rejects(prd.up(), refused);
+        assert.strictEqual(await servingVersion(hp), "v1.0.0");
+        assert.strictEqual(await sshOk(hp, `cat ${LOG}`), logBefore, "nothing ran on prod");
+        await stg.setConfig("jhe:version", { value: "v1.1.0" });
+        const s = await stg.up();
+        assert.strictEqual(s.outputs.rehearsals.value["v1.1.0"].status, "passed");
+        const pre = await prd.preview({ diff: true });
+        assert.match(pre.stdout, /staging\s*:\s*\{[^}]*status\s*:\s*"passed"/);
+    });
+
+    it("staging: after staging rolled back from v1.1.0, prod refuses it again", async function () {
+        await stg.setConfig("jhe:version", { value: "v1.0.0" });
+        const s = await stg.up();
+        assert.strictEqual(s.outputs.rehearsals.value["v1.1.0"].status, "rolled back");
+        await assert.rejects(prd.preview(), /it ran v1\.1\.0 and rolled back from it to v1\.0\.0 \(.*\); staging runs v1\.0\.0/);
+        assert.strictEqual(await servingVersion(hp), "v1.0.0");
+    });
+
+    it("staging: an override with its reason goes ahead, and is in the outputs and UPGRADE_LOG.md", async function () {
+        const reason = "urgent fix for an outage; staging rehearsal follows";
+        await prd.setConfig("jhe:stagingOverride", { value: reason });
+        const res = await prd.up();
+        assert.strictEqual(await servingVersion(hp), "v1.1.0");
+        assert.deepStrictEqual(res.outputs.staging.value, { stack: `organization/jhe/${stg.name}`, status: "rolled back", override: reason });
+        assert.match(await sshOk(hp, `cat ${LOG}`), new RegExp(`\\*\\*Staging override:\\*\\* ${reason.replace(/[.;]/g, "\\$&")} ` +
+            `\\(staging stack organization/jhe/${stg.name}: v1\\.1\\.0 rolled back\\)`));
+        // A rollback of prod is never held back by staging.
+        await prd.setConfig("jhe:version", { value: "v1.0.0" });
+        await prd.removeConfig("jhe:stagingOverride");
+        const rb = await prd.up();
+        assert.strictEqual(await servingVersion(hp), "v1.0.0");
+        assert.strictEqual(rb.outputs.staging.value.status, "rollback (not checked)");
+    });
+});

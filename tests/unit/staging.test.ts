@@ -1,0 +1,50 @@
+// Prod follows staging: the check against the staging stack's outputs (pure), and its settings.
+import * as assert from "assert";
+import * as pulumi from "@pulumi/pulumi";
+import { RawConfig, SecretInputs } from "../../components/config";
+import { judgeStaging } from "../../components/staging";
+import { problems } from "../helpers/config";
+
+const raw: RawConfig = { version: "v1.1.0", host: "10.77.0.2", sshHostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 host", siteUrl: "https://jhe.example.org" };
+const secrets: SecretInputs = { sshPrivateKey: pulumi.output("KEY") };
+const stack = "organization/jhe/staging";
+
+describe("prod follows staging", function () {
+    const upgrade = { to: "v1.1.0", action: "upgrade" as const };
+
+    it("lets prod upgrade to a version staging ran and passed", function () {
+        const r = judgeStaging("v1.1.0", { stack }, { "v1.1.0": { status: "passed", at: "2026-11-30T08:00:00Z" } }, { version: "v1.1.0" }, upgrade);
+        assert.deepStrictEqual(r, { stack, status: "passed" });
+    });
+
+    it("refuses a version staging never ran, naming the version staging runs", function () {
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, { "v1.0.0": { status: "passed" } }, { version: "v1.0.0" }, upgrade),
+            (e: Error) => e instanceof pulumi.RunError &&
+                /jhe:version v1\.1\.0 has not passed on the staging stack organization\/jhe\/staging: it has not run v1\.1\.0; staging runs v1\.0\.0\. Upgrade staging to v1\.1\.0 first/.test(e.message) &&
+                /jhe:stagingOverride/.test(e.message));
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, undefined, undefined, upgrade), /staging runs nothing yet/);
+    });
+
+    it("refuses a version staging rolled back from", function () {
+        const reh = { "v1.1.0": { status: "rolled back", at: "2026-11-30T09:00:00Z", to: "v1.0.0" }, "v1.0.0": { status: "passed" } };
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, reh, { version: "v1.0.0" }, upgrade),
+            /it ran v1\.1\.0 and rolled back from it to v1\.0\.0 \(2026-11-30T09:00:00Z\); staging runs v1\.0\.0/);
+    });
+
+    it("goes ahead with an override, saying what it overrides; never holds back a rollback", function () {
+        const reason = "security fix CVE-2026-0001, staging server down";
+        assert.deepStrictEqual(judgeStaging("v1.1.0", { stack, override: reason }, {}, { version: "v1.0.0" }, upgrade),
+            { stack, status: "not rehearsed", override: reason });
+        assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "rollback" }), { stack, status: "rollback (not checked)" });
+        assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "none" }), { stack, status: "no change" });
+    });
+
+    it("requires a staging stack on prod, only there, and a reason for an override", function () {
+        assert.match(problems({ ...raw, stage: "prod" }, secrets).join("\n"), /jhe:stagingStack is required on a prod stack/);
+        assert.deepStrictEqual(problems({ ...raw, stage: "prod", stagingStack: stack }, secrets), []);
+        assert.match(problems({ ...raw, stagingStack: stack }, secrets).join("\n"), /are for prod stacks/);
+        assert.match(problems({ ...raw, stage: "prod", stagingStack: stack, stagingOverride: "because" }, secrets).join("\n"),
+            /jhe:stagingOverride must say why/);
+        assert.match(problems({ ...raw, stage: "prod", stagingStack: "a b" }, secrets).join("\n"), /jhe:stagingStack must be a stack name/);
+    });
+});
