@@ -173,7 +173,8 @@ export function readPlan(config: JheConfig): pulumi.Output<Plan> {
             delete r.ok;
             delete r.step;
             delete r.seconds;
-            return { ...r, backups: backupPlan(config) } as Plan;
+            // Where this move's backup goes (a move that changes nothing takes none).
+            return (r.action === "none" ? r : { ...r, backups: backupPlan(config) }) as Plan;
         } catch (e) {
             if (e instanceof HostKeyMismatch) throw e; // refused before any command: the preview and up fail here
             return { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` };
