@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-# Single PUTs up to this size; larger files go up in parts of PART_BYTES (S3 allows 5 GiB per PUT,
-# 10,000 parts of at least 5 MiB).
-SINGLE_PUT_MAX = 512 * 2**20
-PART_BYTES = 64 * 2**20
+# Single PUTs up to this size; larger files go up in parts of PART_BYTES. S3 allows 5 GiB per PUT and
+# 10,000 parts of at least 5 MiB; S3-compatible servers that check a signed payload's sha256 hold each
+# request in memory first and cap it (S3Proxy: 32 MiB), so parts stay well below that (10,000 x 16 MiB
+# is 156 GiB, far beyond a JHE dump), and a failed part is retried alone.
+SINGLE_PUT_MAX = 16 * 2**20
+PART_BYTES = 16 * 2**20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
