@@ -5,7 +5,6 @@ import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
 import { JheConfig } from "./config";
-import { StagingCheck } from "./staging";
 import { bundleTool } from "./toolBundle";
 
 /** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file
@@ -44,8 +43,11 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
         migrationStrategy: config.migrationStrategy,
         envUnset: config.envUnset,
         owner: stackOwner(),
-        // (only when set: a stack without it sends what it always did)
+        // (only when set: a stack without them sends what it always did)
         ...(config.restoreFrom ? { restoreFrom: config.restoreFrom } : {}),
+        // prod going ahead without staging's rehearsal: the reason, for UPGRADE_LOG.md (static config, so
+        // it never changes a step's input between runs; what staging's outputs say is in the `staging` output)
+        ...(config.staging?.override ? { stagingOverride: { reason: config.staging.override, stack: config.staging.stack ?? null } } : {}),
     };
 }
 
@@ -53,16 +55,13 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
  * What the host tool is told on stdin. The steps that write .env also get its settings and secrets,
  * and where backup copies go with its credentials (then the whole spec is a secret). Deterministic, so an unchanged stack shows no diff.
  */
-export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulumi.Input<string>,
-                         staging?: pulumi.Input<StagingCheck>): pulumi.Output<string> {
-    // (prod: how the move relates to staging, for UPGRADE_LOG.md; absent elsewhere, so the spec stays as it was)
-    const base = pulumi.output(staging ?? null).apply((st) => ({ ...baseSpec(config), ...(st ? { staging: st } : {}) }));
-    if (!withEnv) return base.apply((b) => JSON.stringify(b));
+export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulumi.Input<string>): pulumi.Output<string> {
+    if (!withEnv) return pulumi.output(JSON.stringify(baseSpec(config)));
     return pulumi.secret(
         pulumi
-            .all([base, config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
-            .apply(([b, secretEnv, dbPassword, offsite]) =>
-                JSON.stringify({ ...b, dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
+            .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
+            .apply(([secretEnv, dbPassword, offsite]) =>
+                JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
     );
 }
 
@@ -90,8 +89,6 @@ export interface JheHostArgs {
     checkedHost?: pulumi.Input<string>;
     /** The backup bucket's name (jhe:backupBucket, or the one the stack makes), when copies go off the server. */
     bucketName?: pulumi.Input<string>;
-    /** Prod: how the move relates to the staging stack's rehearsal (components/staging.ts). */
-    staging?: pulumi.Input<StagingCheck>;
 }
 
 export class JheHost extends pulumi.ComponentResource {
@@ -118,8 +115,8 @@ export class JheHost extends pulumi.ComponentResource {
             dialErrorLimit: 5,
             perDialTimeout: 10,
         };
-        this.spec = toolSpec(c, false, undefined, args.staging);
-        this.specWithEnv = toolSpec(c, true, args.bucketName, args.staging);
+        this.spec = toolSpec(c, false);
+        this.specWithEnv = toolSpec(c, true, args.bucketName);
         // Debian packages JHE needs: installs only what is missing (nothing, with no network, when all are there).
         // (gpg encrypts backup copies, with a bucket and a key: the runbook's own tool.)
         const packages = c.offsite?.publicKey ? [...SYSTEM_PACKAGES, "gnupg"] : SYSTEM_PACKAGES;

@@ -27,7 +27,7 @@ export function jheProgram(config: JheConfig) {
     const staging = stagingGate(config, planBefore);
 
     const host = new JheHost("server", {
-        config, checkedHost: pulumi.all([planBefore, staging ?? null]).apply(() => config.ssh.host), bucketName, staging,
+        config, checkedHost: pulumi.all([planBefore, staging ?? null]).apply(() => config.ssh.host), bucketName,
     });
 
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.

@@ -31,7 +31,22 @@ export function judgeStaging(version: string, staging: NonNullable<JheConfig["st
     if (plan.action === "none") return { stack, status: "no change" };
     // A rollback goes back to what prod ran before: never held back by staging.
     if (plan.action === "rollback") return { stack, status: "rollback (not checked)" };
-    const entry = (rehearsals as Record<string, Rehearsal> | undefined)?.[version];
+    if (!plan.action) {
+        // The plan could not be read: whether this is an upgrade or a rollback cannot be told here.
+        if (staging.override) return { stack, status: "not checked (the plan could not be read)", override: staging.override };
+        throw new pulumi.RunError(
+            `the plan could not be read from the server (${plan.error ?? plan.note ?? "no answer"}), so whether jhe:version ${version} ` +
+            `is an upgrade (held to the staging stack ${stack}'s rehearsals) or a rollback cannot be told. Fix the connection and ` +
+            `preview again; for an emergency rollback, set jhe:stagingOverride "<why>". Nothing was changed.`);
+    }
+    if (rehearsals === undefined || rehearsals === null) {
+        if (staging.override) return { stack, status: "not rehearsed", override: staging.override };
+        throw new pulumi.RunError(
+            `the staging stack ${stack} has no rehearsals output: it has not finished a move with this version of jhe-upgrade ` +
+            `(or it is not a jhe-upgrade stack). Move staging to ${version} with it (its health gate must pass), then preview prod ` +
+            `again; or set jhe:stagingOverride "<why>". Nothing was changed.`);
+    }
+    const entry = (rehearsals as Record<string, Rehearsal>)[version];
     if (entry?.status === "passed") return { stack, status: "passed" };
     const status = entry?.status === "rolled back" ? "rolled back" : "not rehearsed";
     if (staging.override) return { stack, status, override: staging.override };
@@ -48,8 +63,13 @@ export function judgeStaging(version: string, staging: NonNullable<JheConfig["st
 /** The check for a prod stack (undefined on staging stacks), from its staging stack's outputs. */
 export function stagingGate(config: JheConfig, plan: pulumi.Output<Plan>): pulumi.Output<StagingCheck> | undefined {
     const s = config.staging;
-    if (!s) return undefined;
-    if (!s.stack) return plan.apply(() => ({ stack: null, status: "no staging stack", override: s.override }));
+    if (!s?.stack) return undefined;
+    if (s.override) {
+        // Not read at all: a staging stack that is gone or unreadable must not hold back an override.
+        pulumi.log.warn(`jhe:stagingOverride is set ("${s.override}"): prod does not follow the staging stack ${s.stack} ` +
+            "while it is; remove it after this move (pulumi config rm jhe:stagingOverride)");
+        return plan.apply((p) => ({ stack: s.stack!, status: p.action === "none" ? "no change" : "override (staging not checked)", override: s.override }));
+    }
     const ref = new pulumi.StackReference(`staging-${s.stack.replace(/\//g, "-")}`, { name: s.stack });
     return pulumi.all([ref.getOutput("rehearsals"), ref.getOutput("deployed"), plan])
         .apply(([rehearsals, deployed, p]) => judgeStaging(config.version, s, rehearsals, deployed, p));

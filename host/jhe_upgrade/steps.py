@@ -510,7 +510,7 @@ def step_finish(spec: Spec) -> dict:
         state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
         for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
-        rehearsals = rehearsed(state, frm, to, "adopted", [])
+        rehearsals = rehearsed(state, frm, to, "adopted", [], served=current_version(spec) == to)
         save_state(spec, state)
         release_lock(spec)
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke,
@@ -550,7 +550,8 @@ def step_finish(spec: Spec) -> dict:
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
         "dependencies": release_dependencies(spec, to),
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
-        "rehearsals": rehearsed(state, frm, to, kind, migrated), "staging": spec.raw.get("staging"),
+        "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered")),
+        "stagingOverride": spec.raw.get("stagingOverride"),
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
@@ -563,11 +564,15 @@ def step_finish(spec: Spec) -> dict:
     return summary
 
 
-def rehearsed(state: dict, frm: str | None, to: str, kind: str, migrated: list[str]) -> dict:
+def rehearsed(state: dict, frm: str | None, to: str, kind: str, migrated: list[str], served: bool = True) -> dict:
     """What this server ran and passed (the health gate, after the window), and what it rolled back
     from: a staging stack's outputs carry it, and a prod stack upgrades only to a version passed
-    there (and not rolled back from since)."""
+    there (and not rolled back from since). `served`: `to` serves now and the move was not reverted
+    (a finish after a reverted health gate records "failed", never "passed")."""
     reh = state.setdefault("rehearsals", {})
+    if not served:
+        reh[to] = {"status": "failed", "at": now(), "from": frm}
+        return reh
     if frm and frm != to and (kind == "rollback" or version_key(to) < version_key(frm)):
         reh[frm] = {"status": "rolled back", "at": now(), "to": to}
     reh[to] = {"status": "passed", "at": now(), "from": frm, "kind": kind, "migrationsApplied": migrated}

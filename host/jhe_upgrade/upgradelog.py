@@ -60,7 +60,7 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
                               else "in the window" + (f" (written since the backup began: {', '.join(fallback['written'])})"
                                                       if fallback else "")),
         *([f"**Database before the upgrade:** kept as {b['keptDatabase']}"] if b.get("keptDatabase") else []),
-        *_staging_line(summary.get("staging"), to), "",
+        *_staging_line(summary.get("stagingOverride")), "",
         *rb_lines,
         "**Changes:**",
         f"- Migrations applied: {', '.join(migrated) if migrated else 'none'}",
@@ -74,11 +74,8 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
     ])
 
 
-def _staging_line(staging: dict | None, to: str) -> list[str]:
-    """How a prod move relates to the staging stack's rehearsal: passed there, or overridden (why)."""
-    if not staging:
+def _staging_line(override: dict | None) -> list[str]:
+    """A prod move made without following the staging stack's rehearsals (jhe:stagingOverride): why."""
+    if not override:
         return []
-    if staging.get("override"):
-        return [f"**Staging override:** {staging['override']} (staging stack {staging.get('stack') or '-'}: {to} "
-                f"{staging.get('status') or 'not rehearsed'})"]
-    return [f"**Staging:** {to} {staging.get('status')} on staging stack {staging.get('stack')}"]
+    return [f"**Staging override:** {override.get('reason')} (staging stack {override.get('stack') or '-'} not followed)"]

@@ -17,11 +17,11 @@ def test_passed_then_rolled_back_then_passed_again() -> None:
     assert r["v1.1.0"]["status"] == "rolled back" and r["v1.1.0"]["to"] == "v1.0.0"
     assert r["v1.0.0"]["status"] == "passed"
     assert rehearsed(state, "v1.0.0", "v1.1.0", "upgrade", [])["v1.1.0"]["status"] == "passed"
+    # A finish after a reverted health gate (the old version serves): failed, never passed.
+    assert rehearsed(state, "v1.1.0", "v1.2.0", "upgrade", [], served=False)["v1.2.0"]["status"] == "failed"
 
 
-def test_log_line_says_passed_or_why_overridden() -> None:
-    assert _staging_line(None, "v1.1.0") == []
-    assert _staging_line({"stack": "organization/jhe/staging", "status": "passed"}, "v1.1.0") == [
-        "**Staging:** v1.1.0 passed on staging stack organization/jhe/staging"]
-    line = _staging_line({"stack": "organization/jhe/staging", "status": "rolled back", "override": "hotfix for an outage"}, "v1.1.0")
-    assert line == ["**Staging override:** hotfix for an outage (staging stack organization/jhe/staging: v1.1.0 rolled back)"]
+def test_log_line_says_why_staging_was_not_followed() -> None:
+    assert _staging_line(None) == []
+    line = _staging_line({"stack": "organization/jhe/staging", "reason": "hotfix for an outage"})
+    assert line == ["**Staging override:** hotfix for an outage (staging stack organization/jhe/staging not followed)"]

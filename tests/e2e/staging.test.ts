@@ -62,14 +62,18 @@ describe("staging first: prod follows staging (two real servers, StackReference)
         await prd.setConfig("jhe:stagingOverride", { value: reason });
         const res = await prd.up();
         assert.strictEqual(await servingVersion(hp), "v1.1.0");
-        assert.deepStrictEqual(res.outputs.staging.value, { stack: `organization/jhe/${stg.name}`, status: "rolled back", override: reason });
+        assert.deepStrictEqual(res.outputs.staging.value, { stack: `organization/jhe/${stg.name}`, status: "override (staging not checked)", override: reason });
         assert.match(await sshOk(hp, `cat ${LOG}`), new RegExp(`\\*\\*Staging override:\\*\\* ${reason.replace(/[.;]/g, "\\$&")} ` +
-            `\\(staging stack organization/jhe/${stg.name}: v1\\.1\\.0 rolled back\\)`));
+            `\\(staging stack organization/jhe/${stg.name} not followed\\)`));
         // A rollback of prod is never held back by staging.
         await prd.setConfig("jhe:version", { value: "v1.0.0" });
         await prd.removeConfig("jhe:stagingOverride");
         const rb = await prd.up();
         assert.strictEqual(await servingVersion(hp), "v1.0.0");
         assert.strictEqual(rb.outputs.staging.value.status, "rollback (not checked)");
+        // ... and a second up with no change changes nothing on prod (the check is not in any step's input).
+        const again = await prd.preview({ diff: true });
+        const changed = Object.entries(again.changeSummary ?? {}).filter(([op, n]) => !["same", "read"].includes(op) && n);
+        assert.deepStrictEqual(changed, [], JSON.stringify(again.changeSummary));
     });
 });

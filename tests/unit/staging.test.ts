@@ -22,7 +22,9 @@ describe("prod follows staging", function () {
             (e: Error) => e instanceof pulumi.RunError &&
                 /jhe:version v1\.1\.0 has not passed on the staging stack organization\/jhe\/staging: it has not run v1\.1\.0; staging runs v1\.0\.0\. Upgrade staging to v1\.1\.0 first/.test(e.message) &&
                 /jhe:stagingOverride/.test(e.message));
-        assert.throws(() => judgeStaging("v1.1.0", { stack }, undefined, undefined, upgrade), /staging runs nothing yet/);
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, {}, undefined, upgrade), /staging runs nothing yet/);
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, null, { version: "v1.1.0" }, upgrade),
+            /the staging stack organization\/jhe\/staging has no rehearsals output: it has not finished a move with this version of jhe-upgrade/);
     });
 
     it("refuses a version staging rolled back from", function () {
@@ -37,6 +39,9 @@ describe("prod follows staging", function () {
             { stack, status: "not rehearsed", override: reason });
         assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "rollback" }), { stack, status: "rollback (not checked)" });
         assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "none" }), { stack, status: "no change" });
+        // The plan could not be read: neither an upgrade nor a rollback can be told; refused, naming the way out.
+        assert.throws(() => judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", error: "no answer from 10.1.2.3 within 30000 ms" }),
+            /the plan could not be read from the server \(no answer from 10\.1\.2\.3 within 30000 ms\).*emergency rollback, set jhe:stagingOverride/);
     });
 
     it("requires a staging stack on prod, only there, and a reason for an override", function () {
