@@ -36,10 +36,7 @@ def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
     while d.exists():  # two backups in one second (a re-run): never reuse a directory
         n += 1
         d = spec.backup_dir / f"{stamp}-{frm}-to-{to}-{n}"
-    # Only root and the database's owner (postgres, who writes and restores the dump) get in.
-    spec.backup_dir.mkdir(parents=True, exist_ok=True)
-    shutil.chown(spec.backup_dir, "root", "postgres")
-    os.chmod(spec.backup_dir, 0o710)
+    ensure_backup_dir(spec)
     d.mkdir(mode=0o700)
     shutil.chown(d, "postgres", "postgres")
     try:
@@ -48,6 +45,14 @@ def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
         raise dump_failed(spec.backup_dir, d, f"{e} {getattr(e, 'stderr', None) or ''}") from e
     log(f"backup {d} ({manifest['bytes']} bytes, sha256 {manifest['sha256'][:12]}…, {manifest['seconds']} s)")
     return manifest
+
+
+def ensure_backup_dir(spec: Spec) -> None:
+    """jhe:backupDir, where only root and the database's owner (postgres, who writes and restores the
+    dumps) get in."""
+    spec.backup_dir.mkdir(parents=True, exist_ok=True)
+    shutil.chown(spec.backup_dir, "root", "postgres")
+    os.chmod(spec.backup_dir, 0o710)
 
 
 def _write_backup(spec: Spec, d: Path, frm: str, to: str, db: str) -> dict:

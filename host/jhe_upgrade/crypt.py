@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .util import Refusal
+from .util import Refusal, sha256_file
 
 
 @contextlib.contextmanager
@@ -84,11 +84,7 @@ def encrypt_file(armored: str, src: Path, dst: Path) -> dict:
             if p.wait() != 0:
                 dst.unlink(missing_ok=True)
                 raise RuntimeError(f"gpg could not encrypt {src.name}: {err.strip()[-300:]}")
-    cipher = hashlib.sha256()
-    with open(dst, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            cipher.update(chunk)
-    return {"fingerprint": fpr, "plainSha256": plain.hexdigest(), "sha256": cipher.hexdigest(), "bytes": dst.stat().st_size}
+    return {"fingerprint": fpr, "plainSha256": plain.hexdigest(), "sha256": sha256_file(dst), "bytes": dst.stat().st_size}
 
 
 def decrypt_file(private_armored: str, src: Path, dst: Path) -> str:
@@ -109,8 +105,4 @@ def decrypt_file(private_armored: str, src: Path, dst: Path) -> str:
                 raise Refusal(f"{src.name} cannot be decrypted with jhe:backupDecryptionKey (is it the private key of the public "
                               f"key the backup was encrypted to? passphrase-protected keys are not supported): {err[-200:]}")
             raise RuntimeError(f"gpg could not decrypt {src.name}: {err[-300:]}")
-    h = hashlib.sha256()
-    with open(dst, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(dst)

@@ -10,10 +10,10 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .backup import verify_backup
+from .backup import ensure_backup_dir, verify_backup
 from .crypt import check_public_key, decrypt_file, encrypt_file
 from .db import db_exists
 from .s3 import Bucket, Creds, S3Error
@@ -38,7 +38,6 @@ class Offsite:
     private_key: str | None = None  # only for a restore
     keep_local: int = 3
     cafile: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Offsite(s3://{self.bucket}/{self.prefix})"
@@ -91,9 +90,9 @@ def check_offsite(o: Offsite) -> dict:
 def upload_backup(o: Offsite, entry: dict) -> dict:
     """Copies one local backup off the server: each file encrypted (when a key is set) into a
     temporary file beside it, uploaded, read back and compared by sha256; then the manifest (its
-    presence marks a complete copy). Returns the record kept in the state."""
+    presence marks a complete copy). Returns the record kept in the state. The caller has verified the
+    backup (only one that verifies leaves the server); the dump's sha256 is checked again as it is read."""
     d = Path(entry["path"])
-    verify_backup(entry)  # only a backup that still verifies leaves the server
     b = o.client()
     base = f"{o.prefix}{entry['id']}/"
     objects: dict[str, dict] = {}
@@ -168,36 +167,42 @@ def step_offsite(spec: Spec) -> dict:
     state = load_state(spec)
     entries = sorted((state.get("backups") or {}).values(), key=lambda e: e.get("created") or "", reverse=True)
     copied, kept_only_here = [], []
+    whole = set()  # backups whose copy is whole in the bucket now (checked, or just sent and read back)
     for e in entries:
         done = e.get("offsite") or {}
-        if done.get("bucket") == o.bucket and done.get("prefix") == o.prefix and done.get("verified") \
-                and (not (Path(e["path"]) / "db.dump").exists() or _still_copied(o, e)):
-            continue  # (a copy lost from the bucket since is sent again while the dump is here)
+        here = (Path(e["path"]) / "db.dump").exists()
+        if done.get("bucket") == o.bucket and done.get("prefix") == o.prefix and done.get("verified"):
+            if not here:
+                continue
+            if _still_copied(o, e):
+                whole.add(e["id"])
+                continue
+            # (a copy lost from the bucket since is sent again while the dump is here)
         if not _local_ok(e):
-            if (Path(e["path"]) / "db.dump").exists():  # there but changed since it was written: not sent
+            if here:  # there but changed since it was written: not sent
                 kept_only_here.append(e["id"])
             continue
         e["offsite"] = upload_backup(o, e)
         save_state(spec, state)
         copied.append(e["id"])
+        whole.add(e["id"])
     pruned = []
     for e in entries[o.keep_local:]:
-        d = Path(e["path"])
         # Only once its copy is verified and still whole in the bucket, and never while the database kept
         # with it is there (finish drops that only against a dump that verifies on the server).
-        if d.exists() and (e.get("offsite") or {}).get("verified") and not _kept_exists(e) and _still_copied(o, e):
-            shutil.rmtree(d)
+        if Path(e["path"]).exists() and e["id"] in whole and not _kept_exists(e):
+            shutil.rmtree(e["path"])
             pruned.append(e["id"])
     if pruned:
         log(f"local backups pruned (their copies in the bucket are verified; the newest {o.keep_local} stay): {', '.join(pruned)}")
-    latest = entries[0] if entries else None
+    latest = (entries[0].get("offsite") or {}) if entries else {}
+    sent = [e["offsite"] for e in entries if e["id"] in copied]
+    nbytes, secs = sum(x["bytes"] for x in sent), sum(x["seconds"] for x in sent)
     return {"offsite": {
         "bucket": o.bucket, "prefix": o.prefix, "copied": copied, "prunedLocal": pruned, "notCopied": kept_only_here,
-        "latest": (latest.get("offsite") or {}).get("location") if latest else None,
-        "encryptedTo": ((latest or {}).get("offsite") or {}).get("encryptedTo"),
-        "bytesCopied": sum(e["offsite"]["bytes"] for e in entries if e["id"] in copied),
-        "secondsCopying": round(sum(e["offsite"]["seconds"] for e in entries if e["id"] in copied), 2),
-        "throughputMiBps": _rate(entries, copied)}}
+        "latest": latest.get("location"), "encryptedTo": latest.get("encryptedTo"),
+        "bytesCopied": nbytes, "secondsCopying": round(secs, 2),
+        "throughputMiBps": round(nbytes / 2**20 / secs, 1) if secs else None}}
 
 
 def _kept_exists(e: dict) -> bool:
@@ -212,12 +217,6 @@ def _still_copied(o: Offsite, e: dict) -> bool:
     if not objs or b.head(f"{e['offsite']['prefix']}{e['id']}/manifest.json") is None:
         return False
     return all((b.head(x["key"]) or {}).get("content-length") == str(x["bytes"]) for x in objs.values())
-
-
-def _rate(entries: list[dict], copied: list[str]) -> float | None:
-    done = [e["offsite"] for e in entries if e["id"] in copied]
-    secs = sum(x["seconds"] for x in done)
-    return round(sum(x["bytes"] for x in done) / 2**20 / secs, 1) if secs else None
 
 
 def ensure_local(spec: Spec, entry: dict) -> str:
@@ -263,9 +262,7 @@ def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path
         raise Refusal(f"backup {backup_id} in s3://{o.bucket}/{prefix} is encrypted to {enc.get('fingerprint')}: give its private key "
                       f"for this restore (`pulumi config set --secret jhe:backupDecryptionKey < private-key.asc`)")
     t = time.monotonic()
-    spec.backup_dir.mkdir(parents=True, exist_ok=True)
-    shutil.chown(spec.backup_dir, "root", "postgres")
-    os.chmod(spec.backup_dir, 0o710)
+    ensure_backup_dir(spec)
     part = dest.with_name(dest.name + ".fetching")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(mode=0o700)

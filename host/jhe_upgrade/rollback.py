@@ -23,14 +23,13 @@ def rollback_database(spec: Spec, state: dict, frm: str | None, to: str) -> dict
     pre = state["target"]["restoreFrom"]
     # The registered record (preflight's copy predates changes to it, e.g. a kept database put back).
     entry: dict = next((b for b in (state.get("backups") or {}).values() if b.get("id") == pre["id"]), {})
-    kept_a = entry.get("keptDatabase")
     how = "backup"
     finish_interrupted_swap(spec, state)  # (recovery after a failure here sees the swap recorded: safety_net)
     if (state.get("swap") or {}).get("in") and db_exists(state["swap"]["previous"]):
         kept, how = state["swap"]["previous"], "rename"  # a re-run: the swap happened already
         if entry.get("keptDatabase") == state["swap"]["in"]:
             entry["keptDatabase"] = None  # it is the live database now
-    elif kept_a and kept_usable(spec, state, pre):
+    elif kept_a := kept_usable(spec, state, pre):
         kept, how = stamp_name(spec.db_name, "replaced"), "rename"
         swap_in(spec, state, kept_a, kept)
         entry["keptDatabase"] = None  # it is the live database now

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import hmac
 import http.client
+import os
 import re
 import ssl
 import time
@@ -98,10 +99,8 @@ class Bucket:
     def __repr__(self) -> str:
         return f"Bucket({self.scheme}://{self.netloc}/{self.name})"
 
-    def url(self, key: str = "") -> str:
-        host = f"{self.name}.{self.netloc}" if self.virtual else self.netloc
-        path = f"{self.base}/{key}" if self.virtual else f"{self.base}/{self.name}/{key}"
-        return f"s3://{self.name}/{key}" if key else f"{self.scheme}://{host}{path}"
+    def url(self, key: str) -> str:
+        return f"s3://{self.name}/{key}"
 
     def _target(self, key: str) -> tuple[str, str]:
         host = f"{self.name}.{self.netloc}" if self.virtual else self.netloc
@@ -225,31 +224,29 @@ class Bucket:
 
     def get_file(self, key: str, path: Path) -> tuple[str, int]:
         """Downloads to `path` (0600); returns its sha256 and size."""
-        def sink(resp: http.client.HTTPResponse) -> tuple[str, int]:
-            h = hashlib.sha256()
-            n = 0
-            fd = path.open("wb")
-            path.chmod(0o600)
-            with fd:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    h.update(chunk)
-                    n += len(chunk)
-                    fd.write(chunk)
-            return h.hexdigest(), n
-        _, _, out = self.request("GET", key, "downloading", sink=sink)
-        assert isinstance(out, tuple)
-        return out
+        return self._read(key, "downloading", path)
 
     def hash_object(self, key: str) -> tuple[str, int]:
         """Reads an object through and returns its sha256 and size, writing nothing (verification)."""
+        return self._read(key, "reading back", None)
+
+    def _read(self, key: str, what: str, path: Path | None) -> tuple[str, int]:
+        """GETs an object, hashing it as it comes (and writing it to `path`, 0600, when given)."""
         def sink(resp: http.client.HTTPResponse) -> tuple[str, int]:
             h = hashlib.sha256()
             n = 0
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                n += len(chunk)
+            fd = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") if path else None
+            try:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    h.update(chunk)
+                    n += len(chunk)
+                    if fd:
+                        fd.write(chunk)
+            finally:
+                if fd:
+                    fd.close()
             return h.hexdigest(), n
-        _, _, out = self.request("GET", key, "reading back", sink=sink)
+        _, _, out = self.request("GET", key, what, sink=sink)
         assert isinstance(out, tuple)
         return out
 
