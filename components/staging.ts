@@ -8,7 +8,7 @@ import { Plan } from "./plan";
 
 /** One version as a stack ran it: passed its health gate (and stayed), or was rolled back from. */
 export interface Rehearsal {
-    status: "passed" | "rolled back";
+    status: "passed" | "rolled back" | "failed";
     at?: string;
     from?: string | null;
     to?: string;
@@ -29,18 +29,18 @@ export function judgeStaging(version: string, staging: NonNullable<JheConfig["st
                              plan: Plan): StagingCheck {
     const stack = staging.stack ?? null;
     if (plan.action === "none") return { stack, status: "no change" };
+    // With an override the staging stack is not read at all (stagingGate): whatever the move, it goes ahead.
+    if (staging.override) return { stack, status: "override (staging not checked)", override: staging.override };
     // A rollback goes back to what prod ran before: never held back by staging.
     if (plan.action === "rollback") return { stack, status: "rollback (not checked)" };
     if (!plan.action) {
         // The plan could not be read: whether this is an upgrade or a rollback cannot be told here.
-        if (staging.override) return { stack, status: "not checked (the plan could not be read)", override: staging.override };
         throw new pulumi.RunError(
             `the plan could not be read from the server (${plan.error ?? plan.note ?? "no answer"}), so whether jhe:version ${version} ` +
             `is an upgrade (held to the staging stack ${stack}'s rehearsals) or a rollback cannot be told. Fix the connection and ` +
             `preview again; for an emergency rollback, set jhe:stagingOverride "<why>". Nothing was changed.`);
     }
     if (rehearsals === undefined || rehearsals === null) {
-        if (staging.override) return { stack, status: "not rehearsed", override: staging.override };
         throw new pulumi.RunError(
             `the staging stack ${stack} has no rehearsals output: it has not finished a move with this version of jhe-upgrade ` +
             `(or it is not a jhe-upgrade stack). Move staging to ${version} with it (its health gate must pass), then preview prod ` +
@@ -48,11 +48,10 @@ export function judgeStaging(version: string, staging: NonNullable<JheConfig["st
     }
     const entry = (rehearsals as Record<string, Rehearsal>)[version];
     if (entry?.status === "passed") return { stack, status: "passed" };
-    const status = entry?.status === "rolled back" ? "rolled back" : "not rehearsed";
-    if (staging.override) return { stack, status, override: staging.override };
     const runs = (deployed as { version?: string } | undefined)?.version;
     const why = entry?.status === "rolled back"
         ? `it ran ${version} and rolled back from it${entry.to ? ` to ${entry.to}` : ""}${entry.at ? ` (${entry.at})` : ""}`
+        : entry?.status === "failed" ? `its move to ${version} failed the health gate and was reverted${entry.at ? ` (${entry.at})` : ""}`
         : `it has not run ${version}`;
     throw new pulumi.RunError(
         `jhe:version ${version} has not passed on the staging stack ${stack}: ${why}; staging runs ${runs ?? "nothing yet"}. ` +
@@ -68,7 +67,7 @@ export function stagingGate(config: JheConfig, plan: pulumi.Output<Plan>): pulum
         // Not read at all: a staging stack that is gone or unreadable must not hold back an override.
         pulumi.log.warn(`jhe:stagingOverride is set ("${s.override}"): prod does not follow the staging stack ${s.stack} ` +
             "while it is; remove it after this move (pulumi config rm jhe:stagingOverride)");
-        return plan.apply((p) => ({ stack: s.stack!, status: p.action === "none" ? "no change" : "override (staging not checked)", override: s.override }));
+        return plan.apply((p) => judgeStaging(config.version, s, undefined, undefined, p));
     }
     const ref = new pulumi.StackReference(`staging-${s.stack.replace(/\//g, "-")}`, { name: s.stack });
     return pulumi.all([ref.getOutput("rehearsals"), ref.getOutput("deployed"), plan])

@@ -33,10 +33,17 @@ describe("prod follows staging", function () {
             /it ran v1\.1\.0 and rolled back from it to v1\.0\.0 \(2026-11-30T09:00:00Z\); staging runs v1\.0\.0/);
     });
 
+    it("refuses a version whose move failed on staging, saying so", function () {
+        assert.throws(() => judgeStaging("v1.1.0", { stack }, { "v1.1.0": { status: "failed", at: "2026-11-30T09:30:00Z" } }, { version: "v1.0.0" }, upgrade),
+            /its move to v1\.1\.0 failed the health gate and was reverted \(2026-11-30T09:30:00Z\); staging runs v1\.0\.0/);
+    });
+
     it("goes ahead with an override, saying what it overrides; never holds back a rollback", function () {
         const reason = "security fix CVE-2026-0001, staging server down";
-        assert.deepStrictEqual(judgeStaging("v1.1.0", { stack, override: reason }, {}, { version: "v1.0.0" }, upgrade),
-            { stack, status: "not rehearsed", override: reason });
+        assert.deepStrictEqual(judgeStaging("v1.1.0", { stack, override: reason }, undefined, undefined, upgrade),
+            { stack, status: "override (staging not checked)", override: reason });
+        assert.deepStrictEqual(judgeStaging("v1.0.0", { stack, override: reason }, undefined, undefined, { to: "v1.0.0", error: "no answer" }),
+            { stack, status: "override (staging not checked)", override: reason }, "an emergency rollback with the plan unreadable");
         assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "rollback" }), { stack, status: "rollback (not checked)" });
         assert.deepStrictEqual(judgeStaging("v1.0.0", { stack }, {}, {}, { to: "v1.0.0", action: "none" }), { stack, status: "no change" });
         // The plan could not be read: neither an upgrade nor a rollback can be told; refused, naming the way out.
