@@ -12,6 +12,22 @@ export interface Rehearsal {
     at?: string;
     from?: string | null;
     to?: string;
+    /** What a passed move cost on that server (its finish measured it). */
+    report?: RehearsalReport;
+}
+
+/** What staging measured for a move: what prod will see (host tool: rehearsal.move_report). */
+export interface RehearsalReport {
+    downtimeSeconds?: number | null;
+    estimatedDowntimeSeconds?: number | null;
+    path?: string | null;
+    strategy?: string | null;
+    migrateSeconds?: number | null;
+    /** Each migration's own time (`migrate -v 2`). */
+    migrationSeconds?: Record<string, number>;
+    plan?: { pending?: string[]; undo?: string[]; classes?: Record<string, string> };
+    /** The data it ran on: its size, and whether it was a de-identified copy of prod's backup (and which). */
+    data?: { databaseBytes?: number | null; rows?: number | null; clonedFrom?: Record<string, unknown> | null };
 }
 
 /** What prod's move relates to on staging (recorded in UPGRADE_LOG.md and the outputs). */
@@ -19,6 +35,31 @@ export interface StagingCheck {
     stack: string | null;
     status: string;
     override?: string;
+    /** Staging's rehearsal of this version: one line, then what it measured. */
+    rehearsal?: { summary: string; from: string | null; at?: string; notRehearsed: string[] } & RehearsalReport;
+}
+
+const mib = (n: number | null | undefined) => (n === null || n === undefined ? "?" : `${(n / 2 ** 20).toFixed(0)} MiB`);
+
+/** Staging's rehearsal as prod reads it at preview: what staging measured, on what data, and which of
+ * prod's pending migrations it did not run (it came from another version). */
+export function rehearsalFor(entry: Rehearsal, plan: Plan): StagingCheck["rehearsal"] | undefined {
+    const r = entry.report;
+    if (!r) return undefined;
+    const from = entry.from ?? null;
+    const ran = new Set(Object.keys(r.migrationSeconds ?? {}).concat(r.plan?.pending ?? []));
+    const notRehearsed = (plan.pendingMigrations ?? []).filter((m) => !ran.has(m));
+    const cloned = r.data?.clonedFrom as { backup?: string; taken?: string } | null | undefined;
+    const data = cloned?.backup ? `a de-identified copy of prod's backup ${cloned.backup}${cloned.taken ? ` (taken ${cloned.taken})` : ""}`
+        : "staging's own data";
+    const slowest = Object.entries(r.migrationSeconds ?? {}).sort((a, b) => b[1] - a[1])[0];
+    const summary = `staging ran ${from ?? "a new install"} -> ${plan.to}${entry.at ? ` at ${entry.at}` : ""}: ` +
+        `${r.downtimeSeconds ?? "?"} s of downtime (${r.path ?? r.strategy ?? "?"}; estimated ${r.estimatedDowntimeSeconds ?? "?"} s), ` +
+        `migrations ${r.migrateSeconds ?? 0} s${slowest ? ` (slowest ${slowest[0]} ${slowest[1]} s)` : ""}, ` +
+        `on ${mib(r.data?.databaseBytes)} and ${r.data?.rows ?? "?"} rows of ${data}` +
+        (from !== (plan.from ?? null) ? `; prod moves from ${plan.from ?? "nothing"}, not ${from ?? "a new install"}` : "") +
+        (notRehearsed.length ? `; not rehearsed there: ${notRehearsed.join(", ")}` : "");
+    return { summary, from, at: entry.at, notRehearsed, ...r };
 }
 
 /**
@@ -47,7 +88,10 @@ export function judgeStaging(version: string, staging: NonNullable<JheConfig["st
             `again; or set jhe:stagingOverride "<why>". Nothing was changed.`);
     }
     const entry = (rehearsals as Record<string, Rehearsal>)[version];
-    if (entry?.status === "passed") return { stack, status: "passed" };
+    if (entry?.status === "passed") {
+        const rehearsal = rehearsalFor(entry, plan);
+        return rehearsal ? { stack, status: "passed", rehearsal } : { stack, status: "passed" };
+    }
     const runs = (deployed as { version?: string } | undefined)?.version;
     const why = entry?.status === "rolled back"
         ? `it ran ${version} and rolled back from it${entry.to ? ` to ${entry.to}` : ""}${entry.at ? ` (${entry.at})` : ""}`
@@ -71,5 +115,10 @@ export function stagingGate(config: JheConfig, plan: pulumi.Output<Plan>): pulum
     }
     const ref = new pulumi.StackReference(`staging-${s.stack.replace(/\//g, "-")}`, { name: s.stack });
     return pulumi.all([ref.getOutput("rehearsals"), ref.getOutput("deployed"), plan])
-        .apply(([rehearsals, deployed, p]) => judgeStaging(config.version, s, rehearsals, deployed, p));
+        .apply(([rehearsals, deployed, p]) => {
+            const check = judgeStaging(config.version, s, rehearsals, deployed, p);
+            // What staging measured for this move, in the preview's diagnostics (and the staging output).
+            if (check.rehearsal) pulumi.log.info(check.rehearsal.summary);
+            return check;
+        });
 }

@@ -32,6 +32,7 @@ from .estimate import tables_of
 from .handover import handover_unit_file
 from .migclass import worst
 from .recovery import end_failed_move
+from .rehearsal import migration_times
 from .release import pending_classes
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .spec import Spec
@@ -186,13 +187,13 @@ def _make_copy(spec: Spec, st: dict, sdb: str, dump: Path, frm: str | None, to: 
     code = ("import os, sys; from django.conf import settings; from django.core.management import call_command; "
             "name = settings.DATABASES['default']['NAME']; "
             "sys.exit(f'the settings use database {name}, not the staged copy') if name != os.environ['DB_NAME'] "
-            "else call_command('migrate', interactive=False, verbosity=1)")
+            "else call_command('migrate', interactive=False, verbosity=2)")
     p = run([str(rel / "venv/bin/python"), "manage.py", "shell", "-c", code], user=spec.app_user, cwd=rel,
             env={**os.environ, "DB_NAME": sdb}, check=False, timeout=7200)
     if p.returncode != 0:
         raise StagedFailed(p.stderr)
     applied = [m for m in applied_migrations(spec, sdb) if m not in before]
-    st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2))
+    st.update(phase="migrated", applied=applied, migrateSeconds=round(time.monotonic() - t, 2), migrationTimes=migration_times(p.stdout))
     st["marksAfterMigrate"] = copy_marks(sdb) if st["marksBeforeMigrate"] is not None and drain(sdb) else None
     # The rows the migrations deleted: the copy against the live database, unchanged since the dump
     # (else the window migrates the live database and records them again).
@@ -361,6 +362,7 @@ def _staged_swapped(spec: Spec, state: dict, frm: str | None, to: str, kept: str
     st["phase"] = "swapped"
     state["dbTouched"] = True
     state["migrated"] = {"to": to, "applied": st.get("applied", []), "seconds": st.get("migrateSeconds"), "staged": True,
+                         "times": st.get("migrationTimes") or {},
                          "deletedByMigrations": st.get("deletedByMigrations") or {}, "caughtUp": st.get("caughtUp"),
                          "caughtUpSeconds": st.get("caughtUpSeconds")}
     save_state(spec, state)

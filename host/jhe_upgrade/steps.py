@@ -34,6 +34,7 @@ from .health import NEXT_PORT, health, smoke_test
 from .offsite import check_offsite, ensure_local, fetch_for_restore, settings
 from .plan import migration_delta
 from .recovery import fail_health, recover
+from .rehearsal import migration_times, move_report, rehearsed
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import kept_usable, rollback_database, same_counts
@@ -42,7 +43,7 @@ from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log, finish_entry
-from .util import Refusal, error_summary, log, now, run, version_key, write_private
+from .util import Refusal, error_summary, log, now, run, write_private
 from .window import close_window, open_window, service_active, start_service
 
 
@@ -356,7 +357,8 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
             said, kept = unapply(spec, to, before, applied)
             raise refuse_unchanged(spec, state, frm, f"`manage.py migrate` of {to} failed while {frm} served "
                                                      f"({error_summary(p.stderr)}); {said}", kept)
-        state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2), "online": True}
+        state["migrated"] = {"to": to, "applied": applied, "seconds": round(time.monotonic() - t, 2), "online": True,
+                             "times": migration_times(p.stdout)}
         save_state(spec, state)
     applied = state["migrated"]["applied"]
     h = boot_next(spec, to)
@@ -401,9 +403,10 @@ def unapply(spec: Spec, to: str, before: list[str] | None, applied: list[str]) -
 
 
 def manage_migrate(spec: Spec, tag: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`manage.py migrate [app target]` with release `tag`'s code, as the app user (not checked)."""
+    """`manage.py migrate [app target]` with release `tag`'s code, as the app user (not checked); verbose,
+    so its output gives each migration's time (rehearsal.migration_times)."""
     rel = spec.release(tag)
-    return run([str(rel / "venv/bin/python"), "manage.py", "migrate", *args, "--no-input"], user=spec.app_user, cwd=rel,
+    return run([str(rel / "venv/bin/python"), "manage.py", "migrate", *args, "--no-input", "-v", "2"], user=spec.app_user, cwd=rel,
                env=env, check=False, timeout=7200)
 
 
@@ -436,7 +439,8 @@ def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     snap = (state.get("backup") or {}).get("snapshot")
     deleted = migration_deletions(snap if snap and db_exists(snap) else None, spec.db_name, counters,
                                   deletion_counters(spec.db_name), deletions_dir(spec, frm, to))
-    state["migrated"] = {"to": to, "applied": applied, "seconds": seconds, "deletedByMigrations": deleted}
+    state["migrated"] = {"to": to, "applied": applied, "seconds": seconds, "deletedByMigrations": deleted,
+                         "times": migration_times(p.stdout)}
     save_state(spec, state)
     return {}
 
@@ -550,7 +554,8 @@ def step_finish(spec: Spec) -> dict:
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
         "dependencies": release_dependencies(spec, to),
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
-        "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered")),
+        "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered"),
+                                report=move_report(state, timing, strategy, db_size(spec.db_name))),
         "stagingOverride": spec.raw.get("stagingOverride"),
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
@@ -562,21 +567,6 @@ def step_finish(spec: Spec) -> dict:
     save_state(spec, state)
     release_lock(spec)
     return summary
-
-
-def rehearsed(state: dict, frm: str | None, to: str, kind: str, migrated: list[str], served: bool = True) -> dict:
-    """What this server ran and passed (the health gate, after the window), and what it rolled back
-    from: a staging stack's outputs carry it, and a prod stack upgrades only to a version passed
-    there (and not rolled back from since). `served`: `to` serves now and the move was not reverted
-    (a finish after a reverted health gate records "failed", never "passed")."""
-    reh = state.setdefault("rehearsals", {})
-    if not served:
-        reh[to] = {"status": "failed", "at": now(), "from": frm}
-        return reh
-    if frm and frm != to and (kind == "rollback" or version_key(to) < version_key(frm)):
-        reh[frm] = {"status": "rolled back", "at": now(), "to": to}
-    reh[to] = {"status": "passed", "at": now(), "from": frm, "kind": kind, "migrationsApplied": migrated}
-    return reh
 
 
 def step_status(spec: Spec) -> dict:

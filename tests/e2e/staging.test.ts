@@ -44,9 +44,25 @@ describe("staging first: prod follows staging (two real servers, StackReference)
         assert.strictEqual(await sshOk(hp, `cat ${LOG}`), logBefore, "nothing ran on prod");
         await stg.setConfig("jhe:version", { value: "v1.1.0" });
         const s = await stg.up();
-        assert.strictEqual(s.outputs.rehearsals.value["v1.1.0"].status, "passed");
+        const passed = s.outputs.rehearsals.value["v1.1.0"];
+        assert.strictEqual(passed.status, "passed");
+        // What the rehearsal cost, as measured there: the window, each of v1.1.0's migrations, the data.
+        const rep = passed.report;
+        assert.strictEqual(rep.downtimeSeconds, s.outputs.downtimeSeconds.value);
+        assert.deepStrictEqual(Object.keys(rep.migrationSeconds).sort(), [...s.outputs.migrationsApplied.value].sort());
+        assert.ok(Object.values(rep.migrationSeconds).every((x) => typeof x === "number" && x >= 0), JSON.stringify(rep.migrationSeconds));
+        assert.ok(rep.data.databaseBytes > 0 && rep.data.rows >= 210, JSON.stringify(rep.data));
         const pre = await prd.preview({ diff: true });
-        assert.match(pre.stdout, /staging\s*:\s*\{[^}]*status\s*:\s*(?:"[^"]*" => )?"passed"/);
+        const at = pre.stdout.search(/\n\s*[+~]?\s*staging\s*:\s*\{/);
+        assert.ok(at >= 0, pre.stdout.slice(-3000));
+        const block = pre.stdout.slice(at, at + 4000);
+        assert.match(block, /\bstatus\s*:\s*(?:"[^"]*" => )?"passed"/, block);
+        // Prod's preview says what staging measured for the move it is about to make (its staging output; the
+        // summary line is cut short by the preview's display, the figures are whole).
+        assert.match(block, new RegExp(`\\bdowntimeSeconds\\s*:\\s*${rep.downtimeSeconds}\\b`), block);
+        assert.match(block, /\bsummary\s*:\s*"staging ran v1\.0\.0 -> v1\.1\.0 at \S+: [\d.]+ s of downtime \(/, block);
+        assert.match(block, /\bnotRehearsed\s*:\s*\[\]/, block);
+        for (const m of Object.keys(rep.migrationSeconds)) assert.ok(block.includes(m), m);
     });
 
     it("staging: after staging rolled back from v1.1.0, prod refuses it again", async function () {

@@ -17,6 +17,30 @@ describe("prod follows staging", function () {
         assert.deepStrictEqual(r, { stack, status: "passed" });
     });
 
+    it("shows prod what staging measured for the move, and which of prod's migrations staging did not run", function () {
+        const report = {
+            downtimeSeconds: 1.52, estimatedDowntimeSeconds: 2.1, path: "in-window", strategy: "in-window", migrateSeconds: 0.91,
+            migrationSeconds: { "core.0002_observation_source": 0.04, "core.0003_backfill_source": 0.8 },
+            plan: { pending: ["core.0002_observation_source", "core.0003_backfill_source"] },
+            data: { databaseBytes: 1155 * 2 ** 20, rows: 1000123, clonedFrom: { backup: "20261130-101500-v1.0.0-to-v1.0.0", taken: "2026-11-30T10:15:00Z" } },
+        };
+        const reh = { "v1.1.0": { status: "passed", at: "2026-11-30T11:00:00Z", from: "v1.0.0", report } };
+        const plan = { from: "v1.0.0", to: "v1.1.0", action: "upgrade" as const,
+            pendingMigrations: ["core.0002_observation_source", "core.0003_backfill_source"] };
+        const r = judgeStaging("v1.1.0", { stack }, reh, { version: "v1.1.0" }, plan);
+        assert.strictEqual(r.status, "passed");
+        assert.strictEqual(r.rehearsal?.summary,
+            "staging ran v1.0.0 -> v1.1.0 at 2026-11-30T11:00:00Z: 1.52 s of downtime (in-window; estimated 2.1 s), migrations 0.91 s " +
+            "(slowest core.0003_backfill_source 0.8 s), on 1155 MiB and 1000123 rows of a de-identified copy of prod's backup " +
+            "20261130-101500-v1.0.0-to-v1.0.0 (taken 2026-11-30T10:15:00Z)");
+        assert.deepStrictEqual(r.rehearsal?.notRehearsed, []);
+        assert.strictEqual(r.rehearsal?.downtimeSeconds, 1.52);
+        // Prod comes from an older version: a migration staging never ran is named.
+        const older = judgeStaging("v1.1.0", { stack }, reh, {}, { ...plan, from: "v0.9.0", pendingMigrations: ["core.0001_initial", ...plan.pendingMigrations] });
+        assert.deepStrictEqual(older.rehearsal?.notRehearsed, ["core.0001_initial"]);
+        assert.match(older.rehearsal?.summary ?? "", /; prod moves from v0\.9\.0, not v1\.0\.0; not rehearsed there: core\.0001_initial$/);
+    });
+
     it("refuses a version staging never ran, naming the version staging runs", function () {
         assert.throws(() => judgeStaging("v1.1.0", { stack }, { "v1.0.0": { status: "passed" } }, { version: "v1.0.0" }, upgrade),
             (e: Error) => e instanceof pulumi.RunError &&
