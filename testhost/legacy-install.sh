@@ -60,8 +60,9 @@ sudo -u jheapp venv/bin/python manage.py collectstatic --no-input -v 0
 
 # Seed: N patients, M observations (several of the same code per patient, as real data has).
 sudo -u postgres psql -q -v ON_ERROR_STOP=1 -d jhe_production <<SQL
-INSERT INTO core_patient (name_family, name_given, birth_date, created)
-  SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g::bigint * 37 % 25000)::int, now() - make_interval(mins => g)
+INSERT INTO core_patient (name_family, name_given, birth_date, telecom_phone, created)
+  SELECT 'Family' || g, 'Given' || g, date '1940-01-01' + (g::bigint * 37 % 25000)::int,
+         '+1 206 ' || lpad((g::bigint * 7919 % 10000000)::text, 7, '0'), now() - make_interval(mins => g)
   FROM generate_series(1, $JHE_PATIENTS) g;
 -- Each with its payload as JHE stores it: an Open mHealth datapoint of about 1 KB (1M rows ~ 1 GB).
 INSERT INTO core_observation (subject_patient_id, code, value, value_attachment_data, created)
@@ -89,6 +90,11 @@ INSERT INTO core_observation (subject_patient_id, code, value, value_attachment_
 -- version's data migration deletes.
 INSERT INTO core_jheuser (password, is_superuser, email, identifier, user_type, is_staff, is_active, date_joined)
   SELECT '!', false, 'practitioner' || g || '@example.org', 'P' || g, 'practitioner', false, true, now() FROM generate_series(1, 3) g;
+-- Patients log in too (JHE's patient accounts, by e-mail): some of them have one.
+INSERT INTO core_jheuser (password, is_superuser, email, identifier, user_type, is_staff, is_active, date_joined)
+  SELECT 'pbkdf2_sha256\$1000000\$salt\$' || md5(p.name_family), false, lower(p.name_given || '.' || p.name_family) || '@example.net',
+         'MRN-' || lpad(p.id::text, 8, '0'), 'patient', false, true, now()
+  FROM (SELECT * FROM core_patient ORDER BY id LIMIT 20) p;
 INSERT INTO core_study (name, created) VALUES ('Blood pressure study', now());
 INSERT INTO core_studypatient (study_id, patient_id, joined)
   SELECT s.id, p.id, now() FROM core_study s, (SELECT id FROM core_patient ORDER BY id LIMIT 10) p;
