@@ -53,5 +53,7 @@ export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;
 export const offsiteBackup = outputs.offsiteBackup;
+export const snapshot = outputs.snapshot;
+export const clone = outputs.clone;
 export const rehearsals = outputs.rehearsals;
 export const staging = outputs.staging;

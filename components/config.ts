@@ -69,6 +69,17 @@ export interface JheConfig {
      * upgrades must have passed, and an explicit override with its reason.
      */
     staging?: { stack?: string; override?: string };
+    /**
+     * A backup of what the server runs now, taken and copied off the server whenever this label
+     * changes (jhe:snapshot): prod's current data, for a staging stack to clone.
+     */
+    snapshot?: string;
+    /**
+     * Prod's data on staging, de-identified (jhe:cloneFrom): a backup in a bucket (s3://<bucket>/<prefix>
+     * then "latest" or a backup id) restored into a new database, its personal data replaced, then
+     * swapped in (staging's own database kept). keepColumns: "table.column" the stack says hold none.
+     */
+    clone?: { from: string; keepColumns: string[] };
     /** Said once per run (pulumi.log.warn): settings that are allowed but risky, e.g. unencrypted prod backups. */
     warnings: string[];
 }
@@ -242,7 +253,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
-        ...OFFSITE_KEYS, "stagingStack", "stagingOverride",
+        ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -425,6 +436,10 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     }
 
     const staging = stagingConfig(raw, p, stage);
+    const snapshot = str(raw, "snapshot", p, false, "").trim() || undefined;
+    if (snapshot) checked(p, "snapshot", snapshot, rx(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, "must be a label (letters, digits, . _ : -), e.g. for-staging-2026-11-30"));
+    if (snapshot && backupBucket.mode === "off") warnings.push("jhe:snapshot without jhe:backupBucket: the snapshot stays on the server (a staging stack clones only from a bucket)");
+    const clone = cloneConfig(raw, p, stage, backupBucket.mode !== "off");
 
     if (p.length) throw new ConfigError(p);
     return {
@@ -448,8 +463,42 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         offsite,
         restoreFrom,
         staging,
+        snapshot,
+        clone,
         warnings,
     };
+}
+
+const CLONE_FROM = /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\/(?:[A-Za-z0-9!_.*'()-]+\/)*[A-Za-z0-9][A-Za-z0-9._-]{0,200}\/?$/;
+
+/** jhe:cloneFrom (staging only: prod's backup, de-identified) and jhe:cloneKeepColumns. */
+function cloneConfig(raw: RawConfig, p: string[], stage: Stage, bucket: boolean): JheConfig["clone"] {
+    const from = str(raw, "cloneFrom", p, false, "").trim();
+    const keepRaw = raw.cloneKeepColumns;
+    let keepColumns: string[] = [];
+    if (keepRaw !== undefined && keepRaw !== null && keepRaw !== "") {
+        const arr = typeof keepRaw === "string" ? (() => { try { return JSON.parse(keepRaw); } catch { return undefined; } })() : keepRaw;
+        if (!Array.isArray(arr) || !arr.every((x) => typeof x === "string" && /^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$/.test(x))) {
+            p.push(`jhe:cloneKeepColumns must be a list of "table.column" (lower case), e.g. ["core_study.tagline"] ` +
+                `(pulumi config set --path 'jhe:cloneKeepColumns[0]' core_study.tagline)`);
+        } else keepColumns = arr as string[];
+    }
+    if (!from) {
+        if (keepColumns.length) p.push("jhe:cloneKeepColumns is set but jhe:cloneFrom is not: remove it, or set jhe:cloneFrom");
+        return undefined;
+    }
+    if (stage === "prod") {
+        p.push("jhe:cloneFrom replaces this server's database with a de-identified copy of another's: it is for staging stacks, " +
+            "never prod (remove it here; to restore prod, revert jhe:version or use jhe:restoreFrom on a new server)");
+        return undefined;
+    }
+    checked(p, "cloneFrom", from, rx(CLONE_FROM, "must be s3://<bucket>/<prefix>latest (the newest backup there) or " +
+        "s3://<bucket>/<prefix><backup id>/, e.g. s3://jhe-backups/jhe/prod/latest"));
+    if (!bucket) {
+        p.push("jhe:cloneFrom fetches prod's backup with this stack's bucket settings: set jhe:backupBucket, jhe:backupEndpoint, " +
+            "jhe:backupAccessKeyId/jhe:backupSecretAccessKey (allowed to read prod's prefix) and jhe:backupDecryptionKey (prod's backups' key)");
+    }
+    return { from, keepColumns };
 }
 
 const STACK_NAME = /^[A-Za-z0-9_.-]+(?:\/[A-Za-z0-9_.-]+){0,2}$/;
@@ -603,7 +652,7 @@ export function loadConfig(): JheConfig {
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
         "adminUser", "adminEmail", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
-        "restoreFrom", "stagingStack", "stagingOverride",
+        "restoreFrom", "stagingStack", "stagingOverride", "snapshot", "cloneFrom",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");
@@ -616,6 +665,7 @@ export function loadConfig(): JheConfig {
     raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
     raw.env = cfg.getObject("env");
     raw.envUnset = cfg.getObject("envUnset");
+    raw.cloneKeepColumns = cfg.getObject("cloneKeepColumns");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {

@@ -6,7 +6,7 @@ import { JheConfig } from "./config";
 import { JheHost } from "./host";
 import { NginxSite } from "./nginx";
 import { readPlan } from "./plan";
-import { JheRelease } from "./release";
+import { cloneStep, JheRelease, stepResult } from "./release";
 import { stagingGate } from "./staging";
 import { SystemdService } from "./systemd";
 
@@ -37,7 +37,11 @@ export function jheProgram(config: JheConfig) {
     // 4. The upgrade itself, replaced whenever jhe:version changes: preflight, prepare the release,
     //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
     //    Then, with a bucket, every verified backup is copied off the server (encrypted, read back).
-    const release = new JheRelease("jhe", { host, config, dependsOn: [service.install, site.install], offsite: bucketName !== undefined });
+    // 3b. Staging only: prod's data, de-identified, in place of staging's before the steps below run.
+    const clone = cloneStep(host, config, [service.install, site.install], bucketName);
+    const release = new JheRelease("jhe", {
+        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined,
+    });
 
     // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read
     //    again once finish is done, so it describes the server as it now is.
@@ -79,5 +83,9 @@ export function jheProgram(config: JheConfig) {
         backupBucket: bucketName ?? null,
         // Where this move's backups went off the server (each read back and checked), null without a bucket.
         offsiteBackup: release.offsite ? release.offsite.apply((o) => (o.offsite as Record<string, unknown> | null) ?? null) : null,
+        // jhe:snapshot: the backup of what serves now and where its copy went (for a staging stack's jhe:cloneFrom).
+        snapshot: release.snapshot ? release.snapshot.apply((o) => (o.snapshot as Record<string, unknown> | null) ?? null) : null,
+        // jhe:cloneFrom: which backup of prod this staging server's database is a de-identified clone of.
+        clone: clone ? clone.stdout.apply((s) => (stepResult(s).clone as Record<string, unknown> | null) ?? null) : null,
     };
 }

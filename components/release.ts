@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { JheConfig } from "./config";
 import { toolStep } from "./commands";
-import { baseSpec, JheHost, sha256 } from "./host";
+import { baseSpec, JheHost, offsiteSpec, sha256 } from "./host";
 
 export interface JheReleaseArgs {
     host: JheHost;
@@ -14,6 +14,22 @@ export interface JheReleaseArgs {
     dependsOn: pulumi.Resource[];
     /** Copy backups off the server after finish (jhe:backupBucket set). */
     offsite?: boolean;
+}
+
+/**
+ * Staging only (jhe:cloneFrom): prod's backup, de-identified, becomes this server's database before any
+ * upgrade step runs - so one `up` that also changes jhe:version rehearses that upgrade on it. Re-run
+ * when the location changes (a "latest" location is resolved on the server when it runs).
+ */
+export function cloneStep(host: JheHost, config: JheConfig, dependsOn: pulumi.Resource[], bucketName?: pulumi.Input<string>):
+    command.remote.Command | undefined {
+    const c = config.clone;
+    if (!c) return undefined;
+    // No version in it (nor the .env's settings): a change of jhe:version re-runs the upgrade steps, not the clone.
+    const stdin = pulumi.secret(offsiteSpec(config, bucketName).apply((offsite) =>
+        JSON.stringify({ ...baseSpec(config, null), ...(offsite ? { offsite } : {}), clone: c })));
+    return host.command("clone-from-prod", { create: toolStep(config.ssh.user, "clone"), stdin, triggers: [c.from, ...c.keepColumns] },
+        { parent: host, dependsOn });
 }
 
 /** The steps in order: [resource name, host tool step, needs the .env settings]. */
@@ -45,6 +61,8 @@ export class JheRelease extends pulumi.ComponentResource {
     public readonly results: Record<StepName, pulumi.Output<Record<string, unknown>>>;
     /** The off-host copy's result ({offsite: {bucket, copied, ...}}), with a bucket. */
     public readonly offsite?: pulumi.Output<Record<string, unknown>>;
+    /** jhe:snapshot's result ({snapshot: {id, location, ...}}), when the stack asks for one. */
+    public readonly snapshot?: pulumi.Output<Record<string, unknown>>;
 
     constructor(name: string, args: JheReleaseArgs, opts?: pulumi.ComponentResourceOptions) {
         super("jhe:upgrade:JheRelease", name, {}, opts);
@@ -69,9 +87,17 @@ export class JheRelease extends pulumi.ComponentResource {
         // 7b. After the window: the backups copied off the server, each read back and checked; local
         //     ones pruned only once copied. Its own resource, so a failed upload leaves the upgrade done
         //     and the next `up` copies what is missing.
+        let last: pulumi.Resource = steps.finish;
         if (args.offsite) {
             const cmd = host.step("offsite-backup", "offsite", [config.version], [steps.finish], this, true);
             this.offsite = cmd.stdout.apply(stepResult);
+            last = cmd;
+        }
+        // 7c. jhe:snapshot: a backup of what now serves (no downtime), copied off like the others - prod's
+        //     current data for a staging stack to clone. Taken again whenever the label changes.
+        if (config.snapshot) {
+            const cmd = host.step("snapshot", "snapshot", [config.snapshot], [last], this, true);
+            this.snapshot = cmd.stdout.apply(stepResult);
         }
         // 8. The optional Django superuser, once the release serves (re-run when its settings change).
         if (config.admin) {

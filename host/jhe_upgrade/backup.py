@@ -26,16 +26,16 @@ from .state import live_root, register_backup, save_state
 from .util import log, now, psql, quote_ident, run, sha256_file, sql_literal, write_private
 
 
-def take_backup(spec: Spec, frm: str, to: str, db: str | None = None) -> dict:
+def take_backup(spec: Spec, frm: str, to: str, db: str | None = None, name: str | None = None) -> dict:
     """pg_dump -Fc of the database (the live one, or `db`: one kept by rename) + sha256 + the config
-    files, in a 0700 directory."""
+    files, in a 0700 directory <UTC time>-<from>-to-<to> (or <UTC time>-<name>)."""
     db = db or spec.db_name
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    d = spec.backup_dir / f"{stamp}-{frm}-to-{to}"
+    d = spec.backup_dir / f"{stamp}-{name or f'{frm}-to-{to}'}"
     n = 1
     while d.exists():  # two backups in one second (a re-run): never reuse a directory
         n += 1
-        d = spec.backup_dir / f"{stamp}-{frm}-to-{to}-{n}"
+        d = spec.backup_dir / f"{stamp}-{name or f'{frm}-to-{to}'}-{n}"
     ensure_backup_dir(spec)
     d.mkdir(mode=0o700)
     shutil.chown(d, "postgres", "postgres")

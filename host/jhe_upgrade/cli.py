@@ -9,6 +9,7 @@ import time
 
 from . import util
 from .backup import BackupFailed
+from .clone import step_clone, step_snapshot
 from .db import reopen_databases
 from .handover import settle_handover
 from .offsite import step_offsite
@@ -22,7 +23,8 @@ from .util import Refusal, log
 
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
-         "health": step_health, "finish": step_finish, "offsite": step_offsite, "unlock": step_unlock, "superuser": step_superuser}
+         "health": step_health, "finish": step_finish, "offsite": step_offsite, "unlock": step_unlock, "superuser": step_superuser,
+         "snapshot": step_snapshot, "clone": step_clone}
 
 
 # Steps that may run inside a window: whatever fails in them ends with the old version serving.

@@ -188,4 +188,30 @@ describe("program graph (mocks)", function () {
         const { resources: none } = await build({});
         assert.ok(!none.some((r) => r.name === "offsite-backup"), "no copy step without a bucket");
     });
+
+    it("snapshot: after the copy step, re-run by its label; clone: before every upgrade step, re-run by its location", async function () {
+        const bucket = { backupBucket: "jhe-existing-bucket", backupEncryptionKey: "none" };
+        const { resources, outputs } = await build({ ...bucket, snapshot: "for-staging-1" });
+        const snap = named(resources, "snapshot");
+        assert.deepStrictEqual(snap.dependsOn, ["offsite-backup"]);
+        assert.deepStrictEqual(await resolve(snap.inputs.triggers), ["for-staging-1"]);
+        assert.match(String(await resolve(snap.inputs.create)), /jhe_upgrade\.py snapshot/);
+        assert.strictEqual(JSON.parse(String(await resolve(snap.inputs.stdin))).offsite.bucket, "jhe-existing-bucket");
+        assert.ok(outputs.snapshot !== null && outputs.clone === null);
+        const from = "s3://jhe-prod-backups/jhe/jhe/latest";
+        const { resources: rs } = await build({ ...bucket, cloneFrom: from, cloneKeepColumns: ["core_study.tagline"] });
+        const clone = named(rs, "clone-from-prod");
+        assert.deepStrictEqual(clone.dependsOn.sort(), ["site", "unit"]);
+        assert.deepStrictEqual(named(rs, RELEASE_STEPS[0][0]).dependsOn.sort(), ["clone-from-prod", "site", "unit"]);
+        assert.deepStrictEqual(await resolve(clone.inputs.triggers), [from, "core_study.tagline"]);
+        const spec = JSON.parse(String(await resolve(clone.inputs.stdin)));
+        assert.deepStrictEqual(spec.clone, { from, keepColumns: ["core_study.tagline"] });
+        assert.strictEqual(spec.offsite.secretAccessKey, "BUCKET-SECRET-UNIT");
+        assert.strictEqual(spec.version, null, "a new jhe:version does not re-run the clone");
+        // Only the clone's own step is told where from: the upgrade steps' input is unchanged by it.
+        const plain = named(resources, "backup").inputs.stdin;
+        assert.strictEqual(await resolve(named(rs, "backup").inputs.stdin), await resolve(plain));
+        const { resources: none } = await build({});
+        assert.ok(!none.some((r) => r.name === "snapshot" || r.name === "clone-from-prod"));
+    });
 });

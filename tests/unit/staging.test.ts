@@ -75,6 +75,23 @@ describe("prod follows staging", function () {
             /the plan could not be read from the server \(no answer from 10\.1\.2\.3 within 30000 ms\).*emergency rollback, set jhe:stagingOverride/);
     });
 
+    it("clones prod's data only onto a staging stack with bucket settings, from a well-formed location", function () {
+        const bucket = { backupBucket: "jhe-backups", backupEncryptionKey: "none" };
+        const creds: SecretInputs = { ...secrets, backupAccessKeyId: pulumi.secret("AK"), backupSecretAccessKey: pulumi.secret("SK") };
+        assert.deepStrictEqual(problems({ ...raw, ...bucket, cloneFrom: "s3://jhe-backups/jhe/jhe/latest" }, creds), []);
+        assert.deepStrictEqual(problems({ ...raw, ...bucket, cloneFrom: "s3://jhe-backups/jhe/jhe/20261130-101500-v1.0.0-snapshot/",
+            cloneKeepColumns: ["core_study.tagline"] }, creds), []);
+        assert.match(problems({ ...raw, ...bucket, stage: "prod", stagingStack: stack, cloneFrom: "s3://jhe-backups/jhe/jhe/latest" }, creds).join("\n"),
+            /jhe:cloneFrom replaces this server's database .* it is for staging stacks, never prod/);
+        assert.match(problems({ ...raw, cloneFrom: "s3://jhe-backups/jhe/jhe/latest" }, secrets).join("\n"),
+            /jhe:cloneFrom fetches prod's backup with this stack's bucket settings: set jhe:backupBucket/);
+        assert.match(problems({ ...raw, ...bucket, cloneFrom: "jhe/jhe/latest" }, creds).join("\n"), /jhe:cloneFrom must be s3:\/\/<bucket>\/<prefix>latest/);
+        assert.match(problems({ ...raw, ...bucket, cloneFrom: "s3://jhe-backups/jhe/latest", cloneKeepColumns: ["Core Study"] }, creds).join("\n"),
+            /jhe:cloneKeepColumns must be a list of "table\.column"/);
+        assert.match(problems({ ...raw, cloneKeepColumns: ["core_study.tagline"] }, secrets).join("\n"), /jhe:cloneKeepColumns is set but jhe:cloneFrom is not/);
+        assert.match(problems({ ...raw, snapshot: "for staging!" }, secrets).join("\n"), /jhe:snapshot must be a label/);
+    });
+
     it("requires a staging stack on prod, only there, and a reason for an override", function () {
         assert.match(problems({ ...raw, stage: "prod" }, secrets).join("\n"), /jhe:stagingStack is required on a prod stack/);
         assert.deepStrictEqual(problems({ ...raw, stage: "prod", stagingStack: stack }, secrets), []);

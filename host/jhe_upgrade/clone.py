@@ -1,0 +1,192 @@
+"""Prod's data on staging, de-identified (jhe:cloneFrom), and the backups it comes from (jhe:snapshot
+on prod: a verified backup of what serves now, copied to the bucket, with no downtime).
+
+The clone: prod's backup fetched from the bucket (decrypted, checked against its manifest), restored
+into a new database, its personal data replaced (deidentify), its rows counted against the backup's,
+then swapped in by rename in a short window; staging's own database is kept, renamed. Prod's
+decrypted dump is removed whatever happens, and a copy that was not de-identified is dropped: no
+app ever opens prod's personal data here."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+
+from .backup import take_backup, verify_backup
+from .db import row_counts, stamp_name
+from .dbmoves import swap_back, swap_in
+from .deidentify import deidentify
+from .health import health
+from .offsite import Offsite, fetch_backup, settings, step_offsite
+from .rollback import same_counts
+from .s3 import S3Error
+from .spec import Spec
+from .staging import restore_copy
+from .state import current_version, load_state, release_lock, save_state, take_lock
+from .upgradelog import append_log
+from .util import Refusal, log, now, psql
+from .window import close_window, open_window, start_service
+
+CLONE_FROM = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[A-Za-z0-9!_.*'()-]+/)*)([A-Za-z0-9][A-Za-z0-9._-]{0,200})/?$")
+
+
+def _idle(spec: Spec, state: dict, what: str) -> str:
+    """The version serving, with no move under way (a snapshot or a clone goes between moves)."""
+    v = current_version(spec)
+    if not v or not spec.current.is_symlink():
+        raise Refusal(f"{what} needs JHE serving in the releases layout here (run `pulumi up` without it first)")
+    t = state.get("target") or {}
+    if state.get("window") or (t.get("to") and t.get("to") != v) or (t.get("to") == v and t.get("from") not in (None, v)):
+        raise Refusal(f"{what}: a move to {t.get('to')} is under way on this server; run `pulumi up` to finish it first")
+    return v
+
+
+def step_snapshot(spec: Spec) -> dict:
+    """jhe:snapshot: a verified pg_dump of the live database (the app keeps serving), registered with
+    the server's backups and copied to the bucket like them."""
+    label = spec.raw.get("snapshot") or ""
+    state = load_state(spec)
+    v = _idle(spec, state, "jhe:snapshot")
+    held = spec.lock_file.exists()
+    take_lock(spec, f"snapshot {label}")
+    try:
+        b = take_backup(spec, v, v, name=f"{v}-snapshot")
+        verify_backup(b)
+        b["label"] = label
+        state = load_state(spec)
+        # Keyed apart from the moves' backups ("<from>-><to>"): a rollback never takes a snapshot for them.
+        state.setdefault("backups", {})[f"{v}@{b['id']}"] = {k: b.get(k) for k in (
+            "id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "from", "to", "database",
+            "tocEntries", "owner", "label")}
+        save_state(spec, state)
+        off = step_offsite(spec).get("offsite") if settings(spec) else None
+    finally:
+        if not held:
+            release_lock(spec)
+    entry = load_state(spec)["backups"][f"{v}@{b['id']}"]
+    where = (entry.get("offsite") or {}).get("location")
+    append_log(spec, f"## Snapshot {b['id']} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
+                     f"**Label:** {label}\n**Version:** {v}\n**Copied to:** {where or 'nowhere (no bucket)'}\n")
+    return {"snapshot": {"id": b["id"], "label": label, "version": v, "path": b["path"], "sha256": b["sha256"], "bytes": b["bytes"],
+                         "rows": sum((b.get("rowCounts") or {}).values()), "seconds": b.get("seconds"), "location": where,
+                         "offsite": off}}
+
+
+def _source(spec: Spec) -> tuple[Offsite, str, str, str]:
+    """(bucket settings for the source, its prefix, the backup id or "latest", the location as given)."""
+    c = spec.raw.get("clone") or {}
+    frm = c.get("from") or ""
+    if spec.raw.get("stage") == "prod":
+        raise Refusal("jhe:cloneFrom is for staging stacks: it replaces this server's database; nothing was changed")
+    o = settings(spec)
+    if o is None:
+        raise Refusal("jhe:cloneFrom needs this stack's bucket settings (jhe:backupBucket, jhe:backupEndpoint and credentials "
+                      "that may read prod's prefix)")
+    m = CLONE_FROM.match(frm)
+    if not m:
+        raise Refusal(f"jhe:cloneFrom must be s3://<bucket>/<prefix>latest or s3://<bucket>/<prefix><backup id>/ (got {frm!r})")
+    src = dataclasses.replace(o, bucket=m.group(1), prefix=m.group(2))
+    return src, m.group(2), m.group(3), frm
+
+
+def newest_backup(src: Offsite, prefix: str) -> str:
+    """The newest complete backup under `prefix` (its manifest.json is written last); ids begin with
+    their UTC time, so the newest sorts last."""
+    try:
+        keys = src.client().list(prefix)
+    except S3Error as e:
+        raise Refusal(f"jhe:cloneFrom: s3://{src.bucket}/{prefix} cannot be listed ({e}); check that this stack's "
+                      f"credentials may read prod's prefix") from e
+    ids = sorted({k[len(prefix):].split("/", 1)[0] for k in keys if k.endswith("/manifest.json") and k.count("/") == prefix.count("/") + 1})
+    if not ids:
+        raise Refusal(f"jhe:cloneFrom: there is no backup in s3://{src.bucket}/{prefix} (set jhe:snapshot on the prod stack and "
+                      f"run its `pulumi up` to make one)")
+    return ids[-1]
+
+
+def step_clone(spec: Spec) -> dict:
+    """jhe:cloneFrom: staging's database replaced by a de-identified copy of prod's backup."""
+    src, prefix, which, given = _source(spec)
+    state = load_state(spec)
+    v = _idle(spec, state, "jhe:cloneFrom")
+    bid = newest_backup(src, prefix) if which == "latest" else which
+    location = f"s3://{src.bucket}/{prefix}{bid}/"
+    done = state.get("clonedFrom") or {}
+    if done.get("location") == location:
+        log(f"this server's database is already the de-identified clone of {location} ({done.get('at')})")
+        return {"clone": {**done, "unchanged": True}}
+    try:
+        manifest = json.loads(src.client().get_bytes(f"{prefix}{bid}/manifest.json"))
+    except S3Error as e:
+        raise Refusal(f"jhe:cloneFrom: no backup at {location} ({e.status}: no manifest.json)") from e
+    if manifest.get("from") != v:
+        raise Refusal(f"jhe:cloneFrom: backup {bid} holds the database of {manifest.get('from')}, and this server serves {v}: "
+                      f"move staging to {manifest.get('from')} first (jhe:version), or clone a backup of {v} (jhe:snapshot on the prod "
+                      f"stack takes one of what it serves now); nothing was changed")
+    held = spec.lock_file.exists()
+    take_lock(spec, f"clone of {bid}")
+    t0 = time.monotonic()
+    dest = spec.backup_dir / f"{bid}.clone"
+    cdb = stamp_name(spec.db_name, "clone")
+    try:
+        fetched = fetch_backup(spec, src, prefix, bid, dest)
+        entry = {"id": bid, "path": str(dest), "dump": "db.dump", "sha256": fetched["sha256"]}
+        verify_backup(entry)
+        t = time.monotonic()
+        restore_copy(spec, cdb, dest / "db.dump")
+        restore_s = round(time.monotonic() - t, 2)
+        counts = row_counts(spec, cdb)
+        if manifest.get("rowCounts") and not same_counts(counts, manifest["rowCounts"]):
+            raise RuntimeError(f"the copy restored from {bid} does not have the rows its backup counted")
+        t = time.monotonic()
+        deid = deidentify(cdb, (spec.raw.get("clone") or {}).get("keepColumns") or [])
+        deid_s = round(time.monotonic() - t, 2)
+        if row_counts(spec, cdb) != counts:
+            raise RuntimeError("de-identification changed row counts: the copy is dropped")
+    except BaseException:
+        # The copy may hold prod's personal data: it goes (it is only a copy of prod's backup).
+        psql("postgres", f'DROP DATABASE IF EXISTS "{cdb}" WITH (FORCE)', check=False)
+        if not held:
+            release_lock(spec)
+        raise
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)  # prod's decrypted dump never stays here
+        shutil.rmtree(dest.with_name(dest.name + ".fetching"), ignore_errors=True)
+    # The window: the app stopped, the de-identified copy takes the live name; staging's database kept.
+    kept = stamp_name(spec.db_name, "beforeclone")
+    open_window(spec, state)
+    take_lock(spec, f"clone of {bid}")  # (the window names its own purpose: this is no upgrade)
+    try:
+        swap_in(spec, state, cdb, kept)
+        start_service(spec)
+        h = health(spec, v, spec.health_timeout)
+        if not h["ok"]:
+            raise Refusal(f"{v} failed its health check on the clone of {bid} ({h.get('detail')}); staging's own database serves "
+                          f"again (the clone is kept, renamed)")
+    except BaseException:
+        if state.get("swap"):
+            swap_back(spec, state)
+        start_service(spec)
+        close_window(spec, state)
+        if not held:
+            release_lock(spec)
+        raise
+    state.pop("swap", None)
+    window = close_window(spec, state)
+    rec = {"location": location, "backup": bid, "given": given, "taken": manifest.get("created"), "version": v,
+           "deidentified": True, "columnsReplaced": deid["columnsReplaced"], "rows": sum(counts.values()),
+           "tables": len(counts), "keptDatabase": kept, "fetchSeconds": fetched.get("fetchSeconds"), "restoreSeconds": restore_s,
+           "deidentifySeconds": deid_s, "windowSeconds": window, "seconds": round(time.monotonic() - t0, 2), "at": now()}
+    state["clonedFrom"] = rec
+    save_state(spec, state)
+    if not held:
+        release_lock(spec)
+    append_log(spec, f"## Database replaced by a de-identified clone of {bid} - {now()}\n\n**Performed by:** {spec.operator} "
+                     f"(stack {spec.owner})\n**From:** {location} (taken {manifest.get('created')})\n**Version:** {v}\n"
+                     f"**Replaced:** {', '.join(deid['columnsReplaced'])}\n**Rows:** {rec['rows']} in {rec['tables']} tables\n"
+                     f"**Staging's previous database kept as:** {kept}\n**Downtime:** {window} s\n")
+    log(f"database replaced by a de-identified clone of {bid} ({rec['rows']} rows; {len(deid['columnsReplaced'])} columns "
+        f"replaced in {deid_s} s); the previous one is kept as {kept}")
+    return {"clone": rec}
