@@ -40,7 +40,7 @@ export function jheProgram(config: JheConfig) {
     // 3b. Staging only: prod's data, de-identified, in place of staging's before the steps below run.
     const clone = cloneStep(host, config, [service.install, site.install], bucketName);
     const release = new JheRelease("jhe", {
-        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined,
+        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined, bucketName, clone,
     });
 
     // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read

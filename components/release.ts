@@ -14,6 +14,10 @@ export interface JheReleaseArgs {
     dependsOn: pulumi.Resource[];
     /** Copy backups off the server after finish (jhe:backupBucket set). */
     offsite?: boolean;
+    /** The bucket's name (snapshot's copy), when there is one. */
+    bucketName?: pulumi.Input<string>;
+    /** The clone step (jhe:cloneFrom), which the superuser is made again after. */
+    clone?: command.remote.Command;
 }
 
 /**
@@ -25,11 +29,19 @@ export function cloneStep(host: JheHost, config: JheConfig, dependsOn: pulumi.Re
     command.remote.Command | undefined {
     const c = config.clone;
     if (!c) return undefined;
-    // No version in it (nor the .env's settings): a change of jhe:version re-runs the upgrade steps, not the clone.
-    const stdin = pulumi.secret(offsiteSpec(config, bucketName).apply((offsite) =>
-        JSON.stringify({ ...baseSpec(config, null), ...(offsite ? { offsite } : {}), clone: c })));
-    return host.command("clone-from-prod", { create: toolStep(config.ssh.user, "clone"), stdin, triggers: [c.from, ...c.keepColumns] },
-        { parent: host, dependsOn });
+    return host.command("clone-from-prod", {
+        create: toolStep(config.ssh.user, "clone"), stdin: versionlessSpec(config, bucketName, { clone: c }), triggers: [c.from, ...c.keepColumns],
+    }, { parent: host, dependsOn });
+}
+
+/**
+ * The spec of a step that aims at no version (snapshot, clone): the layout and the bucket's settings,
+ * no version and no .env settings - so a change of jhe:version (or of .env) re-runs the upgrade steps,
+ * not these (a changed input re-runs a command's create).
+ */
+function versionlessSpec(config: JheConfig, bucketName: pulumi.Input<string> | undefined, extra: Record<string, unknown>): pulumi.Output<string> {
+    return pulumi.secret(offsiteSpec(config, bucketName).apply((offsite) =>
+        JSON.stringify({ ...baseSpec(config, null), ...(offsite ? { offsite } : {}), ...extra })));
 }
 
 /** The steps in order: [resource name, host tool step, needs the .env settings]. */
@@ -96,7 +108,10 @@ export class JheRelease extends pulumi.ComponentResource {
         // 7c. jhe:snapshot: a backup of what now serves (no downtime), copied off like the others - prod's
         //     current data for a staging stack to clone. Taken again whenever the label changes.
         if (config.snapshot) {
-            const cmd = host.step("snapshot", "snapshot", [config.snapshot], [last], this, true);
+            const cmd = host.command("snapshot", {
+                create: toolStep(config.ssh.user, "snapshot"), stdin: versionlessSpec(config, args.bucketName, { snapshot: config.snapshot }),
+                triggers: [config.snapshot],
+            }, { parent: this, dependsOn: [last] });
             this.snapshot = cmd.stdout.apply(stepResult);
         }
         // 8. The optional Django superuser, once the release serves (re-run when its settings change).
@@ -105,8 +120,9 @@ export class JheRelease extends pulumi.ComponentResource {
             host.command("admin-user", {
                 create: toolStep(config.ssh.user, "superuser"),
                 stdin: pulumi.secret(a.password.apply((pw) => JSON.stringify({ ...baseSpec(config), adminUser: a.user, adminEmail: a.email, adminPassword: pw }))),
-                triggers: [a.user, a.email, a.password.apply((pw) => sha256(pw).slice(0, 16))],
-            }, { parent: this, dependsOn: [steps.finish] });
+                // (made again after a clone: prod's accounts replaced staging's, with unusable passwords)
+                triggers: [a.user, a.email, a.password.apply((pw) => sha256(pw).slice(0, 16)), ...(config.clone ? [config.clone.from] : [])],
+            }, { parent: this, dependsOn: [steps.finish, ...(args.clone ? [args.clone] : [])] });
         }
         this.registerOutputs({});
     }

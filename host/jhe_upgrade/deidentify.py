@@ -27,6 +27,14 @@ RULES: list[tuple[str, str, str]] = [
     ("core_patient", "birth_date", "birth_date"),
     ("core_patient", "telecom_phone", "phone"),
     ("core_patient", "email", "email"),
+    ("core_patient", "identifier", "identifier"),  # (older JHE versions' columns, as their migrations made them)
+    ("core_patient", "telecom_cell", "phone"),
+    ("core_patient", "aux_data", "payload"),
+    ("core_patient", "aux_fhir_data", "payload"),
+    ("core_observation", "aux_data", "payload"),
+    ("core_observation", "aux_fhir_data", "payload"),
+    ("core_practitioner", "telecom_phone", "phone"),
+    ("core_practitioner", "birth_date", "birth_date"),
     ("core_practitioner", "name_family", "family"),
     ("core_practitioner", "name_given", "given"),
     ("core_practitioner", "identifier", "identifier"),
@@ -99,8 +107,11 @@ SAFE: list[tuple[str, str]] = [
 # A column name that says personal data, whatever its type.
 PHI_NAME = re.compile(r"name|birth|dob|e_?mail|phone|telecom|fax|address|street|city|zip|postal|ssn|mrn|identifier|"
                       r"note|comment|text|message|contact|gender|race|ethnic|passport|licen[cs]e|insurance|uid", re.I)
-# Types that can carry personal data: free text, JSON, bytes, dates (a birth date, a date of care).
-PHI_TYPES = {"text", "character varying", "character", "json", "jsonb", "bytea", "date", "ARRAY", "USER-DEFINED"}
+# The types that cannot carry a name, a note or a birth date: a column the rules do not know is kept only
+# when it has one of these (any other type - text, JSON, bytes, a date, an address, XML, arrays - stops the clone).
+SAFE_TYPES = {"smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "uuid",
+              "timestamp with time zone", "timestamp without time zone", "interval"}
+KEY_TYPES = {"smallint", "integer", "bigint", "uuid"}
 
 # In a payload: the keys whose strings are codes, units, schema names, times or ids of devices and
 # datapoints (kept); every other string goes ("[removed]"), a date keeping its year only.
@@ -110,6 +121,12 @@ PAYLOAD_KEEP = [
     "temporal_relationship_to_sleep", "datasheet_type", "datasheet_reference", "date_time", "start_date_time",
     "end_date_time", "source_creation_date_time", "effectiveDateTime", "issued", "model", "firmware", "app_version",
     "uploader", "trace", "device", "n", "duration", "kind", "specimen_source", "activity_name",
+    # Open mHealth's enumerations (the schemas' own words, not a person's)
+    "measurement_method", "measurement_quality", "reported_activity_intensity", "meal", "sleep_stage_state", "end_status",
+    "oxygen_therapy_mode_of_administration", "minute_volume_type", "temporal_relationship_to_meal", "body_location",
+    "activity_type", "food_item_type",
+    # FHIR's structure: where an extension or a profile is defined, how a value is used, references between resources
+    "url", "profile", "use", "type", "reference", "valueCode", "valueBoolean", "valueDateTime", "lastUpdated", "versionId",
 ]
 # (parent key, key): kept only under that parent (a schema's name, not a person's).
 PAYLOAD_KEEP_UNDER = [("schema_id", "name")]
@@ -149,9 +166,9 @@ def classify(columns: list[Column], keep_extra: list[str] | None = None) -> tupl
             decisions.append(Decision(col, action, "rule"))
         elif _match(SAFE, col.table, col.column) or (col.table, col.column) in extra:
             decisions.append(Decision(col, "keep", "known to hold no personal data"))
-        elif col.key and not PHI_NAME.search(col.column):
+        elif col.key and col.type in KEY_TYPES and not PHI_NAME.search(col.column):
             decisions.append(Decision(col, "keep", "a key"))
-        elif (PHI_NAME.search(col.column) and col.type != "boolean") or col.type in PHI_TYPES:
+        elif (PHI_NAME.search(col.column) and col.type != "boolean") or col.type not in SAFE_TYPES:
             unknown.append(f"{col.table}.{col.column} ({col.type})")
         else:
             decisions.append(Decision(col, "keep", f"{col.type}: not personal by type"))
@@ -233,22 +250,25 @@ def _expr(action: str, table: str, col: Column, pk: str | None, salt: str) -> st
         # 555-0100..0199: numbers reserved for fiction.
         return (f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE '+1-555-01' || "
                 f"lpad(((('x' || substr({h}, 1, 8))::bit(32)::int & 2147483647) % 100)::text, 2, '0') END")
+    # Per value, not per row: one address or identifier gets one replacement in every table (an account's
+    # address in allauth's table stays its user's; one patient's FHIR resources stay grouped; duplicates
+    # stay duplicates, as a migration meets them on prod), and distinct ones stay distinct (unique columns).
+    v = f"md5({sql_literal(salt)} || {c})"
     if action == "email":
-        who = f"{quote_ident(pk)}::text" if pk else f"substr({h}, 1, 12)"
         return (f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE "
-                f"{sql_literal(table.split('_', 1)[-1] + '-')} || {who} || {sql_literal('@' + DOMAIN)} END")
+                f"'user-' || substr(md5({sql_literal(salt)} || lower({c})), 1, 16) || {sql_literal('@' + DOMAIN)} END")
     if action == "identifier":
-        return f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE 'ID-' || substr({h}, 1, 16) END"
+        return f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE 'ID-' || substr({v}, 1, 16) END"
     if action == "unusable_password":
         return "'!' || md5(random()::text || clock_timestamp()::text)"  # Django's "no usable password" mark
     if action == "token":
-        return f"CASE WHEN {c} IS NULL THEN NULL ELSE md5(random()::text || {h}) END"
+        return f"CASE WHEN {c} IS NULL OR {c} = '' THEN {c} ELSE md5(random()::text || {h}) END"
     if action == "removed":
         return f"CASE WHEN {c} IS NULL THEN NULL ELSE {sql_literal(REMOVED)} END"
     if action == "empty":
         return f"CASE WHEN {c} IS NULL THEN NULL ELSE '' END"
     if action == "payload":
-        cast = "::json" if col.type == "json" else ""
+        cast = "" if col.type == "jsonb" else f"::{col.type}"  # (json, or JSON kept in a text column)
         return f"pg_temp.jhe_deid({c}::jsonb){cast}"
     raise ValueError(f"unknown action {action}")
 
@@ -260,7 +280,7 @@ def deidentify_sql(decisions: list[Decision], salt: str, pks: dict[str, str | No
     for d in decisions:
         if d.action != "keep":
             by_table.setdefault(d.column.table, []).append(d)
-    stmts = ["BEGIN;", "SET LOCAL synchronous_commit = off;", _payload_function()]
+    stmts = ["BEGIN;", _payload_function()]
     for table, ds in sorted(by_table.items()):
         pk = pks.get(table)
         sets = [f"{quote_ident(d.column.column)} = {_expr(d.action, table, d.column, pk, salt)}" for d in ds]
@@ -281,5 +301,12 @@ def deidentify(db: str, keep_extra: list[str] | None = None) -> dict:
     salt = secrets.token_hex(16)  # per clone, never stored: a replacement cannot be traced back
     tables = {d.column.table for d in decisions if d.action != "keep"}
     psql(db, deidentify_sql(decisions, salt, {t: _pk(db, t) for t in tables}))
+    # The old row versions (and their index entries) hold the real values until vacuumed, and the
+    # planner's statistics (pg_stats: most common values, histograms) may have sampled them since the
+    # restore: both rewritten now, so the copy holds no trace of them (and is its real size again,
+    # which the rehearsal measures). Then a checkpoint, so the WAL that carried them can be recycled.
+    psql(db, "VACUUM (FULL, ANALYZE) " + ", ".join(f"public.{quote_ident(t)}" for t in sorted(tables)) if tables else "ANALYZE")
+    psql(db, "ANALYZE")
+    psql("postgres", "CHECKPOINT")
     replaced = sorted(f"{d.column.table}.{d.column.column}" for d in decisions if d.action != "keep")
     return {"columnsReplaced": replaced, "columnsKept": sum(1 for d in decisions if d.action == "keep")}

@@ -238,7 +238,7 @@ def ensure_local(spec: Spec, entry: dict) -> str:
 
 
 def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path, sha256: str | None = None,
-                 expect_from: str | None = None) -> dict:
+                 expect_from: str | None = None, files: tuple[str, ...] = BACKUP_FILES) -> dict:
     """Downloads a backup's objects from the bucket into `dest` (a 0700 directory of postgres, as
     take_backup makes), decrypting each with the private key given for this restore; every file's
     plaintext is checked against the manifest. `expect_from`: the version whose database it must hold
@@ -269,7 +269,7 @@ def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path
     got = 0
     try:
         for name, obj in (manifest.get("objects") or {}).items():
-            if name not in BACKUP_FILES:
+            if name not in files:
                 continue
             raw = part / (name + (".gpg" if enc else ""))
             digest, size = b.get_file(obj["key"], raw)

@@ -22,9 +22,16 @@ def cols(table: str, spec: str) -> list[Column]:
 # The real JHE (jupyterhealth-exchange, core/models/*.py on main, with Django's, allauth's and
 # django-oauth-toolkit's tables), as its migrations make them: every column a clone meets.
 REAL_JHE = [
-    *cols("core_jheuser", "*id:i password:v last_login:ts is_superuser:b username:v first_name:v last_name:v email:v is_staff:b "
+    # (JheUser sets username = None: no such column; its groups and permissions tables were dropped by 0011)
+    *cols("core_jheuser", "*id:i password:v last_login:ts is_superuser:b first_name:v last_name:v email:v is_staff:b "
                           "is_active:b date_joined:ts email_is_verified:b identifier:v user_type:t"),
-    *cols("core_jheuser_groups", "*id:i *jheuser_id:i *group_id:i"),
+    *cols("core_datasourcesupportedscope", "*id:i *data_source_id:i *scope_code_id:i"),
+    *cols("core_clientdatasource", "*id:i *client_id:i *data_source_id:i"),
+    *cols("core_studydatasource", "*id:i *study_id:i *data_source_id:i"),
+    *cols("core_studyclient", "*id:i *study_id:i *client_id:i"),
+    *cols("auth_group_permissions", "*id:i *group_id:i *permission_id:i"),
+    *cols("oauth2_provider_devicegrant", "*id:i device_code:v user_code:v scope:v interval:i expires:ts status:v client_id:v "
+                                         "last_checked:ts *user_id:i"),
     *cols("core_patient", "*id:i *jhe_user_id:i name_family:v name_given:v birth_date:d telecom_phone:v last_updated:ts"),
     *cols("core_patientorganization", "*id:i *patient_id:i *organization_id:i"),
     *cols("core_patientidentifier", "*id:i *patient_id:i system:v value:v"),
@@ -115,12 +122,15 @@ def test_an_unknown_column_that_looks_personal_stops_the_clone_naming_it() -> No
              Column("core_newthing", "visited_on", "date", False),  # a date: by type
              Column("core_newthing", "score", "integer", False),  # a number: kept
              Column("core_newthing", "phone_verified", "boolean", False),  # a flag: kept, whatever its name
-             Column("core_newthing", "patient_ref_id", "bigint", True)]  # a key: kept
+             Column("core_newthing", "patient_ref_id", "bigint", True),  # a key: kept
+             Column("core_newthing", "seen_from", "inet", False),  # any type not known to be safe: stops
+             Column("core_newthing", "slug", "character varying", True)]  # a text key: not kept as "a key"
     _, unknown = classify(FIXTURE + extra)
     assert unknown == ["core_patient.nickname (integer)", "core_study.notes_json (jsonb)", "core_newthing.memo (text)",
-                       "core_newthing.visited_on (date)"]
+                       "core_newthing.visited_on (date)", "core_newthing.seen_from (inet)", "core_newthing.slug (character varying)"]
     # The stack may say a column holds none (jhe:cloneKeepColumns).
-    _, unknown = classify(FIXTURE + extra, ["core_newthing.memo", "core_newthing.visited_on"])
+    _, unknown = classify(FIXTURE + extra, ["core_newthing.memo", "core_newthing.visited_on", "core_newthing.seen_from",
+                                            "core_newthing.slug"])
     assert unknown == ["core_patient.nickname (integer)", "core_study.notes_json (jsonb)"]
 
 
@@ -140,3 +150,16 @@ def test_the_sql_replaces_each_rule_column_in_one_transaction_and_nothing_else()
     assert "@deidentified.invalid" in sets["core_jheuser"]
     # The salt makes each replacement differ per row and per clone; it is never stored.
     assert "s4lt" in sets["core_patient"]
+
+
+def test_an_address_or_identifier_is_replaced_by_value_so_relations_between_tables_stay() -> None:
+    decisions, _ = classify(REAL_JHE)
+    pks: dict[str, str | None] = {t: "id" for t in {d.column.table for d in decisions}}
+    sql = deidentify_sql(decisions, "s4lt", pks)
+    sets = dict(re.findall(r'^UPDATE public\."?(\w+)"? SET (.*);$', sql, re.M))
+    email = re.search(r'"?email"? = (CASE .*? END)', sets["core_jheuser"])
+    assert email and 'id"' not in email.group(1) and "lower(" in email.group(1)
+    # The same expression in allauth's table: an account's address stays its user's.
+    assert email.group(1) == re.search(r'"?email"? = (CASE .*? END)', sets["account_emailaddress"]).group(1)  # type: ignore[union-attr]
+    fhir_id = re.search(r'"?patient_fhir_id"? = (CASE .*? END)', sets["core_fhirauxresource"])
+    assert fhir_id and "md5('s4lt' || " in fhir_id.group(1) and '"id"' not in fhir_id.group(1)

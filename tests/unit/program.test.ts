@@ -3,7 +3,7 @@
 // replaces. Fast; the real engine and server are tested in tests/e2e.
 import * as assert from "assert";
 import * as pulumi from "@pulumi/pulumi";
-import { validateConfig } from "../../components/config";
+import { SecretInputs, validateConfig } from "../../components/config";
 import { jheProgram } from "../../components/program";
 import { RELEASE_STEPS } from "../../components/release";
 
@@ -24,7 +24,7 @@ function resolve<T>(o: pulumi.Input<T> | undefined): Promise<T | undefined> {
 }
 
 /** Builds the program under mocks with `raw` config and returns every resource registered. */
-async function build(raw: Record<string, unknown>): Promise<{ resources: Seen[]; outputs: Record<string, unknown> }> {
+async function build(raw: Record<string, unknown>, more: Partial<SecretInputs> = {}): Promise<{ resources: Seen[]; outputs: Record<string, unknown> }> {
     const resources: Seen[] = [];
     const byUrnName = new Map<pulumi.Resource, string>();
     await pulumi.runtime.setMocks(
@@ -44,6 +44,7 @@ async function build(raw: Record<string, unknown>): Promise<{ resources: Seen[];
         {
             sshPrivateKey: pulumi.secret("-----BEGIN KEY-----\nabc\n-----END KEY-----"), secretEnv: pulumi.secret({ SECRET_KEY: "s" } as Record<string, string>),
             secretEnvNames: ["SECRET_KEY"], backupAccessKeyId: pulumi.secret("AKIDUNIT"), backupSecretAccessKey: pulumi.secret("BUCKET-SECRET-UNIT"),
+            ...more,
         },
     );
     let outputs: Record<string, unknown> = {};
@@ -196,10 +197,17 @@ describe("program graph (mocks)", function () {
         assert.deepStrictEqual(snap.dependsOn, ["offsite-backup"]);
         assert.deepStrictEqual(await resolve(snap.inputs.triggers), ["for-staging-1"]);
         assert.match(String(await resolve(snap.inputs.create)), /jhe_upgrade\.py snapshot/);
-        assert.strictEqual(JSON.parse(String(await resolve(snap.inputs.stdin))).offsite.bucket, "jhe-existing-bucket");
+        const snapSpec = JSON.parse(String(await resolve(snap.inputs.stdin)));
+        assert.strictEqual(snapSpec.offsite.bucket, "jhe-existing-bucket");
+        assert.strictEqual(snapSpec.snapshot, "for-staging-1");
+        assert.strictEqual(snapSpec.version, null, "a new jhe:version does not take another snapshot");
         assert.ok(outputs.snapshot !== null && outputs.clone === null);
         const from = "s3://jhe-prod-backups/jhe/jhe/latest";
-        const { resources: rs } = await build({ ...bucket, cloneFrom: from, cloneKeepColumns: ["core_study.tagline"] });
+        const { resources: rs } = await build({ ...bucket, cloneFrom: from, cloneKeepColumns: ["core_study.tagline"], adminEmail: "a@example.org" },
+            { adminPassword: pulumi.secret("pw-unit") });
+        // The superuser is made again after a clone (prod's accounts replaced staging's).
+        assert.deepStrictEqual(named(rs, "admin-user").dependsOn.sort(), ["clone-from-prod", "finish"]);
+        assert.ok((await resolve(named(rs, "admin-user").inputs.triggers) as unknown[]).includes(from));
         const clone = named(rs, "clone-from-prod");
         assert.deepStrictEqual(clone.dependsOn.sort(), ["site", "unit"]);
         assert.deepStrictEqual(named(rs, RELEASE_STEPS[0][0]).dependsOn.sort(), ["clone-from-prod", "site", "unit"]);
