@@ -49,6 +49,7 @@ export const rollback = outputs.rollback;
 export const dependencies = outputs.dependencies;
 export const downtimeSeconds = outputs.downtimeSeconds;
 export const window = outputs.window;
+export const report = outputs.report;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;

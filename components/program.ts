@@ -72,6 +72,9 @@ export function jheProgram(config: JheConfig) {
         // How the release's dependencies were installed (as the lock pins them) and what `pip check` found.
         dependencies: r.finish.apply((f) => (f.dependencies as Record<string, unknown> | undefined) ?? null),
         downtimeSeconds: r.finish.apply((f) => (f.downtimeSeconds as number) ?? 0),
+        // The runbook's checks once the new version serves: database size, growth and rows, index hints, the
+        // journal's errors and warnings since the cutover, free disk, memory and load, scheduled tasks.
+        report: r.finish.apply((f) => (f.report as Record<string, unknown> | undefined) ?? null),
         // What the window held (path, snapshot, migration, switch seconds) beside preflight's estimate of it.
         window: r.finish.apply((f) => (f.window as Record<string, unknown> | undefined) ?? null),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),

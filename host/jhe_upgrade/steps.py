@@ -36,6 +36,7 @@ from .plan import migration_delta
 from .recovery import fail_health, recover
 from .rehearsal import migration_times, move_report, rehearsed
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
+from .report import post_upgrade_report
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import kept_usable, rollback_database, same_counts
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
@@ -156,7 +157,7 @@ def _preflight(spec: Spec) -> dict:
     classes = pending_classes(spec, spec.repo, to, pending) if kind == "upgrade" else {}
     strategy, why = choose_strategy(spec, kind, db_bytes, [c["class"] for c in classes.values()] if kind == "upgrade" else None)
     est = estimate_for(spec, state, action=kind, strategy=strategy, pending=pending, classes=classes, db_bytes=db_bytes)
-    state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending,
+    state["target"] = {"from": frm, "to": to, "kind": kind, "preflight": now(), "pending": pending, "databaseBytes": db_bytes,
                        "undo": extra, "restoreFrom": restore_from, "strategy": strategy,
                        "classes": {m: c["class"] for m, c in classes.items()},
                        "estimate": {k: est[k] for k in ("seconds", "path", "rewriteBytes")}}
@@ -521,6 +522,7 @@ def step_finish(spec: Spec) -> dict:
                 "rehearsals": rehearsals}
     kind = (state.get("target") or {}).get("kind", "upgrade")
     timing = observed(state, seconds)  # (before the backup record below is replaced by the deferred dump's)
+    rows_before = (state.get("backup") or {}).get("rowCounts")
     rb = state.get("rollback")
     b = state.get("backup") or {}
     # Dumps written now that the new version serves (in the window the database was only copied or
@@ -547,6 +549,9 @@ def step_finish(spec: Spec) -> dict:
     added = env_added(spec.repo, frm, to)
     strategy = (state.get("target") or {}).get("strategy", "in-window")
     fallback = state.get("stagedFallback")
+    # The runbook's checks once the new version serves: database, journal since the cutover, disk, memory, tasks.
+    report = post_upgrade_report(spec, (state.get("cutover") or {}).get("at") or (state.get("target") or {}).get("preflight"),
+                                 (state.get("target") or {}).get("databaseBytes"), rows_before)
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
@@ -556,7 +561,7 @@ def step_finish(spec: Spec) -> dict:
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
         "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered"),
                                 report=move_report(state, timing, strategy, db_size(spec.db_name))),
-        "stagingOverride": spec.raw.get("stagingOverride"),
+        "stagingOverride": spec.raw.get("stagingOverride"), "report": report,
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .report import report_lines
 from .requirements import LOCK_FILES
 from .spec import Spec
 from .util import version_key
@@ -71,6 +72,7 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         f"- Set jhe:version back to {frm} and run `pulumi up`", "",
         "**Verification:**",
         *[f"- {k}: {v}" for k, v in summary["smoke"].items()], "",
+        *(report_lines(summary["report"]) if summary.get("report") else []),
     ])
 
 

@@ -52,6 +52,18 @@ describe("staging first: prod follows staging (two real servers, StackReference)
         assert.deepStrictEqual(Object.keys(rep.migrationSeconds).sort(), [...s.outputs.migrationsApplied.value].sort());
         assert.ok(Object.values(rep.migrationSeconds).every((x) => typeof x === "number" && x >= 0), JSON.stringify(rep.migrationSeconds));
         assert.ok(rep.data.databaseBytes > 0 && rep.data.rows >= 210, JSON.stringify(rep.data));
+        // The runbook's checks after the upgrade, read on the server once v1.1.0 served: the report.
+        const after = s.outputs.report.value;
+        assert.strictEqual(after.database.rows.core_patient, 10);
+        assert.strictEqual(after.database.rows.core_observation, 200);
+        assert.ok(after.database.bytes > 0 && typeof after.database.growthBytes === "number", JSON.stringify(after.database));
+        assert.ok(Array.isArray(after.database.indexHints) && Array.isArray(after.database.busiestTables));
+        assert.ok(after.journal.lines > 0 && after.journal.errors === 0, JSON.stringify(after.journal));
+        assert.ok(after.system.disk.app.freeBytes > 0 && after.system.memory.totalBytes > 0, JSON.stringify(after.system));
+        assert.ok(Array.isArray(after.scheduled.timers) && Array.isArray(after.scheduled.failedUnits), JSON.stringify(after.scheduled));
+        const log = await sshOk(hs, `cat ${LOG}`);
+        assert.match(log, /\*\*After the upgrade:\*\*\n- Database: [\d.]+ MiB \([+-][\d.]+ MiB since preflight\); rows: .*core_patient 10/);
+        assert.match(log, /- Journal since the cutover: 0 error line\(s\)/);
         const pre = await prd.preview({ diff: true });
         const at = pre.stdout.search(/\n\s*[+~]?\s*staging\s*:\s*\{/);
         assert.ok(at >= 0, pre.stdout.slice(-3000));
