@@ -8,9 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .db import data_dir_free, db_size, row_counts
+from .db import data_dir_free, db_size, public_tables
 from .spec import Spec
-from .util import log, psql, run
+from .util import log, psql, quote_ident, run, sql_literal
 
 # The runbook's "check query performance": the tables written most (since statistics were reset).
 BUSIEST_SQL = """
@@ -28,19 +28,31 @@ ORDER BY seq_tup_read DESC LIMIT 10"""
 UNINDEXED_SQL = """
 SELECT s.tablename, s.attname, s.n_distinct FROM pg_stats s
 JOIN pg_class c ON c.relname = s.tablename AND c.relnamespace = 'public'::regnamespace
-WHERE s.schemaname = 'public' AND s.n_distinct < -0.5 AND c.reltuples >= 10000
+WHERE s.schemaname = 'public' AND NOT s.inherited AND c.relkind IN ('r', 'p') AND s.n_distinct < -0.5 AND c.reltuples >= 10000
   AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                   WHERE i.indrelid = c.oid AND a.attname = s.attname)
 ORDER BY s.n_distinct, s.tablename, s.attname LIMIT 10"""
 
 
+# The report reads while the new version serves: it never waits long for a lock or a slow query.
+LIMITS = "SET statement_timeout = '60s'; SET lock_timeout = '5s';\n"
+
+
 def _rows(db: str, sql: str) -> list[list[str]]:
-    return [line.split("|") for line in psql(db, sql).splitlines() if line]
+    return [line.split("|") for line in psql(db, LIMITS + sql).splitlines() if line and line != "SET"]
+
+
+def _counts(db: str) -> dict[str, int]:
+    tables = public_tables(db)
+    if not tables:
+        return {}
+    sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)
+    return {t: int(n) for t, n in _rows(db, sql)}
 
 
 def database_report(spec: Spec, before_bytes: int | None, rows_before: dict[str, int] | None) -> dict:
     now_bytes = db_size(spec.db_name)
-    counts = row_counts(spec, spec.db_name)
+    counts = _counts(spec.db_name)
     growth = {t: n - (rows_before or {}).get(t, 0) for t, n in counts.items() if rows_before is not None and n != rows_before.get(t, 0)}
     busiest = [{"table": r[0], "inserted": int(r[1]), "updated": int(r[2]), "deleted": int(r[3])} for r in _rows(spec.db_name, BUSIEST_SQL)]
     hints = [f"{r[0]}: {r[1]} sequential scans against {r[2]} index scans over {r[3]} rows - an index may be missing"
@@ -59,14 +71,19 @@ JOURNAL_WARNING = re.compile(r"warning|\bwarn\b", re.I)
 
 
 def journal_report(spec: Spec, since: str | None) -> dict:
-    """The runbook's `journalctl -u jhe --since ... | grep -i error` (and warning), since the cutover."""
-    args = ["journalctl", "-u", spec.service, "--no-pager", "-o", "cat", "-q"]
+    """The runbook's `journalctl -u jhe --since ... | grep -i error` (and warning), since the move began."""
+    # (the service, and the hand-over unit that served the new version first)
+    args = ["journalctl", "-u", spec.service, "-u", f"{spec.service}-next@*", "--no-pager", "-o", "cat", "-q"]
     if since:
         args += ["--since", since.replace("T", " ").replace("Z", " UTC")]
     p = run(args, check=False, quiet=True)
     lines = p.stdout.splitlines()
-    errors = [line for line in lines if JOURNAL_ERROR.search(line)]
-    warnings = [line for line in lines if JOURNAL_WARNING.search(line) and line not in errors]
+    errors, warnings = [], []
+    for line in lines:
+        if JOURNAL_ERROR.search(line):
+            errors.append(line)
+        elif JOURNAL_WARNING.search(line):
+            warnings.append(line)
     return {"since": since, "lines": len(lines), "errors": len(errors), "warnings": len(warnings),
             "firstErrors": [e[:300] for e in errors[:5]], "firstWarnings": [w[:300] for w in warnings[:5]]}
 
@@ -106,10 +123,12 @@ def scheduled_report(spec: Spec) -> dict:
             timers.append({"timer": m.group(1), "activates": m.group(2), "line": " ".join(line.split())[:200]})
     failed = run(["systemctl", "list-units", "--failed", "--no-legend", "--plain", "--no-pager"], check=False, quiet=True)
     celery = run(["systemctl", "list-units", "--all", "--no-legend", "--plain", "--no-pager", "celery*"], check=False, quiet=True)
-    cron = run(["crontab", "-l", "-u", spec.app_user], check=False, quiet=True)
+    # (no cron installed - a stock minimal Debian - is no crontab, not an error)
+    cron = run(["crontab", "-l", "-u", spec.app_user], check=False, quiet=True) if shutil.which("crontab") else None
+    lines = cron.stdout.splitlines() if cron and cron.returncode == 0 else []
     return {"timers": timers, "failedUnits": [ln.split()[0] for ln in failed.stdout.splitlines() if ln.strip()],
             "celery": [" ".join(ln.split()[:4]) for ln in celery.stdout.splitlines() if ln.strip()],
-            "crontab": [ln for ln in cron.stdout.splitlines() if ln.strip() and not ln.startswith("#")] if cron.returncode == 0 else []}
+            "crontab": [ln for ln in lines if ln.strip() and not ln.startswith("#")], "cron": cron is not None}
 
 
 def post_upgrade_report(spec: Spec, since: str | None, before_bytes: int | None, rows_before: dict[str, int] | None) -> dict:
@@ -141,7 +160,8 @@ def report_lines(r: dict) -> list[str]:
                    + f"; rows: {', '.join(f'{t} {n}' for t, n in sorted((db.get('rows') or {}).items()))}")
         out += [f"- Index hint: {h}" for h in db.get("indexHints") or []] or ["- Index hints: none"]
     if "error" not in j:
-        out.append(f"- Journal since the cutover: {j.get('errors')} error line(s), {j.get('warnings')} warning line(s) of {j.get('lines')}")
+        out.append(f"- Journal since the move began: {j.get('errors')} error line(s), {j.get('warnings')} warning line(s) "
+                   f"of {j.get('lines')}")
         out += [f"  - {e}" for e in j.get("firstErrors") or []]
     disks = (sysr.get("disk") or {}) if "error" not in sysr else {}
     if disks:
@@ -155,3 +175,16 @@ def report_lines(r: dict) -> list[str]:
                    f"celery units: {', '.join(sch.get('celery') or []) or 'none'}, crontab of the app user: "
                    f"{len(sch.get('crontab') or [])} line(s)")
     return out + [""]
+
+
+def public_report(r: dict) -> dict:
+    """The report as the stack's outputs hold it (plaintext state): the journal's lines and the
+    crontab's stay in UPGRADE_LOG.md on the server (an app's log line may quote a patient's data, a
+    crontab line a secret); counts only here."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in r.items()}
+    for k in ("firstErrors", "firstWarnings"):
+        out.get("journal", {}).pop(k, None)
+    sch = out.get("scheduled") or {}
+    if "crontab" in sch:
+        sch["crontab"] = len(sch["crontab"])
+    return out

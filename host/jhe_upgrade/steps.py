@@ -36,7 +36,7 @@ from .plan import migration_delta
 from .recovery import fail_health, recover
 from .rehearsal import migration_times, move_report, rehearsed
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
-from .report import post_upgrade_report
+from .report import post_upgrade_report, public_report
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import kept_usable, rollback_database, same_counts
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
@@ -550,8 +550,8 @@ def step_finish(spec: Spec) -> dict:
     strategy = (state.get("target") or {}).get("strategy", "in-window")
     fallback = state.get("stagedFallback")
     # The runbook's checks once the new version serves: database, journal since the cutover, disk, memory, tasks.
-    report = post_upgrade_report(spec, (state.get("cutover") or {}).get("at") or (state.get("target") or {}).get("preflight"),
-                                 (state.get("target") or {}).get("databaseBytes"), rows_before)
+    report = post_upgrade_report(spec, (state.get("target") or {}).get("preflight"), (state.get("target") or {}).get("databaseBytes"),
+                                 rows_before)
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
@@ -564,6 +564,7 @@ def step_finish(spec: Spec) -> dict:
         "stagingOverride": spec.raw.get("stagingOverride"), "report": report,
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))
+    summary["report"] = public_report(report)
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     record(state, timing)
     state["deployed"] = {"version": to, "previous": frm, "at": now()}

@@ -72,8 +72,18 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         f"- Set jhe:version back to {frm} and run `pulumi up`", "",
         "**Verification:**",
         *[f"- {k}: {v}" for k, v in summary["smoke"].items()], "",
-        *(report_lines(summary["report"]) if summary.get("report") else []),
+        *_report(summary.get("report")),
     ])
+
+
+def _report(r: dict | None) -> list[str]:
+    """The report's lines; a report that cannot be written says so (it never fails the move)."""
+    if not r:
+        return []
+    try:
+        return report_lines(r)
+    except Exception as e:  # noqa: BLE001 - a report, not a gate
+        return [f"**After the upgrade:** the report could not be written ({e})", ""]
 
 
 def _staging_line(override: dict | None) -> list[str]:

@@ -13,21 +13,21 @@ const BUCKET = "jhe-backups-clone";
 const NOTE = "Ada Lovelace-Byron felt dizzy after the 9am dose; call her at 206-555-7788";
 
 /** Text values of every text, varchar and JSON column of every table, with where each was found. */
-async function textValues(h: HostInfo): Promise<{ where: string; value: string }[]> {
+async function textValues(h: HostInfo, db?: string): Promise<{ where: string; value: string }[]> {
     const cols = await query<{ t: string; c: string }>(h,
         "SELECT table_name AS t, column_name AS c FROM information_schema.columns WHERE table_schema = 'public' " +
-        "AND data_type IN ('text', 'character varying', 'character', 'json', 'jsonb') ORDER BY 1, 2");
+        "AND data_type IN ('text', 'character varying', 'character', 'json', 'jsonb') ORDER BY 1, 2", [], db);
     const out: { where: string; value: string }[] = [];
     for (const { t, c } of cols) {
-        const rows = await query<{ v: string }>(h, `SELECT "${c}"::text AS v FROM "${t}" WHERE "${c}" IS NOT NULL`);
-        for (const r of rows) out.push({ where: `${t}.${c}`, value: r.v });
+        const rows = await query<{ v: string }>(h, `SELECT "${c}"::text AS v FROM "${t}" WHERE "${c}" IS NOT NULL`, [], db);
+        for (const r of rows) out.push({ where: `${db ?? ""}:${t}.${c}`, value: r.v });
     }
     // ... and the planner's statistics (most common values, histograms), which sample the tables' values.
     const stats = await query<{ w: string; v: string }>(h, "SELECT tablename || '.' || attname AS w, " +
         "coalesce(most_common_vals::text, '') || ' ' || coalesce(histogram_bounds::text, '') AS v FROM pg_stats WHERE schemaname = 'public' " +
         // (made-up birth dates fall on real ones of other patients by chance: they are checked row by row)
-        "AND attname <> 'birth_date'");
-    for (const r of stats) out.push({ where: `pg_stats ${r.w}`, value: r.v });
+        "AND attname <> 'birth_date'", [], db);
+    for (const r of stats) out.push({ where: `${db ?? ""}:pg_stats ${r.w}`, value: r.v });
     return out;
 }
 
@@ -120,8 +120,13 @@ describe("staging: prod's data on staging, de-identified (two real servers, one 
         console.log(`      clone: ${clone.rows} rows, de-identified in ${clone.deidentifySeconds} s, window ${clone.windowSeconds} s; ` +
             `rehearsed v1.0.0 -> v1.1.0 on it: ${reh.report.downtimeSeconds} s of downtime`);
 
-        // Nothing of prod's personal data in any text column of staging's database.
-        const values = await textValues(hs);
+        // Nothing of prod's personal data in any text column of staging's databases: the live one, and the
+        // de-identified clone as it was swapped in (kept by the staged upgrade that followed), its planner
+        // statistics included. (Staging's own database before the clone is not prod's.)
+        const dbs = (await query<{ d: string }>(hs, "SELECT datname AS d FROM pg_database WHERE datname LIKE 'jhe_production%' " +
+            "AND datname NOT LIKE '%beforeclone%'", [], "postgres")).map((r) => r.d);
+        assert.ok(dbs.length >= 2, dbs.join(", "));
+        const values = (await Promise.all(dbs.map((d) => textValues(hs, d)))).flat();
         assert.ok(values.length > 600, `${values.length} text values scanned`);
         const found = values.flatMap(({ where, value }) => phi.filter((x) => value === x || (x.length >= 6 && value.includes(x))).map((x) => `${where}: ${x}`));
         assert.deepStrictEqual(found.slice(0, 10), [], "prod's personal data in staging's database");
@@ -131,7 +136,7 @@ describe("staging: prod's data on staging, de-identified (two real servers, one 
         const oldest = new Date().getUTCFullYear() - 90; // (Safe Harbor: older birth years become this one)
         assert.ok(stagingPatients.every((r, i) => Number(r.b.slice(0, 4)) === Math.max(Number(prodPatients[i].b.slice(0, 4)), oldest)),
             "the year is kept");
-        assert.ok((await textValues(hs)).some((x) => x.where.startsWith("pg_stats core_patient.name_family")), "pg_stats was scanned");
+        assert.ok(values.some((x) => x.where.includes(":pg_stats core_patient.name_family")), "pg_stats was scanned");
         const note = await query<{ v: string }>(hs, "SELECT value_attachment_data->'body'->>'user_notes' AS v FROM core_observation " +
             "WHERE value_attachment_data->'body' ? 'user_notes'");
         assert.deepStrictEqual(note.map((r) => r.v), ["[removed]"]);

@@ -58,12 +58,13 @@ describe("staging first: prod follows staging (two real servers, StackReference)
         assert.strictEqual(after.database.rows.core_observation, 200);
         assert.ok(after.database.bytes > 0 && typeof after.database.growthBytes === "number", JSON.stringify(after.database));
         assert.ok(Array.isArray(after.database.indexHints) && Array.isArray(after.database.busiestTables));
-        assert.ok(after.journal.lines > 0 && after.journal.errors === 0, JSON.stringify(after.journal));
+        assert.ok(after.journal.lines > 0 && Number.isInteger(after.journal.errors) && !("firstErrors" in after.journal),
+            JSON.stringify(after.journal)); // (the lines themselves stay in UPGRADE_LOG.md, not in the state)
         assert.ok(after.system.disk.app.freeBytes > 0 && after.system.memory.totalBytes > 0, JSON.stringify(after.system));
         assert.ok(Array.isArray(after.scheduled.timers) && Array.isArray(after.scheduled.failedUnits), JSON.stringify(after.scheduled));
         const log = await sshOk(hs, `cat ${LOG}`);
         assert.match(log, /\*\*After the upgrade:\*\*\n- Database: [\d.]+ MiB \([+-][\d.]+ MiB since preflight\); rows: .*core_patient 10/);
-        assert.match(log, /- Journal since the cutover: 0 error line\(s\)/);
+        assert.match(log, new RegExp(`- Journal since the move began: ${after.journal.errors} error line\\(s\\), ${after.journal.warnings} warning`));
         const pre = await prd.preview({ diff: true });
         const at = pre.stdout.search(/\n\s*[+~]?\s*staging\s*:\s*\{/);
         assert.ok(at >= 0, pre.stdout.slice(-3000));
