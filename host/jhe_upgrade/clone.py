@@ -21,16 +21,14 @@ from .db import db_exists, row_counts, stamp_name
 from .dbmoves import swap_back, swap_in
 from .deidentify import deidentify
 from .health import health
-from .offsite import Offsite, fetch_backup, settings, step_offsite
+from .offsite import Offsite, fetch_backup, parse_location, settings, step_offsite
 from .s3 import S3Error
 from .spec import Spec
 from .staging import restore_copy
-from .state import current_version, load_state, release_lock, save_state, take_lock
+from .state import current_version, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log
 from .util import Refusal, log, now, psql
 from .window import close_window, open_window, start_service
-
-CLONE_FROM = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[A-Za-z0-9!_.*'()-]+/)*)([A-Za-z0-9][A-Za-z0-9._-]{0,200})/?$")
 
 
 def _idle(spec: Spec, state: dict, what: str) -> str:
@@ -55,18 +53,16 @@ def step_snapshot(spec: Spec) -> dict:
     try:
         b = take_backup(spec, v, v, name=f"{v}-snapshot")
         verify_backup(b)
-        b["label"] = label
         state = load_state(spec)
         # Keyed apart from the moves' backups ("<from>-><to>"): a rollback never takes a snapshot for them.
-        state.setdefault("backups", {})[f"{v}@{b['id']}"] = {k: b.get(k) for k in (
-            "id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "from", "to", "database",
-            "tocEntries", "owner", "label")}
+        key = register_backup(state, v, v, b, key=f"{v}@{b['id']}")
+        state["backups"][key]["label"] = label
         save_state(spec, state)
         off = step_offsite(spec).get("offsite") if settings(spec) else None
     finally:
         if not held:
             release_lock(spec)
-    entry = load_state(spec)["backups"][f"{v}@{b['id']}"]
+    entry = load_state(spec)["backups"][key]
     where = (entry.get("offsite") or {}).get("location")
     append_log(spec, f"## Snapshot {b['id']} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
                      f"**Label:** {label}\n**Version:** {v}\n**Copied to:** {where or 'nowhere (no bucket)'}\n")
@@ -85,11 +81,11 @@ def _source(spec: Spec) -> tuple[Offsite, str, str, str]:
     if o is None:
         raise Refusal("jhe:cloneFrom needs this stack's bucket settings (jhe:backupBucket, jhe:backupEndpoint and credentials "
                       "that may read prod's prefix)")
-    m = CLONE_FROM.match(frm)
-    if not m:
+    loc = parse_location(frm)
+    if not loc:
         raise Refusal(f"jhe:cloneFrom must be s3://<bucket>/<prefix>latest or s3://<bucket>/<prefix><backup id>/ (got {frm!r})")
-    src = dataclasses.replace(o, bucket=m.group(1), prefix=m.group(2))
-    return src, m.group(2), m.group(3), frm
+    bucket, prefix, which = loc
+    return dataclasses.replace(o, bucket=bucket, prefix=prefix), prefix, which, frm
 
 
 def newest_backup(src: Offsite, prefix: str, version: str) -> str:

@@ -33,15 +33,15 @@ def public_tables(db: str) -> list[str]:
     return [t for t in psql(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").splitlines() if t]
 
 
-def row_counts(spec: Spec, db: str | None = None) -> dict[str, int]:
+def row_counts(spec: Spec, db: str | None = None, limits: str = "") -> dict[str, int]:
     """Exact row counts of every table of the database's public schema (every app's, Django's own
-    too), in one statement: one consistent snapshot."""
+    too), in one statement: one consistent snapshot. `limits`: SET statements run first (timeouts)."""
     db = db or spec.db_name
     tables = public_tables(db)
     if not tables:
         return {}
     sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)
-    return {t: int(n) for t, n in (line.rsplit("|", 1) for line in psql(db, sql).splitlines() if line)}
+    return {t: int(n) for t, n in (line.rsplit("|", 1) for line in psql(db, limits + sql).splitlines() if line)}
 
 
 def db_exists(name: str) -> bool:

@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from .rowkeys import primary_key
 from .util import Refusal, psql, quote_ident, sql_literal
 
 # (table pattern, column, how it is replaced). The tables of JHE (the real app's and older versions'
@@ -196,9 +197,8 @@ def columns_of(db: str) -> list[Column]:
 
 def _pk(db: str, table: str) -> str | None:
     """The table's single-column primary key (to make each replacement differ per row), or None."""
-    cols = psql(db, f"SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
-                    f"WHERE i.indrelid = {sql_literal('public.' + quote_ident(table))}::regclass AND i.indisprimary").split()
-    return cols[0] if len(cols) == 1 else None
+    cols = primary_key(db, table)
+    return cols[0][0] if len(cols) == 1 else None
 
 
 def _payload_function() -> str:
@@ -305,7 +305,8 @@ def deidentify(db: str, keep_extra: list[str] | None = None) -> dict:
     # planner's statistics (pg_stats: most common values, histograms) may have sampled them since the
     # restore: both rewritten now, so the copy holds no trace of them (and is its real size again,
     # which the rehearsal measures). Then a checkpoint, so the WAL that carried them can be recycled.
-    psql(db, "VACUUM (FULL, ANALYZE) " + ", ".join(f"public.{quote_ident(t)}" for t in sorted(tables)) if tables else "ANALYZE")
+    if tables:
+        psql(db, "VACUUM (FULL) " + ", ".join(f"public.{quote_ident(t)}" for t in sorted(tables)))
     psql(db, "ANALYZE")
     psql("postgres", "CHECKPOINT")
     replaced = sorted(f"{d.column.table}.{d.column.column}" for d in decisions if d.action != "keep")

@@ -304,6 +304,19 @@ def fetch_backup(spec: Spec, o: Offsite, prefix: str, backup_id: str, dest: Path
 
 
 RESTORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_location(loc: str) -> tuple[str, str, str] | None:
+    """(bucket, prefix, last segment) of s3://<bucket>/<prefix><id>/ (the backup output's form), each
+    checked; None when `loc` is no such location."""
+    m = re.match(r"^s3://([^/]+)/((?:[^/]+/)*)([^/]+)/?$", loc)
+    if not m:
+        return None
+    bucket, prefix, last = m.groups()
+    if not BUCKET_NAME.match(bucket) or not RESTORE_ID.match(last) or not PREFIX_OK.match(prefix) or {".", ".."} & set(prefix.split("/")):
+        return None
+    return bucket, prefix, last
 
 
 def restore_source(spec: Spec, o: Offsite | None) -> tuple[str, str] | None:
@@ -314,11 +327,11 @@ def restore_source(spec: Spec, o: Offsite | None) -> tuple[str, str] | None:
         return None
     if o is None:
         raise Refusal("jhe:restoreFrom needs jhe:backupBucket and its credentials: the backup is fetched from the bucket")
-    m = re.match(r"^s3://([^/]+)/((?:[^/]+/)*)([^/]+)/?$", rf)
-    if m:
-        if m.group(1) != o.bucket:
-            raise Refusal(f"jhe:restoreFrom names bucket {m.group(1)}, but jhe:backupBucket is {o.bucket}")
-        prefix, bid = m.group(2), m.group(3)
+    loc = parse_location(rf)
+    if loc:
+        if loc[0] != o.bucket:
+            raise Refusal(f"jhe:restoreFrom names bucket {loc[0]}, but jhe:backupBucket is {o.bucket}")
+        _, prefix, bid = loc
     else:
         prefix, bid = o.prefix, rf
     if not RESTORE_ID.match(bid) or not PREFIX_OK.match(prefix) or {".", ".."} & set(prefix.split("/")):

@@ -10,7 +10,7 @@ from .util import now, version_key
 
 # `manage.py migrate -v 2` says, per migration: "  Applying core.0002_observation_source... OK (0.123s)"
 # (colour codes only on a terminal; stripped anyway).
-_APPLIED = re.compile(r"Applying ([\w.]+)\.\.\.\s*(?:\x1b\[[0-9;]*m)*\s*OK \((\d+(?:\.\d+)?)s\)")
+_APPLIED = re.compile(r"Applying ([\w.]+)\.\.\.\s*OK \((\d+(?:\.\d+)?)s\)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

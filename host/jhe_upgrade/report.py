@@ -8,9 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .db import data_dir_free, db_size, public_tables
+from .db import data_dir_free, db_size, row_counts
 from .spec import Spec
-from .util import log, psql, quote_ident, run, sql_literal
+from .util import log, psql, run
 
 # The runbook's "check query performance": the tables written most (since statistics were reset).
 BUSIEST_SQL = """
@@ -39,20 +39,12 @@ LIMITS = "SET statement_timeout = '60s'; SET lock_timeout = '5s';\n"
 
 
 def _rows(db: str, sql: str) -> list[list[str]]:
-    return [line.split("|") for line in psql(db, LIMITS + sql).splitlines() if line and line != "SET"]
-
-
-def _counts(db: str) -> dict[str, int]:
-    tables = public_tables(db)
-    if not tables:
-        return {}
-    sql = " UNION ALL ".join(f"SELECT {sql_literal(t)}, count(*) FROM public.{quote_ident(t)}" for t in tables)
-    return {t: int(n) for t, n in _rows(db, sql)}
+    return [line.split("|") for line in psql(db, LIMITS + sql).splitlines() if line]
 
 
 def database_report(spec: Spec, before_bytes: int | None, rows_before: dict[str, int] | None) -> dict:
     now_bytes = db_size(spec.db_name)
-    counts = _counts(spec.db_name)
+    counts = row_counts(spec, spec.db_name, LIMITS)
     growth = {t: n - (rows_before or {}).get(t, 0) for t, n in counts.items() if rows_before is not None and n != rows_before.get(t, 0)}
     busiest = [{"table": r[0], "inserted": int(r[1]), "updated": int(r[2]), "deleted": int(r[3])} for r in _rows(spec.db_name, BUSIEST_SQL)]
     hints = [f"{r[0]}: {r[1]} sequential scans against {r[2]} index scans over {r[3]} rows - an index may be missing"

@@ -118,10 +118,14 @@ class run_lock:
 MOVE_KEYS = ("migrated", "rollback", "dbTouched", "swap", "staged", "cutover", "stagedFallback", "restored")
 
 
-def register_backup(state: dict, frm: str | None, to: str, b: dict) -> None:
-    state.setdefault("backups", {})[f"{frm}->{to}"] = {
+def register_backup(state: dict, frm: str | None, to: str, b: dict, key: str | None = None) -> str:
+    """Records backup `b` with the server's backups, under "<from>-><to>" (a move's: a rollback to
+    <from> finds it) or `key`; returns the key."""
+    key = key or f"{frm}->{to}"
+    state.setdefault("backups", {})[key] = {
         k: b.get(k) for k in ("id", "path", "dump", "sha256", "bytes", "created", "rowCounts", "appliedMigrations", "keptDatabase",
                               "liveSince", "deletedByMigrations", "offsite", "from", "to", "database", "tocEntries", "owner")}
+    return key
 
 
 def latest_backup_from(state: dict, tag: str) -> dict | None:

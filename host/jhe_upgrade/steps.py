@@ -552,6 +552,7 @@ def step_finish(spec: Spec) -> dict:
     # The runbook's checks once the new version serves: database, journal since the cutover, disk, memory, tasks.
     report = post_upgrade_report(spec, (state.get("target") or {}).get("preflight"), (state.get("target") or {}).get("databaseBytes"),
                                  rows_before)
+    db_bytes = (report.get("database") or {}).get("bytes") or db_size(spec.db_name)  # (read by the report already)
     summary = {
         "from": frm, "to": to, "downtimeSeconds": seconds, "migrationsApplied": migrated,
         "backup": {k: b.get(k) for k in ("id", "path", "sha256", "rowCounts", "bytes", "seconds", "keptDatabase")} if b else None,
@@ -560,7 +561,7 @@ def step_finish(spec: Spec) -> dict:
         "dependencies": release_dependencies(spec, to),
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
         "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered"),
-                                report=move_report(state, timing, strategy, db_size(spec.db_name))),
+                                report=move_report(state, timing, strategy, db_bytes)),
         "stagingOverride": spec.raw.get("stagingOverride"), "report": report,
     }
     append_log(spec, finish_entry(spec.operator, spec.owner, summary, state, now()))

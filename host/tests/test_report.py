@@ -40,11 +40,13 @@ def test_memory_from_proc_meminfo() -> None:
 
 def test_database_growth_busiest_tables_and_index_hints(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report, "db_size", lambda name: 30 * 2**20)
-    monkeypatch.setattr(report, "_counts", lambda db: {"core_patient": 10, "core_observation": 120, "core_study": 1})
+    monkeypatch.setattr(report, "row_counts", lambda s, db, limits: {"core_patient": 10, "core_observation": 120, "core_study": 1}
+                        if limits == report.LIMITS else {})
     answers = {report.BUSIEST_SQL: "core_observation|20|0|0|3|900|120\ncore_patient|0|10|0|1|40|10",
                report.SEQ_SCAN_SQL: "core_observation|5000|2|1000000",
                report.UNINDEXED_SQL: "core_observation|ow_key|-1"}
-    monkeypatch.setattr(report, "psql", lambda db, sql: "SET\nSET\n" + answers[sql.split("\n", 1)[1]])
+    # (the limits go first; psql -q prints no command tags for them)
+    monkeypatch.setattr(report, "psql", lambda db, sql: answers[sql.removeprefix(report.LIMITS)])
     d = report.database_report(spec, 28 * 2**20, {"core_patient": 10, "core_observation": 100, "core_study": 1})
     assert d["growthBytes"] == 2 * 2**20
     assert d["rowsChanged"] == {"core_observation": 20}
