@@ -19,6 +19,9 @@
 //                                                  backup and the migration run on a copy while the old
 //                                                  version serves; the window is a rename swap and the
 //                                                  switch to the release booted before it (jhe:migrationStrategy)
+//                                                  The health gate ends with the runbook's smoke tests through
+//                                                  nginx (admin login, invitation link, observation upload and
+//                                                  read-back as jhe:smokeTestUser): a failure reverts
 //   5. the plan          components/plan.ts       read-only look at the server during preview, with
 //                                                  the migrations' classes and the downtime estimate
 //
@@ -50,6 +53,7 @@ export const dependencies = outputs.dependencies;
 export const downtimeSeconds = outputs.downtimeSeconds;
 export const window = outputs.window;
 export const report = outputs.report;
+export const smoke = outputs.smoke;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;

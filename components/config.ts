@@ -50,6 +50,13 @@ export interface JheConfig {
     tls: { certificate: string; key: string; selfSigned: boolean };
     /** An optional Django superuser made from config (password a secret). */
     admin?: { user: string; email: string; password: pulumi.Output<string> };
+    /**
+     * The smoke tests' own account (jhe:smokeTestUser, the secret jhe:smokeTestPassword): they log in to
+     * the admin with it and act as it on the API. `create`: the program makes it (staff, no permissions)
+     * and keeps its password; otherwise it must exist. Without one, the smoke tests that need an account
+     * are skipped (and say so).
+     */
+    smokeTest?: { user: string; password: pulumi.Output<string>; create: boolean };
     /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
     wheelhouse?: string;
     healthTimeoutSeconds: number;
@@ -207,6 +214,7 @@ export interface SecretInputs {
     /** Names in secretEnv, read without revealing values (the keys of the config object). */
     secretEnvNames?: string[];
     adminPassword?: pulumi.Output<string>;
+    smokeTestPassword?: pulumi.Output<string>;
     backupAccessKeyId?: pulumi.Output<string>;
     backupSecretAccessKey?: pulumi.Output<string>;
     backupDecryptionKey?: pulumi.Output<string>;
@@ -253,6 +261,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
+        "smokeTestUser", "smokeTestPassword", "smokeTestCreate",
         ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
     ]);
     for (const k of Object.keys(raw)) {
@@ -404,6 +413,23 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         if (!secrets.adminPassword) p.push("jhe:adminPassword is required with jhe:adminUser or jhe:adminEmail: `pulumi config set --secret jhe:adminPassword`");
         else admin = { user: adminUser, email: adminEmail, password: secrets.adminPassword };
     }
+    const smokeUser = str(raw, "smokeTestUser", p, false, "");
+    const smokeCreateRaw = raw.smokeTestCreate;
+    if (smokeCreateRaw !== undefined && !["true", "false", true, false].includes(smokeCreateRaw as string | boolean)) {
+        p.push(`jhe:smokeTestCreate must be true or false (got ${JSON.stringify(smokeCreateRaw)})`);
+    }
+    let smokeTest: JheConfig["smokeTest"];
+    if (smokeUser) {
+        // JHE's users log in by e-mail; an app on Django's own user model by user name (the tool uses the model's own field).
+        checked(p, "smokeTestUser", smokeUser, rx(/^[A-Za-z0-9@.+_-]{1,150}$/, "must be the account's login: an e-mail address for JHE (letters, digits, @ . + - _)"));
+        if (adminUser && smokeUser === adminUser || adminEmail && smokeUser === adminEmail) {
+            p.push("jhe:smokeTestUser must be an account of its own, not the superuser's: the smoke tests' account is made staff without permissions");
+        }
+        if (!secrets.smokeTestPassword) p.push("jhe:smokeTestPassword is required with jhe:smokeTestUser: `pulumi config set --secret jhe:smokeTestPassword`");
+        else smokeTest = { user: smokeUser, password: secrets.smokeTestPassword, create: smokeCreateRaw === true || smokeCreateRaw === "true" };
+    } else if (secrets.smokeTestPassword || smokeCreateRaw === true || smokeCreateRaw === "true") {  // (false is Pulumi.yaml's default)
+        p.push("jhe:smokeTestPassword and jhe:smokeTestCreate need jhe:smokeTestUser (the account's login): `pulumi config set jhe:smokeTestUser smoke-test@<your domain>`");
+    }
     checked(p, "tlsCertificate", tls.certificate, checkPath);
     checked(p, "tlsKey", tls.key, checkPath);
     const wheelhouse = str(raw, "wheelhouse", p, false, "") || undefined;
@@ -456,6 +482,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         envUnset,
         tls,
         admin,
+        smokeTest,
         wheelhouse,
         healthTimeoutSeconds,
         migrationStrategy,
@@ -642,7 +669,7 @@ export function openpgpFingerprint(armored: string): string | { error: string } 
 }
 
 /** Keys read as secrets (never into the raw, plain config). */
-const SECRET_KEYS = ["sshPrivateKey", "dbPassword", "secretEnv", "adminPassword", "backupAccessKeyId", "backupSecretAccessKey", "backupDecryptionKey"];
+const SECRET_KEYS = ["sshPrivateKey", "dbPassword", "secretEnv", "adminPassword", "smokeTestPassword", "backupAccessKeyId", "backupSecretAccessKey", "backupDecryptionKey"];
 
 /** Reads the `jhe` namespace of the current stack's config and validates it. */
 export function loadConfig(): JheConfig {
@@ -651,7 +678,7 @@ export function loadConfig(): JheConfig {
     const plainKeys = [
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
-        "adminUser", "adminEmail", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
+        "adminUser", "adminEmail", "smokeTestUser", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
         "restoreFrom", "stagingStack", "stagingOverride", "snapshot", "cloneFrom",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
@@ -663,6 +690,7 @@ export function loadConfig(): JheConfig {
     const awsRegion = new pulumi.Config("aws").get("region");
     if (!raw.backupRegion && awsRegion && String(raw.backupBucket ?? "").startsWith("create")) raw.backupRegion = awsRegion;
     raw.tlsSelfSigned = cfg.get("tlsSelfSigned");
+    raw.smokeTestCreate = cfg.get("smokeTestCreate");
     raw.env = cfg.getObject("env");
     raw.envUnset = cfg.getObject("envUnset");
     raw.cloneKeepColumns = cfg.getObject("cloneKeepColumns");
@@ -678,6 +706,7 @@ export function loadConfig(): JheConfig {
         sshPrivateKey: cfg.getSecret("sshPrivateKey"),
         dbPassword: cfg.getSecret("dbPassword"),
         adminPassword: cfg.get("adminPassword") ? cfg.getSecret("adminPassword") : undefined,
+        smokeTestPassword: cfg.get("smokeTestPassword") ? cfg.getSecret("smokeTestPassword") : undefined,
         backupAccessKeyId: cfg.get("backupAccessKeyId") ? cfg.getSecret("backupAccessKeyId") : undefined,
         backupSecretAccessKey: cfg.get("backupSecretAccessKey") ? cfg.getSecret("backupSecretAccessKey") : undefined,
         backupDecryptionKey: cfg.get("backupDecryptionKey") ? cfg.getSecret("backupDecryptionKey") : undefined,

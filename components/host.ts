@@ -59,9 +59,12 @@ export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulum
     if (!withEnv) return pulumi.output(JSON.stringify(baseSpec(config)));
     return pulumi.secret(
         pulumi
-            .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName)])
-            .apply(([secretEnv, dbPassword, offsite]) =>
-                JSON.stringify({ ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}) })),
+            .all([config.secretEnv, config.db.password ?? pulumi.output(""), offsiteSpec(config, bucketName), config.smokeTest?.password ?? ""])
+            .apply(([secretEnv, dbPassword, offsite, smokePassword]) =>
+                JSON.stringify({
+                    ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}),
+                    ...(config.smokeTest ? { smokeTest: { user: config.smokeTest.user, password: smokePassword, create: config.smokeTest.create } } : {}),
+                })),
     );
 }
 

@@ -75,6 +75,9 @@ export function jheProgram(config: JheConfig) {
         // The runbook's checks once the new version serves: database size, growth and rows, index hints, the
         // journal's errors and warnings since the cutover, free disk, memory and load, scheduled tasks.
         report: r.finish.apply((f) => (f.report as Record<string, unknown> | undefined) ?? null),
+        // The runbook's smoke tests: the gate's (through nginx, as jhe:smokeTestUser: admin login, invitation link,
+        // observation upload and read-back, their rows removed), and what anyone gets through nginx after the window.
+        smoke: r.finish.apply((f) => (f.smoke as Record<string, unknown> | undefined) ?? null),
         // What the window held (path, snapshot, migration, switch seconds) beside preflight's estimate of it.
         window: r.finish.apply((f) => (f.window as Record<string, unknown> | undefined) ?? null),
         stepSeconds: pulumi.all(r).apply((all) => Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.seconds ?? null]))),

@@ -80,9 +80,11 @@ export class JheRelease extends pulumi.ComponentResource {
         super("jhe:upgrade:JheRelease", name, {}, opts);
         const { host, config } = args;
         // What re-runs the steps: the target version, and for the steps that write .env, its settings.
+        // (and the smoke-test account, which prepare makes or checks: only when set, so other stacks keep their hash)
         const envHash = pulumi
-            .all([config.secretEnv, config.db.password ?? ""])
-            .apply(([s, pw]) => sha256(JSON.stringify([config.env, s, pw, config.siteUrl])).slice(0, 16));
+            .all([config.secretEnv, config.db.password ?? "", config.smokeTest?.password ?? ""])
+            .apply(([s, pw, smokePw]) => sha256(JSON.stringify([config.env, s, pw, config.siteUrl,
+                ...(config.smokeTest ? [[config.smokeTest.user, config.smokeTest.create, sha256(smokePw)]] : [])])).slice(0, 16));
         const steps = {} as Record<StepName, command.remote.Command>;
         const results = {} as Record<StepName, pulumi.Output<Record<string, unknown>>>;
         let previous: pulumi.Resource[] = args.dependsOn;

@@ -42,6 +42,11 @@ p config set jhe:repoUrl /srv/jhe-upstream.git -s "$stack"
 p config set jhe:wheelhouse /srv/wheelhouse -s "$stack"
 echo "\$ npm run pulumi -- config set --secret jhe:sshPrivateKey -s $stack < key"
 pulumi config set --secret jhe:sshPrivateKey -s "$stack" < "$(get privateKeyPath)"
+# The smoke tests' own account (made by the program: staff without permissions, a patient record of its own).
+p config set jhe:smokeTestUser smoke-test@example.org -s "$stack"
+p config set jhe:smokeTestCreate true -s "$stack"
+echo "\$ npm run pulumi -- config set --secret jhe:smokeTestPassword -s $stack <random>"
+pulumi config set --secret jhe:smokeTestPassword "smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" -s "$stack"
 
 step "3. First up: adopt the in-place install into releases/ (same version, one restart)"
 p up -s "$stack" --yes --non-interactive --suppress-progress
@@ -65,10 +70,14 @@ up_summary=$(python3 -c '
 import json, sys
 o = json.loads(sys.argv[1]); b = o.get("backup") or {}
 rc = b.get("rowCounts") or {}
-print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, %d rows in %d tables: %s)" % (
+g = (o.get("smoke") or {}).get("gate") or {}
+smoke = "smoke tests %s (%s; %s of their rows removed)" % ("passed" if g.get("ok") else "FAILED", ", ".join(
+    "%s %s" % (k, v.get("status") or ("ok" if v.get("ok") else "failed")) for k, v in (g.get("checks") or {}).items()),
+    (g.get("cleanup") or {}).get("deleted"))
+print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, %d rows in %d tables: %s; %s)" % (
     o["deployed"]["previous"], o["deployed"]["version"], o["downtimeSeconds"], ", ".join(o["migrationsApplied"]) or "none",
     b.get("location"), (b.get("sha256") or "")[:12], sum(rc.values()), len(rc),
-    ", ".join("%s=%s" % kv for kv in rc.items() if kv[0].startswith("core_"))))
+    ", ".join("%s=%s" % kv for kv in rc.items() if kv[0].startswith("core_")), smoke))
 ' "$out")
 
 step "7. Users keep writing on v1.1.0: 20 observations through nginx"

@@ -95,6 +95,7 @@ INSERT INTO core_jheuser (password, is_superuser, email, identifier, user_type, 
   SELECT 'pbkdf2_sha256\$1000000\$salt\$' || md5(p.name_family), false, lower(p.name_given || '.' || p.name_family) || '@example.net',
          'MRN-' || lpad(p.id::text, 8, '0'), 'patient', false, true, now()
   FROM (SELECT * FROM core_patient ORDER BY id LIMIT 20) p;
+UPDATE core_patient p SET jhe_user_id = u.id FROM core_jheuser u WHERE u.identifier = 'MRN-' || lpad(p.id::text, 8, '0');
 INSERT INTO core_study (name, created) VALUES ('Blood pressure study', now());
 INSERT INTO core_studypatient (study_id, patient_id, joined)
   SELECT s.id, p.id, now() FROM core_study s, (SELECT id FROM core_patient ORDER BY id LIMIT 10) p;

@@ -1,4 +1,4 @@
-"""Is it serving? The health gate (straight at gunicorn) and the smoke tests (through nginx)."""
+"""Is it serving? The health gate, straight at gunicorn (the smoke tests, through nginx, are smoke.py's)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ import urllib.request
 
 from .envfile import parse_env
 from .spec import Spec
-from .util import run
 
 OIDC_KEYS = "/o/.well-known/jwks.json"
 MAIN_PORT = 8000  # the service's gunicorn (the unit's --bind)
@@ -92,15 +91,3 @@ def _with_oidc(spec: Spec, expect_key: bool, h: dict, port: int) -> dict:
     if not o["ok"]:
         h.update(ok=False, detail=o["detail"])
     return h
-
-
-def smoke_test(spec: Spec) -> dict:
-    """Through nginx, as users reach it: /health, /admin/ and the OIDC keys with the site's Host header."""
-    out = {}
-    for path in ("/health", "/admin/", OIDC_KEYS):
-        args = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-                "--resolve", f"{spec.site_host}:443:127.0.0.1", "--resolve", f"{spec.site_host}:80:127.0.0.1",
-                f"{spec.site_url.rstrip('/')}{path}"]
-        p = run(args, check=False, quiet=True)
-        out[path] = p.stdout.strip() or f"error {p.returncode}"
-    return out

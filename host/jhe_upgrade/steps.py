@@ -30,7 +30,7 @@ from .envfile import env_added, env_problems, target_env
 from .estimate import estimate_for, observed, record
 from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .handover import boot_next, next_unit, restart_through_next, route_to_next, settle_handover
-from .health import NEXT_PORT, health, smoke_test
+from .health import MAIN_PORT, NEXT_PORT, health
 from .offsite import check_offsite, ensure_local, fetch_for_restore, settings
 from .plan import migration_delta
 from .recovery import fail_health, recover
@@ -40,6 +40,7 @@ from .report import post_upgrade_report, public_report
 from .requirements import python_version, requirements_of, version_ok
 from .rollback import kept_usable, rollback_database, same_counts
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
+from .smoke import Session, anonymous, drop_token, provision
 from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
 from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
@@ -200,13 +201,16 @@ def _check_offsite(spec: Spec, kind: str) -> dict | None:
 
 def step_prepare(spec: Spec) -> dict:
     state, frm, to = _target(spec)
+    # The smoke tests' account, token and patient record, made with the code that serves now (so they are
+    # in every copy of the database the window may serve).
+    smoke = provision(spec, current_version(spec))
     if is_noop(spec, state):
         # Same version: only the .env can have changed (config); apply it with a restart if it did.
         env_file = spec.release(to) / ".env"
         old = env_file.read_text() if env_file.exists() else None
         build_release(spec, to, target_env(spec, to))
         if old == env_file.read_text():
-            return {"release": str(spec.release(to)), "configChanged": False}
+            return {"release": str(spec.release(to)), "configChanged": False, "smokeTest": smoke}
         t = time.monotonic()
         # The new settings tried first in the hand-over unit, while the service keeps serving with the old.
         h = boot_next(spec, to)
@@ -231,10 +235,10 @@ def step_prepare(spec: Spec) -> dict:
         append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
                          f"**Downtime:** {downtime}\n")
         return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2),
-                "handover": h.get("unit")}
+                "handover": h.get("unit"), "smokeTest": smoke}
     set_db_password(spec)
     info = build_release(spec, to, target_env(spec, to))
-    return {"release": str(spec.release(to)), **info}
+    return {"release": str(spec.release(to)), **info, "smokeTest": smoke}
 
 
 def step_backup(spec: Spec) -> dict:
@@ -285,6 +289,7 @@ def step_migrate(spec: Spec) -> dict:
         migrate_copy(spec, state, frm, to)
     # The release boots now, in the hand-over unit, while the old one serves (not on a re-run inside a
     # window that is open already: the window then boots it, as without a hand-over unit).
+    session = Session(spec, to)  # the smoke tests' paths, read from the new release before the window
     booted = boot_next(spec, to) if not state.get("window") else None
     if booted and not booted["ok"]:
         log(f"{to} is booted in the window instead (a release may need its migrations to start)")
@@ -313,7 +318,7 @@ def step_migrate(spec: Spec) -> dict:
     result["keptDatabase"] = (state.get("backup") or {}).get("keptDatabase")
     result["applied"] = state["migrated"].get("applied", [])
     result["migrateSeconds"] = state["migrated"].get("seconds")
-    result["cutover"] = cutover(spec, state, frm, to, booted)
+    result["cutover"] = cutover(spec, state, frm, to, booted, session)
     return result
 
 
@@ -369,6 +374,17 @@ def migrate_online(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
         said, kept = unapply(spec, to, None, applied)
         raise refuse_unchanged(spec, state, frm, f"{to} failed its health check in the hand-over unit ({why}); {said}", kept)
     route_to_next(spec, True)
+    # The smoke tests, on the new release through nginx, before the service switches to it (the same database:
+    # on a failure, their rows go and the migrations are reversed; the old version served throughout).
+    session = Session(spec, to)
+    h["smoke"] = session.check()
+    if not h["smoke"]["ok"]:
+        route_to_next(spec, False)
+        session.end(to)
+        state.pop("migrated", None)
+        said, kept = unapply(spec, to, None, applied)
+        raise refuse_unchanged(spec, state, frm, f"{to} failed its {h['smoke']['detail']} in the hand-over unit; {said}", kept)
+    h["smoke"]["cleanup"] = session.end(to)
     switch_current(spec, to)
     run(["systemctl", "restart", spec.service])  # the old workers finish their requests; new ones go to the hand-over unit
     state["cutover"] = {"to": to, "windowSeconds": 0.0, "health": h, "at": now(), "online": True,
@@ -446,7 +462,7 @@ def migrate_in_place(spec: Spec, state: dict, frm: str | None, to: str) -> dict:
     return {}
 
 
-def cutover(spec: Spec, state: dict, frm: str | None, to: str, booted: dict | None = None) -> dict:
+def cutover(spec: Spec, state: dict, frm: str | None, to: str, booted: dict | None = None, session: Session | None = None) -> dict:
     """`current` -> the new release; nginx to the release booted before the window (else the service
     restarted with it), health gate, maintenance off; then, outside the window, the service takes the
     release over from the hand-over unit. On a failed health check the old version comes back (code,
@@ -458,13 +474,15 @@ def cutover(spec: Spec, state: dict, frm: str | None, to: str, booted: dict | No
     since = live_marker(spec.db_name)  # rows written from here on are the new version's
     if booted:
         route_to_next(spec, True)
-        h = health(spec, to, spec.health_timeout, port=NEXT_PORT)
+        h = gate(spec, to, NEXT_PORT, session)
     else:
         start_service(spec)
-        h = health(spec, to, spec.health_timeout)
+        h = gate(spec, to, MAIN_PORT, session)
     if not h["ok"]:
-        fail_health(spec, state, frm, to, h)
+        fail_gate(spec, state, frm, to, h, session)
     seconds = close_window(spec, state)
+    if session:
+        h["smoke"]["cleanup"] = session.end(to)
     state["cutover"] = {"to": to, "windowSeconds": seconds, "health": h, "seconds": round(time.monotonic() - t, 2), "at": now(),
                         "since": since, "handover": bool(booted)}
     save_state(spec, state)
@@ -493,12 +511,38 @@ def step_switch(spec: Spec) -> dict:
     return {"current": to, "seconds": round(time.monotonic() - t, 2)}
 
 
-def step_health(spec: Spec) -> dict:
-    """The gate again, after the cutover (or the gate itself when a re-run switched in step_switch)."""
-    state, frm, to = _target(spec)
-    h = health(spec, to, spec.health_timeout)
-    if not h["ok"]:
+def gate(spec: Spec, to: str, port: int, session: Session | None) -> dict:
+    """The health gate: /health (else /admin/) and the OIDC keys straight at gunicorn, then the smoke
+    tests through nginx (`session`'s, made before the window)."""
+    h = health(spec, to, spec.health_timeout, port=port)
+    if h["ok"] and session:
+        h["smoke"] = session.check()
+        if not h["smoke"]["ok"]:
+            h.update(ok=False, detail=h["smoke"]["detail"])
+    return h
+
+
+def fail_gate(spec: Spec, state: dict, frm: str | None, to: str, h: dict, session: Session | None) -> None:
+    """A failed gate reverts; the smoke tests' token goes from the database that serves again (their
+    observations were written to the one that does not: never deleted by id elsewhere)."""
+    try:
         fail_health(spec, state, frm, to, h)
+    finally:
+        if session and frm:
+            session.end(frm, rows=False)
+
+
+def step_health(spec: Spec) -> dict:
+    """The gate again, after the cutover (or the gate itself when a re-run switched in step_switch):
+    health, then the smoke tests when the cutover's did not run (a re-run)."""
+    state, frm, to = _target(spec)
+    ran = ((state.get("cutover") or {}).get("health") or {}).get("smoke")
+    session = None if ran else Session(spec, to, serving=to)
+    h = gate(spec, to, MAIN_PORT, session)
+    if not h["ok"]:
+        fail_gate(spec, state, frm, to, h, session)
+    if session:
+        h["smoke"]["cleanup"] = session.end(to)
     return h
 
 
@@ -510,7 +554,9 @@ def step_finish(spec: Spec) -> dict:
     if t.get("to") != to:
         return {"skipped": f"{to} already finished", "current": current_version(spec), "rehearsals": state.get("rehearsals") or {}}
     seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
-    smoke = smoke_test(spec)
+    # The gate's smoke tests (as the account, in the window); those anyone can run, through nginx, now.
+    smoke = {**anonymous(spec), **({"gate": g} if (g := ((state.get("cutover") or {}).get("health") or {}).get("smoke")) else {})}
+    drop_token(spec, to if current_version(spec) == to else frm or to)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
         state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
         for k in ("target", "dbTouched", "cutover"):

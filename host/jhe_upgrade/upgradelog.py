@@ -71,9 +71,22 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         f"- Backup: {b.get('path') or 'none'} (sha256 {b.get('sha256') or '-'}, rows {json.dumps(b.get('rowCounts') or {})})",
         f"- Set jhe:version back to {frm} and run `pulumi up`", "",
         "**Verification:**",
-        *[f"- {k}: {v}" for k, v in summary["smoke"].items()], "",
+        *_smoke_lines(summary["smoke"]), "",
         *_report(summary.get("report")),
     ])
+
+
+def _smoke_lines(smoke: dict) -> list[str]:
+    """Through nginx after the window (`/health`: 200 ...), and the gate's smoke tests, one line each."""
+    lines = [f"- {k}: {v}" for k, v in smoke.items() if k != "gate"]
+    for name, c in ((smoke.get("gate") or {}).get("checks") or {}).items():
+        said = c.get("skipped") and f"skipped ({c['skipped']})" or ("passed" if c.get("ok") else f"FAILED ({c.get('detail')})")
+        lines.append(f"- smoke test {name}: {said}" + (f", {c['status']}" if c.get("ok") and c.get("status") else ""))
+    cleanup = (smoke.get("gate") or {}).get("cleanup")
+    if cleanup:
+        problem = f" ({cleanup['problem']})" if cleanup.get("problem") else ""
+        lines.append(f"- smoke tests' own rows removed: {cleanup.get('deleted', 0)}{problem}")
+    return lines
 
 
 def _report(r: dict | None) -> list[str]:

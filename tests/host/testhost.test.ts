@@ -63,6 +63,14 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         );
     }
     const restart = () => sshOk(h, "systemctl restart jhe");
+    /** A short-lived OAuth2 access token (django-oauth-toolkit's, as JHE issues them) for the first user. */
+    async function bearer(): Promise<Record<string, string>> {
+        const out = await sshOk(h, `cd ${APP} && sudo -u jheapp venv/bin/python manage.py shell -c "import datetime, secrets; ` +
+            "from django.utils import timezone; from oauth2_provider.models import AccessToken; from core.models import JheUser; " +
+            "t = AccessToken.objects.create(user=JheUser.objects.order_by('id').first(), token=secrets.token_urlsafe(24), " +
+            "expires=timezone.now() + datetime.timedelta(minutes=10), scope='read'); print(t.token)\"");
+        return { Authorization: `Bearer ${out.trim().split("\n").pop()}` };
+    }
     async function healthVersion(): Promise<{ status: number; version?: string }> {
         for (let i = 0; i < 100; i++) {
             const r = await request(h, "GET", "/health").catch(() => undefined);
@@ -101,7 +109,10 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         const bundle = JSON.parse((await request(h, "GET", "/fhir/r5/Observation?patient=1")).body);
         assert.strictEqual(bundle.resourceType, "Bundle");
         assert.ok(bundle.entry.some((e: { resource: { id: string } }) => e.resource.id === JSON.parse(posted.body).id));
-        const inv = await request(h, "GET", "/api/v1/patients/1/invitation_link");
+        // The API as JHE's: the invitation link needs a valid OAuth2 bearer token; a bad token is refused anywhere.
+        assert.strictEqual((await request(h, "GET", "/api/v1/patients/1/invitation_link")).status, 401);
+        assert.strictEqual((await request(h, "GET", "/fhir/r5/Observation?patient=1", undefined, 10_000, { Authorization: "Bearer nope" })).status, 401);
+        const inv = await request(h, "GET", "/api/v1/patients/1/invitation_link", undefined, 10_000, await bearer());
         assert.match(JSON.parse(inv.body).invitationLink, /^https:\/\/tlegacy\.jhe\.test\/invite\/1\//);
     });
 
@@ -193,7 +204,7 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         const obs = { subject: { reference: "Patient/2" }, code: { coding: [{ code: "8480-6" }] }, valueQuantity: { value: 120 } };
         assert.strictEqual((await request(h, "POST", "/FHIR/R5/Observation", obs)).status, 201);
         assert.strictEqual((await request(h, "POST", "/fhir/r5/Observation", obs)).status, 404);
-        const inv = await request(h, "POST", "/api/v1/invitation", { patient_id: 2 });
+        const inv = await request(h, "POST", "/api/v1/invitation", { patient_id: 2 }, 10_000, await bearer());
         assert.strictEqual(inv.status, 200, inv.body);
         assert.strictEqual((await request(h, "GET", "/api/v1/patients/2/invitation_link")).status, 404);
     });

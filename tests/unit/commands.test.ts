@@ -141,7 +141,10 @@ describe("rendered unit and site", function () {
         assert.match(s, /ssl_protocols TLSv1\.2 TLSv1\.3;/);
         assert.match(s, /Strict-Transport-Security/);
         assert.match(s, /alias \/opt\/jupyterhealth-exchange\/current\/staticfiles\/;/);
-        assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/maintenance-on\) \{\s*return 503;/);
+        assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/maintenance-on\) \{\s*set \$jhe_maintenance "on";/);
+        // the smoke tests pass the page only with a header naming a file the upgrade made (32 hex digits: no path)
+        assert.match(s, /if \(\$http_x_jhe_smoke_test ~ "\^\(\[0-9a-f\]\{32\}\)\$"\) \{\s*set \$jhe_smoke \$1;/);
+        assert.match(s, /if \(-f \/var\/lib\/jhe-upgrade\/jhe\/smoke-\$jhe_smoke\) \{\s*set \$jhe_maintenance "";\s*\}\s*if \(\$jhe_maintenance\) \{\s*return 503;/);
         // the hand-over: a flag file sends requests to the release booted for the switch, per request
         assert.match(s, /set \$jhe_backend 127\.0\.0\.1:8000;\s*if \(-f \/var\/lib\/jhe-upgrade\/jhe\/next-on\) \{\s*set \$jhe_backend 127\.0\.0\.1:8001;\s*\}\s*proxy_pass http:\/\/\$jhe_backend;/);
         assert.match(s, /return 301 https:\/\/\$host\$request_uri;/);
