@@ -22,6 +22,8 @@
 //                                                  The health gate ends with the runbook's smoke tests through
 //                                                  nginx (admin login, invitation link, observation upload and
 //                                                  read-back as jhe:smokeTestUser): a failure reverts
+//                                                  watch: after an upgrade, failed requests against before
+//                                                  it (jhe:watchSeconds); too many rolls back by itself
 //   5. the plan          components/plan.ts       read-only look at the server during preview, with
 //                                                  the migrations' classes and the downtime estimate
 //
@@ -54,6 +56,7 @@ export const downtimeSeconds = outputs.downtimeSeconds;
 export const window = outputs.window;
 export const report = outputs.report;
 export const smoke = outputs.smoke;
+export const watch = outputs.watch;
 export const stepSeconds = outputs.stepSeconds;
 export const upgradeLog = outputs.upgradeLog;
 export const backupBucket = outputs.backupBucket;

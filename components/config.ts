@@ -60,6 +60,12 @@ export interface JheConfig {
     /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
     wheelhouse?: string;
     healthTimeoutSeconds: number;
+    /**
+     * The watch after an upgrade: for `seconds`, the share of failed requests (nginx 5xx, Django's request
+     * errors) against the quarter hour before; more than `maxErrorRate` points above it (once `minRequests`
+     * came) rolls back by itself. 0 seconds: no watch.
+     */
+    watch: { seconds: number; maxErrorRate: number; minRequests: number };
     /** staged: migrate a copy while the old version serves; in-window: the runbook's way. */
     migrationStrategy: MigrationStrategy;
     /** Name of an existing S3 bucket for off-host backup copies, or a new one made by the stack. */
@@ -136,6 +142,9 @@ export const DEFAULTS = {
     tlsCertificate: "/etc/ssl/jhe/jhe.crt",
     tlsKey: "/etc/ssl/jhe/jhe.key",
     healthTimeoutSeconds: 60,
+    watchSeconds: 60,
+    watchMaxErrorRate: 5,
+    watchMinRequests: 20,
     migrationStrategy: "staged" as MigrationStrategy,
 };
 
@@ -260,6 +269,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "version", "stage", "host", "sshPort", "sshUser", "sshHostKey", "sshPrivateKey", "appRoot", "appUser",
         "appGroup", "serviceName", "backupDir", "keepReleases", "repoUrl", "siteUrl", "dbName", "dbUser",
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
+        "watchSeconds", "watchMaxErrorRate", "watchMinRequests",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
         "smokeTestUser", "smokeTestPassword", "smokeTestCreate",
         ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
@@ -435,6 +445,11 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const wheelhouse = str(raw, "wheelhouse", p, false, "") || undefined;
     if (wheelhouse) checked(p, "wheelhouse", wheelhouse, checkPath);
     const healthTimeoutSeconds = int(raw, "healthTimeoutSeconds", p, DEFAULTS.healthTimeoutSeconds, 5, 1800);
+    const watch = {
+        seconds: int(raw, "watchSeconds", p, DEFAULTS.watchSeconds, 0, 3600),
+        maxErrorRate: int(raw, "watchMaxErrorRate", p, DEFAULTS.watchMaxErrorRate, 1, 100),
+        minRequests: int(raw, "watchMinRequests", p, DEFAULTS.watchMinRequests, 1, 1_000_000),
+    };
     const strategyRaw = str(raw, "migrationStrategy", p, false, DEFAULTS.migrationStrategy);
     if (strategyRaw !== "staged" && strategyRaw !== "in-window") {
         p.push(`jhe:migrationStrategy must be "staged" or "in-window" (got ${JSON.stringify(strategyRaw)}): pulumi config set jhe:migrationStrategy staged`);
@@ -485,6 +500,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         smokeTest,
         wheelhouse,
         healthTimeoutSeconds,
+        watch,
         migrationStrategy,
         backupBucket,
         offsite,
@@ -685,6 +701,7 @@ export function loadConfig(): JheConfig {
     raw.sshPort = cfg.get("sshPort");
     raw.keepReleases = cfg.get("keepReleases");
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
+    for (const k of ["watchSeconds", "watchMaxErrorRate", "watchMinRequests"]) raw[k] = cfg.get(k);
     raw.keepLocalBackups = cfg.get("keepLocalBackups");
     // A bucket the stack creates lives in the AWS provider's region: its copies are signed for that one.
     const awsRegion = new pulumi.Config("aws").get("region");

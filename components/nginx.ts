@@ -47,6 +47,8 @@ server {
     add_header X-Content-Type-Options nosniff always;
 
     client_max_body_size 10m;
+    # The site's own log: the watch after an upgrade reads its answers (5xx) before and after the switch.
+    access_log /var/log/nginx/${a.serviceName}.access.log;
 
     # Maintenance window: the upgrade touches ${m}/maintenance-on (no reload needed). Every method gets
     # the 503 with Retry-After: a URI error page is fetched with GET (a named location would keep a POST,

@@ -75,6 +75,8 @@ export function jheProgram(config: JheConfig) {
         // The runbook's checks once the new version serves: database size, growth and rows, index hints, the
         // journal's errors and warnings since the cutover, free disk, memory and load, scheduled tasks.
         report: r.finish.apply((f) => (f.report as Record<string, unknown> | undefined) ?? null),
+        // The watch after the switch: the share of failed requests before and after, and its verdict.
+        watch: release.watch ? release.watch.apply((o) => (o.watch as Record<string, unknown> | null) ?? null) : null,
         // The runbook's smoke tests: the gate's (through nginx, as jhe:smokeTestUser: admin login, invitation link,
         // observation upload and read-back, their rows removed), and what anyone gets through nginx after the window.
         smoke: r.finish.apply((f) => (f.smoke as Record<string, unknown> | undefined) ?? null),

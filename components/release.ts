@@ -73,6 +73,8 @@ export class JheRelease extends pulumi.ComponentResource {
     public readonly results: Record<StepName, pulumi.Output<Record<string, unknown>>>;
     /** The off-host copy's result ({offsite: {bucket, copied, ...}}), with a bucket. */
     public readonly offsite?: pulumi.Output<Record<string, unknown>>;
+    /** The watch's result ({watch: {verdict, before, after, ...}}), when jhe:watchSeconds > 0. */
+    public readonly watch?: pulumi.Output<Record<string, unknown>>;
     /** jhe:snapshot's result ({snapshot: {id, location, ...}}), when the stack asks for one. */
     public readonly snapshot?: pulumi.Output<Record<string, unknown>>;
 
@@ -105,6 +107,19 @@ export class JheRelease extends pulumi.ComponentResource {
         if (args.offsite) {
             const cmd = host.step("offsite-backup", "offsite", [config.version], [steps.finish], this, true);
             this.offsite = cmd.stdout.apply(stepResult);
+            last = cmd;
+        }
+        // 7b'. The watch (jhe:watchSeconds): the share of failed requests after the switch against before it;
+        //     too many and the server goes back to the previous version by itself, as reverting jhe:version
+        //     would (so it needs the .env settings too), and the up fails saying so - again on each up until
+        //     the stack's version agrees. Only upgrades are watched (not rollbacks, not a run that moved nothing).
+        if (config.watch.seconds > 0) {
+            const cmd = host.command("watch", {
+                create: toolStep(config.ssh.user, "watch"),
+                stdin: pulumi.secret(host.specWithEnv.apply((s) => JSON.stringify({ ...JSON.parse(s), watch: config.watch }))),
+                triggers: [config.version, JSON.stringify(config.watch)],
+            }, { parent: this, dependsOn: [last] });
+            this.watch = cmd.stdout.apply(stepResult);
             last = cmd;
         }
         // 7c. jhe:snapshot: a backup of what now serves (no downtime), copied off like the others - prod's

@@ -20,15 +20,16 @@ from .spec import Spec
 from .state import run_lock
 from .steps import step_backup, step_finish, step_health, step_migrate, step_preflight, step_prepare, step_status, step_switch, step_unlock
 from .util import Refusal, log
+from .watch import step_watch
 
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
          "health": step_health, "finish": step_finish, "offsite": step_offsite, "unlock": step_unlock, "superuser": step_superuser,
-         "snapshot": step_snapshot, "clone": step_clone}
+         "snapshot": step_snapshot, "clone": step_clone, "watch": step_watch}
 
 
 # Steps that may run inside a window: whatever fails in them ends with the old version serving.
-WINDOW_STEPS = ("backup", "migrate", "switch", "health", "finish")
+WINDOW_STEPS = ("backup", "migrate", "switch", "health", "finish", "watch")  # (the watch may roll back)
 
 
 def main(argv: list[str]) -> int:

@@ -615,6 +615,8 @@ def step_finish(spec: Spec) -> dict:
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     record(state, timing)
     state["deployed"] = {"version": to, "previous": frm, "at": now()}
+    if kind != "rollback" and frm:  # the watch (jhe:watchSeconds) judges from now against the time before the move
+        state["deployed"]["watch"] = {"from": now(), "moveBegan": t.get("preflight") or now()}
     for k in ("target", "backup", *MOVE_KEYS):
         state.pop(k, None)
     save_state(spec, state)

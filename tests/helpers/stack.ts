@@ -33,6 +33,8 @@ export function hostConfig(h: HostInfo, version: string): ConfigMap {
         "jhe:repoUrl": { value: h.upstreamRepo },
         "jhe:wheelhouse": { value: h.wheelhouse },
         "jhe:healthTimeoutSeconds": { value: "20" },
+        // (the watch after an upgrade has suites of its own: tests/e2e/watch.test.ts)
+        "jhe:watchSeconds": { value: "0" },
     };
 }
 

@@ -6,6 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { SecretInputs, validateConfig } from "../../components/config";
 import { jheProgram } from "../../components/program";
 import { RELEASE_STEPS } from "../../components/release";
+import { problems } from "../helpers/config";
 
 interface Seen {
     type: string;
@@ -113,7 +114,7 @@ describe("program graph (mocks)", function () {
         for (const r of a.resources.filter((x) => x.type === "command:remote:Command")) {
             const ta = JSON.stringify(await resolve(r.inputs.triggers));
             const tb = JSON.stringify(await resolve(named(b.resources, r.name).inputs.triggers));
-            const versioned = RELEASE_STEPS.some(([n]) => n === r.name);
+            const versioned = RELEASE_STEPS.some(([n]) => n === r.name) || r.name === "watch";
             assert.strictEqual(ta !== tb, versioned, `${r.name}: triggers ${ta} vs ${tb}`);
             if (versioned) assert.ok(ta.includes("v1.1.0"));
         }
@@ -190,11 +191,27 @@ describe("program graph (mocks)", function () {
         assert.ok(!none.some((r) => r.name === "offsite-backup"), "no copy step without a bucket");
     });
 
+    it("watch: after finish and the copy step, re-run by the version and its settings, the .env settings on its secret stdin; none at 0 s", async function () {
+        const { resources, outputs } = await build({ backupBucket: "jhe-existing-bucket", backupEncryptionKey: "none", watchSeconds: "120", watchMaxErrorRate: "10" });
+        const w = named(resources, "watch");
+        assert.deepStrictEqual(w.dependsOn, ["offsite-backup"]);
+        assert.match(String(await resolve(w.inputs.create)), /jhe_upgrade\.py watch/);
+        assert.deepStrictEqual(await resolve(w.inputs.triggers), ["v1.1.0", JSON.stringify({ seconds: 120, maxErrorRate: 10, minRequests: 20 })]);
+        const spec = JSON.parse(String(await resolve(w.inputs.stdin)));
+        assert.deepStrictEqual(spec.watch, { seconds: 120, maxErrorRate: 10, minRequests: 20 });
+        assert.deepStrictEqual(spec.secretEnv, { SECRET_KEY: "s" }, "a rollback by the watch writes .env as reverting the version would");
+        assert.ok(outputs.watch !== null);
+        const { resources: none, outputs: o0 } = await build({ watchSeconds: "0" });
+        assert.ok(!none.some((r) => r.name === "watch") && o0.watch === null);
+        assert.match(problems({ version: "v1.1.0", host: "10.1.2.3", sshHostKey: HOST_KEY, siteUrl: "https://jhe.example.org", watchSeconds: "-1", watchMaxErrorRate: "0" },
+            { sshPrivateKey: pulumi.output("KEY") }).join("\n"), /jhe:watchSeconds must be a whole number from 0 to 3600 \(got "-1"\)\n.*jhe:watchMaxErrorRate must be a whole number from 1 to 100/);
+    });
+
     it("snapshot: after the copy step, re-run by its label; clone: before every upgrade step, re-run by its location", async function () {
         const bucket = { backupBucket: "jhe-existing-bucket", backupEncryptionKey: "none" };
         const { resources, outputs } = await build({ ...bucket, snapshot: "for-staging-1" });
         const snap = named(resources, "snapshot");
-        assert.deepStrictEqual(snap.dependsOn, ["offsite-backup"]);
+        assert.deepStrictEqual(snap.dependsOn, ["watch"]);
         assert.deepStrictEqual(await resolve(snap.inputs.triggers), ["for-staging-1"]);
         assert.match(String(await resolve(snap.inputs.create)), /jhe_upgrade\.py snapshot/);
         const snapSpec = JSON.parse(String(await resolve(snap.inputs.stdin)));
