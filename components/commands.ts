@@ -145,7 +145,10 @@ export function installFile(sshUser: string, a: InstallFileArgs): string {
             `new=$(mktemp)`,
             `trap 'rm -f "$new"' EXIT`,
             `cat > "$new"`,
-            `if [ -f ${p} ] && cmp -s "$new" ${p}; then echo '{"changed":false}'; exit 0; fi`,
+            // What was installed, recorded (the plan tells a hand edit by it: drift)
+            `rec=${quote([`/var/lib/jhe-upgrade/files/${a.path.replace(/\//g, "_")}.sha256`])}`,
+            `record() { mkdir -p /var/lib/jhe-upgrade/files && sha256sum ${p} | cut -d' ' -f1 > "$rec"; }`,
+            `if [ -f ${p} ] && cmp -s "$new" ${p}; then record; echo '{"changed":false}'; exit 0; fi`,
             `had=0; if [ -f ${p} ]; then cp -p ${p} ${bak}; had=1; fi`,
             `install -D -m ${a.mode} "$new" ${p}`,
             a.validate
@@ -158,6 +161,7 @@ export function installFile(sshUser: string, a: InstallFileArgs): string {
                   `echo "jhe-upgrade: applying the new ${a.path} failed; the previous file is back in place and applied" >&2; ` +
                   `else echo "jhe-upgrade: applying the new ${a.path} failed" >&2; fi; exit 1; fi`
                 : ":",
+            "record",
             `echo '{"changed":true}'`,
         ].join("\n"),
     );

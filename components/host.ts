@@ -14,6 +14,12 @@ export function toolSource(): string {
     return (bundled ??= bundleTool());
 }
 
+/** Triggers with the plan's drift repair key appended when there is one (none: the triggers as they were). */
+export function withKey(triggers: pulumi.Input<unknown>[], repairKey?: pulumi.Input<string>): pulumi.Input<unknown[]> {
+    if (repairKey === undefined) return triggers;
+    return pulumi.all([pulumi.all(triggers), repairKey]).apply(([t, k]) => (k ? [...t, k] : t));
+}
+
 export function sha256(text: string): string {
     return crypto.createHash("sha256").update(text).digest("hex");
 }
@@ -145,14 +151,17 @@ export class JheHost extends pulumi.ComponentResource {
     }
 
     /** A file on the server with this content: installed when it differs, validated, applied (commands.installFile). */
-    public file(name: string, content: string, args: InstallFileArgs, opts: pulumi.CustomResourceOptions): command.remote.Command {
-        return this.command(name, { create: installFile(this.config.ssh.user, args), stdin: content, triggers: [content] }, opts);
+    public file(name: string, content: string, args: InstallFileArgs, opts: pulumi.CustomResourceOptions,
+                repairKey?: pulumi.Input<string>): command.remote.Command {
+        return this.command(name, { create: installFile(this.config.ssh.user, args), stdin: content, triggers: withKey([content], repairKey) }, opts);
     }
 
     /** A step of the host tool as a command resource: replaced whenever `triggers` change. */
-    public step(name: string, step: Step, triggers: pulumi.Input<unknown>[], dependsOn: pulumi.Resource[],
-                parent: pulumi.Resource = this, withEnv = false): command.remote.Command {
-        return this.command(name, { create: toolStep(this.config.ssh.user, step), stdin: withEnv ? this.specWithEnv : this.spec, triggers },
+    public step(name: string, step: Step, triggers: pulumi.Input<unknown>[] | pulumi.Output<unknown[]>, dependsOn: pulumi.Resource[],
+                parent: pulumi.Resource = this, withEnv = false, extra?: pulumi.Output<Record<string, unknown>>): command.remote.Command {
+        const spec = withEnv ? this.specWithEnv : this.spec;
+        const stdin = extra ? pulumi.all([spec, extra]).apply(([s, e]) => (Object.keys(e).length ? JSON.stringify({ ...JSON.parse(s), ...e }) : s)) : spec;
+        return this.command(name, { create: toolStep(this.config.ssh.user, step), stdin: withEnv && extra ? pulumi.secret(stdin) : stdin, triggers },
             { parent, dependsOn });
     }
 }

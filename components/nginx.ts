@@ -107,6 +107,20 @@ export const MAINTENANCE_PAGE = `<!doctype html>
 export interface NginxSiteArgs {
     host: JheHost;
     config: JheConfig;
+    /** Drift repair (the plan's repairKey): installs the site again when the server's was edited by hand. */
+    repairKey?: pulumi.Input<string>;
+}
+
+/** The site the stack installs (the plan compares the server's with it: drift). */
+export function siteFor(config: JheConfig): string {
+    const l = config.layout;
+    return renderSite({
+        appRoot: l.appRoot,
+        serviceName: l.serviceName,
+        serverName: new URL(config.siteUrl).hostname,
+        tlsCertificate: config.tls.certificate,
+        tlsKey: config.tls.key,
+    });
 }
 
 export class NginxSite extends pulumi.ComponentResource {
@@ -117,13 +131,7 @@ export class NginxSite extends pulumi.ComponentResource {
         super("jhe:upgrade:NginxSite", name, {}, opts);
         const { config, host } = args;
         const l = config.layout;
-        const site = renderSite({
-            appRoot: l.appRoot,
-            serviceName: l.serviceName,
-            serverName: new URL(config.siteUrl).hostname,
-            tlsCertificate: config.tls.certificate,
-            tlsKey: config.tls.key,
-        });
+        const site = siteFor(config);
         this.sitePath = `/etc/nginx/sites-available/${l.serviceName}`;
         const page = host.file("maintenance-page", MAINTENANCE_PAGE,
             { path: `${maintenanceDir(l.serviceName)}/maintenance.html`, mode: "0644" }, { parent: this, dependsOn: host.ready });
@@ -140,7 +148,7 @@ export class NginxSite extends pulumi.ComponentResource {
             mode: "0644",
             validate: `ln -sfn ${this.sitePath} ${enabled} && nginx -t -q`,
             onChange: `ln -sfn ${this.sitePath} ${enabled}; systemctl reload nginx`,
-        }, { parent: this, dependsOn: deps });
+        }, { parent: this, dependsOn: deps }, args.repairKey);
         this.registerOutputs({ sitePath: this.sitePath });
     }
 }

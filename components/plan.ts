@@ -31,6 +31,10 @@ export interface Plan {
     envHints?: Record<string, string>;
     /** Where this move's backup goes: the server's directory, and the bucket its copy goes to, encrypted or not. */
     backups?: BackupPlan;
+    /** What runs on the server that the stack did not deploy (edited by hand), and what `up` does about it. */
+    drift?: { what: string; path?: string; deployed: string; found: string; up: string }[];
+    /** In the triggers of what repairs drift: changes only when something drifted. */
+    repairKey?: string;
     note?: string;
     error?: string;
 }

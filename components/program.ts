@@ -31,8 +31,11 @@ export function jheProgram(config: JheConfig) {
     });
 
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
-    const service = new SystemdService("systemd", { host, config });
-    const site = new NginxSite("nginx", { host, config });
+    //    What runs there that the stack did not deploy (the plan's drift) is put back: these resources
+    //    carry the plan's repair key in their triggers.
+    const repairKey = planBefore.apply((p) => p.repairKey ?? "");
+    const service = new SystemdService("systemd", { host, config, repairKey });
+    const site = new NginxSite("nginx", { host, config, repairKey });
 
     // 4. The upgrade itself, replaced whenever jhe:version changes: preflight, prepare the release,
     //    back up, migrate, switch and restart, health gate (reverting on failure), finish.
@@ -40,7 +43,7 @@ export function jheProgram(config: JheConfig) {
     // 3b. Staging only: prod's data, de-identified, in place of staging's before the steps below run.
     const clone = cloneStep(host, config, [service.install, site.install], bucketName);
     const release = new JheRelease("jhe", {
-        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined, bucketName, clone,
+        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined, bucketName, clone, repairKey,
     });
 
     // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read

@@ -5,7 +5,7 @@ import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { JheConfig } from "./config";
 import { toolStep } from "./commands";
-import { baseSpec, JheHost, offsiteSpec, sha256 } from "./host";
+import { baseSpec, JheHost, offsiteSpec, sha256, withKey } from "./host";
 
 export interface JheReleaseArgs {
     host: JheHost;
@@ -18,6 +18,8 @@ export interface JheReleaseArgs {
     bucketName?: pulumi.Input<string>;
     /** The clone step (jhe:cloneFrom), which the superuser is made again after. */
     clone?: command.remote.Command;
+    /** Drift repair (the plan's repairKey): the steps run once more when what serves is not what the stack deployed. */
+    repairKey?: pulumi.Input<string>;
 }
 
 /**
@@ -93,7 +95,10 @@ export class JheRelease extends pulumi.ComponentResource {
         for (const [resName, toolStep, withEnv] of RELEASE_STEPS) {
             const triggers: pulumi.Input<unknown>[] = [config.version];
             if (withEnv) triggers.push(envHash);
-            const cmd = host.step(resName, toolStep, triggers, previous, this, withEnv);
+            // finish records the repair it made (so the next plan's key is the same: no more changes)
+            const extra = resName === "finish" && args.repairKey !== undefined
+                ? pulumi.output(args.repairKey).apply((k): Record<string, unknown> => (k ? { repairKey: k } : {})) : undefined;
+            const cmd = host.step(resName, toolStep, withKey(triggers, args.repairKey) as pulumi.Output<unknown[]>, previous, this, withEnv, extra);
             steps[resName] = cmd;
             results[resName] = cmd.stdout.apply(stepResult);
             previous = [cmd];

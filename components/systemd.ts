@@ -94,6 +94,14 @@ export function verifyUnit(unitPath: string): string {
 export interface SystemdServiceArgs {
     host: JheHost;
     config: JheConfig;
+    /** Drift repair (the plan's repairKey): installs the unit again when the server's was edited by hand. */
+    repairKey?: pulumi.Input<string>;
+}
+
+/** The unit the stack installs (the plan compares the server's with it: drift). */
+export function unitFor(config: JheConfig): string {
+    const l = config.layout;
+    return renderUnit({ appRoot: l.appRoot, appUser: l.appUser, appGroup: l.appGroup, serviceName: l.serviceName });
 }
 
 export class SystemdService extends pulumi.ComponentResource {
@@ -104,7 +112,7 @@ export class SystemdService extends pulumi.ComponentResource {
         super("jhe:upgrade:SystemdService", name, {}, opts);
         const { config, host } = args;
         const l = config.layout;
-        const unit = renderUnit({ appRoot: l.appRoot, appUser: l.appUser, appGroup: l.appGroup, serviceName: l.serviceName });
+        const unit = unitFor(config);
         this.unitPath = `/etc/systemd/system/${l.serviceName}.service`;
         const svc = quote([l.serviceName]);
         const current = quote([`${l.appRoot.replace(/\/$/, "")}/current`]);
@@ -125,7 +133,7 @@ export class SystemdService extends pulumi.ComponentResource {
                 // A running service (e.g. an adopted in-place install) moves to the new unit now;
                 // a bare server starts once a release exists.
                 `if systemctl is-active -q ${svc}; then systemctl restart ${svc}; elif [ -e ${current} ]; then systemctl start ${svc}; fi`,
-        }, { parent: this, dependsOn: [...host.ready, handover] }); // (what waits for the unit waits for both)
+        }, { parent: this, dependsOn: [...host.ready, handover] }, args.repairKey); // (what waits for the unit waits for both)
         this.registerOutputs({ unitPath: this.unitPath, handoverUnitPath: handoverPath });
     }
 }

@@ -12,7 +12,7 @@ from .release import pending_classes, release_knows_all_migrations, release_migr
 from .spec import Spec
 from .staging import choose_strategy
 from .state import current_version, latest_backup_from, live_root, load_state
-from .util import version_key
+from .util import sha256_file, version_key
 
 
 def migration_delta(to_migs: list[str], applied: list[str]) -> tuple[list[str], list[str]]:
@@ -63,12 +63,68 @@ def plan_from_facts(f: dict) -> dict:
     return out
 
 
+INSTALLED = Path("/var/lib/jhe-upgrade/files")
+
+
+def _sha(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def detect_drift(spec: Spec, state: dict, frm: str | None) -> list[dict]:
+    """What runs here that the stack did not deploy (a hand-made change): `current` moved to another
+    release (or another tag checked out in place), the unit or the nginx site edited (against what the
+    stack renders now: spec.expect), the live .env edited (against its sha256 when the stack last wrote
+    it). Each with what `up` does about it."""
+    out: list[dict] = []
+    deployed = (state.get("deployed") or {}).get("version")
+    if deployed and frm and frm != deployed and not state.get("window") and not state.get("target"):
+        out.append({"what": "current", "deployed": deployed, "found": frm,
+                    "up": f"{spec.version} serves again: the versioned steps run (code only when the database is {spec.version}'s)"})
+    for what, path in (("unit", Path(f"/etc/systemd/system/{spec.service}.service")),
+                       ("nginx site", Path(f"/etc/nginx/sites-available/{spec.service}"))):
+        # (the sha256 of what the stack installed there last, recorded by its file resource)
+        rec = INSTALLED / (str(path).replace("/", "_") + ".sha256")
+        want, have = (rec.read_text().strip() if rec.exists() else None), _sha(path)
+        if want and have != want:
+            out.append({"what": what, "path": str(path), "found": "missing" if have is None else f"sha256 {have[:12]}…",
+                        "deployed": f"sha256 {want[:12]}…", "up": f"the stack's {what} is installed again (and applied)"})
+    env_sha = (state.get("deployed") or {}).get("envSha256")
+    root = live_root(spec)
+    if env_sha and root and frm == deployed:
+        have = _sha(root / ".env")
+        if have != env_sha:
+            out.append({"what": ".env", "path": str(root / ".env"), "found": "missing" if have is None else f"sha256 {have[:12]}…",
+                        "deployed": f"sha256 {env_sha[:12]}…",
+                        "up": "the .env is written again from the stack's config; the service restarts"})
+    return out
+
+
+def repair_key(state: dict, drift: list[dict]) -> str:
+    """Part of the triggers of the steps and files that repair drift: unchanged while nothing drifts
+    (so a clean server shows no changes), the next number when something did (so `up` runs them once);
+    the repair's finish records that number."""
+    n = int(state.get("repairs") or 0)
+    if drift:
+        n += 1
+    return f"repair-{n}" if n else ""
+
+
 def step_plan(spec: Spec) -> dict:
-    """Read-only: what an upgrade to spec.version would do (for `pulumi preview`)."""
+    """Read-only: what an upgrade to spec.version would do (for `pulumi preview`), and what drifted."""
     to = spec.need_version()
     frm = current_version(spec)
+    state = load_state(spec)
+    drift = detect_drift(spec, state, frm)
+    found = {"drift": drift, "repairKey": repair_key(state, drift)}
     if frm == to:
-        return {"from": frm, "to": to, "action": "none"}
+        return {"from": frm, "to": to, "action": "none", **found}
+    return {**_plan(spec, frm, to, state), **found}
+
+
+def _plan(spec: Spec, frm: str | None, to: str, state: dict) -> dict:
     repo = spec.repo
     if not (repo / "HEAD").exists() or not tag_exists(repo, to):
         if spec.repo_url.startswith("/") and Path(spec.repo_url).exists():
@@ -79,7 +135,6 @@ def step_plan(spec: Spec) -> dict:
     pending, undo = migration_delta(release_migrations(spec, repo, to), applied_migrations(spec) if frm else [])
     facts: dict = {"from": frm, "to": to, "pending": pending, "undo": undo, "restoreFrom": spec.raw.get("restoreFrom")}
     classes = pending_classes(spec, repo, to, pending) if pending else {}
-    state = load_state(spec)
     db_bytes = db_size(spec.db_name) if frm else 0
     if undo:
         b = latest_backup_from(state, to)

@@ -43,9 +43,19 @@ from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .smoke import Session, anonymous, drop_token, provision
 from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
-from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
+from .state import (
+    MOVE_KEYS,
+    current_version,
+    latest_backup_from,
+    live_root,
+    load_state,
+    register_backup,
+    release_lock,
+    save_state,
+    take_lock,
+)
 from .upgradelog import append_log, finish_entry
-from .util import Refusal, error_summary, log, now, run, write_private
+from .util import Refusal, error_summary, log, now, run, sha256_file, write_private
 from .window import close_window, open_window, service_active, start_service
 
 
@@ -209,6 +219,9 @@ def step_prepare(spec: Spec) -> dict:
         env_file = spec.release(to) / ".env"
         old = env_file.read_text() if env_file.exists() else None
         build_release(spec, to, target_env(spec, to))
+        if (state.get("deployed") or {}).get("version") == to:
+            state["deployed"]["envSha256"] = live_env_sha(spec)  # (what the stack wrote: not drift)
+            save_state(spec, state)
         if old == env_file.read_text():
             return {"release": str(spec.release(to)), "configChanged": False, "smokeTest": smoke}
         t = time.monotonic()
@@ -552,13 +565,17 @@ def step_finish(spec: Spec) -> dict:
     to = spec.need_version()
     frm = t.get("from")
     if t.get("to") != to:
+        if note_repair(spec, state):
+            save_state(spec, state)
         return {"skipped": f"{to} already finished", "current": current_version(spec), "rehearsals": state.get("rehearsals") or {}}
     seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
     # The gate's smoke tests (as the account, in the window); those anyone can run, through nginx, now.
     smoke = {**anonymous(spec), **({"gate": g} if (g := ((state.get("cutover") or {}).get("health") or {}).get("smoke")) else {})}
     drop_token(spec, to if current_version(spec) == to else frm or to)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
-        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
+        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now(),
+                             "envSha256": live_env_sha(spec)}
+        note_repair(spec, state)
         for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
         rehearsals = rehearsed(state, frm, to, "adopted", [], served=current_version(spec) == to)
@@ -614,14 +631,31 @@ def step_finish(spec: Spec) -> dict:
     summary["report"] = public_report(report)
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     record(state, timing)
-    state["deployed"] = {"version": to, "previous": frm, "at": now()}
+    state["deployed"] = {"version": to, "previous": frm, "at": now(), "envSha256": live_env_sha(spec)}
     if kind != "rollback" and frm:  # the watch (jhe:watchSeconds) judges from now against the time before the move
         state["deployed"]["watch"] = {"from": now(), "moveBegan": t.get("preflight") or now()}
+    note_repair(spec, state)
     for k in ("target", "backup", *MOVE_KEYS):
         state.pop(k, None)
     save_state(spec, state)
     release_lock(spec)
     return summary
+
+
+def live_env_sha(spec: Spec) -> str | None:
+    """sha256 of the .env serving now (the plan tells a hand edit of it by this: drift)."""
+    root = live_root(spec)
+    return sha256_file(root / ".env") if root and (root / ".env").exists() else None
+
+
+def note_repair(spec: Spec, state: dict) -> bool:
+    """The plan's repair key this run was given (drift put back): recorded, so the next plan's key is
+    the same and shows no change. True when it was."""
+    key = spec.raw.get("repairKey") or ""
+    if not key.startswith("repair-"):
+        return False
+    state["repairs"] = max(int(state.get("repairs") or 0), int(key.split("-", 1)[1]))
+    return True
 
 
 def step_status(spec: Spec) -> dict:
