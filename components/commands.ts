@@ -127,7 +127,12 @@ export interface InstallFileArgs {
     validate?: string;
     /** Command run only when the file's content changed (and validated). */
     onChange?: string;
+    /** Where the sha256 of what was installed is kept, for the plan's drift check (default: the server's). */
+    recordDir?: string;
 }
+
+/** Where each installed file's sha256 is kept (host/jhe_upgrade/plan.py INSTALLED reads it). */
+export const INSTALLED_DIR = "/var/lib/jhe-upgrade/files";
 
 /**
  * Installs a file from stdin when its content differs; validates it (keeping the previous file
@@ -146,8 +151,8 @@ export function installFile(sshUser: string, a: InstallFileArgs): string {
             `trap 'rm -f "$new"' EXIT`,
             `cat > "$new"`,
             // What was installed, recorded (the plan tells a hand edit by it: drift)
-            `rec=${quote([`/var/lib/jhe-upgrade/files/${a.path.replace(/\//g, "_")}.sha256`])}`,
-            `record() { mkdir -p /var/lib/jhe-upgrade/files && sha256sum ${p} | cut -d' ' -f1 > "$rec"; }`,
+            `rec=${quote([`${a.recordDir ?? INSTALLED_DIR}/${a.path.replace(/\//g, "_")}.sha256`])}`,
+            `record() { mkdir -p ${quote([a.recordDir ?? INSTALLED_DIR])} && sha256sum ${p} | cut -d' ' -f1 > "$rec"; }`,
             `if [ -f ${p} ] && cmp -s "$new" ${p}; then record; echo '{"changed":false}'; exit 0; fi`,
             `had=0; if [ -f ${p} ]; then cp -p ${p} ${bak}; had=1; fi`,
             `install -D -m ${a.mode} "$new" ${p}`,

@@ -96,7 +96,8 @@ export class JheRelease extends pulumi.ComponentResource {
             const triggers: pulumi.Input<unknown>[] = [config.version];
             if (withEnv) triggers.push(envHash);
             // finish records the repair it made (so the next plan's key is the same: no more changes)
-            const extra = resName === "finish" && args.repairKey !== undefined
+            // (and prepare, which puts a hand-edited .env back only when repairing)
+            const extra = (resName === "finish" || resName === "prepare-release") && args.repairKey !== undefined
                 ? pulumi.output(args.repairKey).apply((k): Record<string, unknown> => (k ? { repairKey: k } : {})) : undefined;
             const cmd = host.step(resName, toolStep, withKey(triggers, args.repairKey) as pulumi.Output<unknown[]>, previous, this, withEnv, extra);
             steps[resName] = cmd;

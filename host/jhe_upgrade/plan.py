@@ -64,6 +64,7 @@ def plan_from_facts(f: dict) -> dict:
 
 
 INSTALLED = Path("/var/lib/jhe-upgrade/files")
+SYSTEMD = Path("/etc/systemd/system")
 
 
 def _sha(path: Path) -> str | None:
@@ -80,10 +81,11 @@ def detect_drift(spec: Spec, state: dict, frm: str | None) -> list[dict]:
     it). Each with what `up` does about it."""
     out: list[dict] = []
     deployed = (state.get("deployed") or {}).get("version")
-    if deployed and frm and frm != deployed and not state.get("window") and not state.get("target"):
+    # (only while the stack asks for what it deployed: a new jhe:version is a move from whatever serves, shown as such)
+    if deployed and frm and frm != deployed and spec.version == deployed and not state.get("window") and not state.get("target"):
         out.append({"what": "current", "deployed": deployed, "found": frm,
                     "up": f"{spec.version} serves again: the versioned steps run (code only when the database is {spec.version}'s)"})
-    for what, path in (("unit", Path(f"/etc/systemd/system/{spec.service}.service")),
+    for what, path in (("unit", SYSTEMD / f"{spec.service}.service"),
                        ("nginx site", Path(f"/etc/nginx/sites-available/{spec.service}"))):
         # (the sha256 of what the stack installed there last, recorded by its file resource)
         rec = INSTALLED / (str(path).replace("/", "_") + ".sha256")
@@ -91,6 +93,11 @@ def detect_drift(spec: Spec, state: dict, frm: str | None) -> list[dict]:
         if want and have != want:
             out.append({"what": what, "path": str(path), "found": "missing" if have is None else f"sha256 {have[:12]}…",
                         "deployed": f"sha256 {want[:12]}…", "up": f"the stack's {what} is installed again (and applied)"})
+    dropins = SYSTEMD / f"{spec.service}.service.d"
+    extra = sorted(p.name for p in dropins.glob("*.conf")) if dropins.is_dir() else []
+    if extra:
+        out.append({"what": "unit drop-in", "path": str(dropins), "found": ", ".join(extra), "deployed": "none", "repair": False,
+                    "up": "leaves it: systemd applies it over the stack's unit - remove it, or put what it sets into the stack"})
     env_sha = (state.get("deployed") or {}).get("envSha256")
     root = live_root(spec)
     if env_sha and root and frm == deployed:
@@ -107,7 +114,7 @@ def repair_key(state: dict, drift: list[dict]) -> str:
     (so a clean server shows no changes), the next number when something did (so `up` runs them once);
     the repair's finish records that number."""
     n = int(state.get("repairs") or 0)
-    if drift:
+    if any(d.get("repair", True) for d in drift):
         n += 1
     return f"repair-{n}" if n else ""
 

@@ -47,7 +47,6 @@ from .state import (
     MOVE_KEYS,
     current_version,
     latest_backup_from,
-    live_root,
     load_state,
     register_backup,
     release_lock,
@@ -218,11 +217,10 @@ def step_prepare(spec: Spec) -> dict:
         # Same version: only the .env can have changed (config); apply it with a restart if it did.
         env_file = spec.release(to) / ".env"
         old = env_file.read_text() if env_file.exists() else None
+        repaired = restore_deployed_env(spec, state, to)  # drift: a hand-edited .env goes back to what the stack wrote
         build_release(spec, to, target_env(spec, to))
-        if (state.get("deployed") or {}).get("version") == to:
-            state["deployed"]["envSha256"] = live_env_sha(spec)  # (what the stack wrote: not drift)
-            save_state(spec, state)
         if old == env_file.read_text():
+            record_env(spec, state, to)
             return {"release": str(spec.release(to)), "configChanged": False, "smokeTest": smoke}
         t = time.monotonic()
         # The new settings tried first in the hand-over unit, while the service keeps serving with the old.
@@ -246,7 +244,9 @@ def step_prepare(spec: Spec) -> dict:
                               f"the previous .env is back and {to} restarted with it")
             downtime = f"restart, {round(time.monotonic() - t, 2)} s"
         append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
-                         f"**Downtime:** {downtime}\n")
+                         + ("**Why:** the .env was edited on the server by hand (drift); the stack's is back\n" if repaired else "")
+                         + f"**Downtime:** {downtime}\n")
+        record_env(spec, state, to)
         return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2),
                 "handover": h.get("unit"), "smokeTest": smoke}
     set_db_password(spec)
@@ -573,8 +573,8 @@ def step_finish(spec: Spec) -> dict:
     smoke = {**anonymous(spec), **({"gate": g} if (g := ((state.get("cutover") or {}).get("health") or {}).get("smoke")) else {})}
     drop_token(spec, to if current_version(spec) == to else frm or to)
     if frm == to:  # nothing was upgraded (e.g. the first run on an adopted server)
-        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now(),
-                             "envSha256": live_env_sha(spec)}
+        state["deployed"] = {"version": to, "previous": (state.get("deployed") or {}).get("previous"), "at": now()}
+        record_env(spec, state, to)
         note_repair(spec, state)
         for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
@@ -584,6 +584,9 @@ def step_finish(spec: Spec) -> dict:
         return {"from": frm, "to": to, "noop": True, "downtimeSeconds": 0, "migrationsApplied": [], "smoke": smoke,
                 "rehearsals": rehearsals}
     kind = (state.get("target") or {}).get("kind", "upgrade")
+    # Drift put back: the stack's version serves again after `current` was moved by hand - not a move the
+    # stack asked for, so not a rehearsal (staging's record of what passed stays as it was), nor watched.
+    repair = bool(spec.raw.get("repairKey")) and (state.get("deployed") or {}).get("version") == to and frm != to
     timing = observed(state, seconds)  # (before the backup record below is replaced by the deferred dump's)
     rows_before = (state.get("backup") or {}).get("rowCounts")
     rb = state.get("rollback")
@@ -623,7 +626,8 @@ def step_finish(spec: Spec) -> dict:
         "rollback": rb, "strategy": strategy, "stagedFallback": fallback, "keptDatabasesDropped": dropped,
         "dependencies": release_dependencies(spec, to),
         "estimatedDowntimeSeconds": timing["estimatedSeconds"], "window": timing,
-        "rehearsals": rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered"),
+        "rehearsals": (state.get("rehearsals") or {}) if repair else
+        rehearsed(state, frm, to, kind, migrated, served=current_version(spec) == to and not t.get("recovered"),
                                 report=move_report(state, timing, strategy, db_bytes)),
         "stagingOverride": spec.raw.get("stagingOverride"), "report": report,
     }
@@ -631,9 +635,10 @@ def step_finish(spec: Spec) -> dict:
     summary["report"] = public_report(report)
     state.setdefault("history", []).append({k: summary[k] for k in ("from", "to", "downtimeSeconds", "finished")})
     record(state, timing)
-    state["deployed"] = {"version": to, "previous": frm, "at": now(), "envSha256": live_env_sha(spec)}
-    if kind != "rollback" and frm:  # the watch (jhe:watchSeconds) judges from now against the time before the move
+    state["deployed"] = {"version": to, "previous": frm, "at": now()}
+    if kind != "rollback" and frm and not repair:  # the watch (jhe:watchSeconds) judges from now against the time before the move
         state["deployed"]["watch"] = {"from": now(), "moveBegan": t.get("preflight") or now()}
+    record_env(spec, state, to)
     note_repair(spec, state)
     for k in ("target", "backup", *MOVE_KEYS):
         state.pop(k, None)
@@ -642,10 +647,32 @@ def step_finish(spec: Spec) -> dict:
     return summary
 
 
-def live_env_sha(spec: Spec) -> str | None:
-    """sha256 of the .env serving now (the plan tells a hand edit of it by this: drift)."""
-    root = live_root(spec)
-    return sha256_file(root / ".env") if root and (root / ".env").exists() else None
+def deployed_env(spec: Spec) -> Path:
+    """A copy of the .env the stack last wrote (root only): a hand edit of the live one is put back from it."""
+    return spec.meta / "deployed.env"
+
+
+def record_env(spec: Spec, state: dict, to: str) -> None:
+    """Once `to` serves with the .env the stack wrote: its sha256 (the plan tells a hand edit by it) and a copy."""
+    env_file = spec.release(to) / ".env"
+    if current_version(spec) != to or not env_file.exists() or not state.get("deployed"):
+        return
+    state["deployed"]["envSha256"] = sha256_file(env_file)
+    write_private(deployed_env(spec), env_file.read_text(), "root", "root")
+    save_state(spec, state)
+
+
+def restore_deployed_env(spec: Spec, state: dict, to: str) -> bool:
+    """Drift repair (a repair key given): the serving release's .env, edited by hand, back to the stack's copy."""
+    env_file, copy = spec.release(to) / ".env", deployed_env(spec)
+    want = (state.get("deployed") or {}).get("envSha256")
+    if not (spec.raw.get("repairKey") and want and copy.exists() and env_file.exists()):
+        return False
+    if sha256_file(env_file) == want or sha256_file(copy) != want:
+        return False
+    write_private(env_file, copy.read_text(), spec.app_user, spec.app_group)
+    log(f"{env_file} was edited by hand: the one the stack wrote is back (then the stack's settings on top)")
+    return True
 
 
 def note_repair(spec: Spec, state: dict) -> bool:

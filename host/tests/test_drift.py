@@ -71,3 +71,43 @@ def test_an_edited_unit_is_told_by_what_the_stack_installed_there(tmp_path: Path
     unit.write_text("[Service]\nExecStart=/bin/true\nEnvironment=X=1\n")
     d = plan.detect_drift(spec, state, "v1.1.0")
     assert [x["what"] for x in d] == ["unit"] and d[0]["up"] == "the stack's unit is installed again (and applied)"
+
+
+def test_a_drop_in_is_told_but_left_and_the_key_does_not_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec(tmp_path)
+    layout(tmp_path, spec, "v1.1.0")
+    monkeypatch.setattr(plan, "INSTALLED", tmp_path / "files")
+    monkeypatch.setattr(plan, "SYSTEMD", tmp_path / "systemd")
+    (tmp_path / "systemd" / "jhe.service.d").mkdir(parents=True)
+    (tmp_path / "systemd" / "jhe.service.d" / "override.conf").write_text("[Service]\nEnvironment=X=1\n")
+    state = {"deployed": {"version": "v1.1.0"}, "repairs": 1}
+    d = plan.detect_drift(spec, state, "v1.1.0")
+    assert [(x["what"], x["found"], x["repair"]) for x in d] == [("unit drop-in", "override.conf", False)]
+    assert plan.repair_key(state, d) == "repair-1", "nothing `up` would do: no change in the preview"
+
+
+def test_current_moved_is_drift_only_while_the_stack_asks_for_what_it_deployed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan, "INSTALLED", tmp_path / "files")
+    spec = make_spec(tmp_path, version="v1.2.0")  # a new jhe:version: a move from whatever serves, not drift
+    layout(tmp_path, spec, "v1.0.0")
+    assert plan.detect_drift(spec, {"deployed": {"version": "v1.1.0"}}, "v1.0.0") == []
+
+
+def test_a_hand_edited_env_goes_back_to_the_copy_the_stack_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jhe_upgrade import steps
+    spec = make_spec(tmp_path, repairKey="repair-1")
+    layout(tmp_path, spec, "v1.1.0")
+    spec.meta.mkdir(parents=True)
+    monkeypatch.setattr(steps, "write_private", lambda p, text, *a: Path(p).write_text(text))
+    state: dict = {"deployed": {"version": "v1.1.0"}}
+    monkeypatch.setattr(steps, "save_state", lambda s, st: None)
+    steps.record_env(spec, state, "v1.1.0")
+    env = spec.releases / "v1.1.0" / ".env"
+    stack_wrote = env.read_text()
+    assert state["deployed"]["envSha256"] == sha256_file(env) and steps.deployed_env(spec).read_text() == stack_wrote
+    env.write_text(stack_wrote + "DEBUG=True\n")  # by hand
+    assert steps.restore_deployed_env(spec, state, "v1.1.0")
+    assert env.read_text() == stack_wrote
+    assert not steps.restore_deployed_env(spec, state, "v1.1.0"), "nothing to put back"
+    env.write_text(stack_wrote + "DEBUG=True\n")
+    assert not steps.restore_deployed_env(make_spec(tmp_path), state, "v1.1.0"), "only a repair (a key given) puts it back"

@@ -40,21 +40,36 @@ describe("drift: hand-made changes on the server (real engine, real server)", fu
         assert.ok(changed(pre).length > 0, "the preview shows what up will run");
         await stack.up();
         assert.strictEqual(await sshOk(h, "cat /etc/systemd/system/jhe.service"), unit);
-        assert.strictEqual(await sshOk(h, `cat ${APP}/current/.env`), env);
+        assert.strictEqual(await sshOk(h, `cat ${APP}/current/.env`), env, "the hand edit is gone, not kept under the stack's settings");
         const after = await stack.preview({ diff: true });
         assert.deepStrictEqual(changed(after), [], after.stdout.slice(-3000));
         assert.doesNotMatch(after.stdout, /what\s*:\s*"(unit|\.env)"/);
+        // A drop-in over the stack's unit is told, and left to the operator (the preview shows no change for it).
+        await sshOk(h, "mkdir -p /etc/systemd/system/jhe.service.d && printf '[Service]\\nEnvironment=X=1\\n' > /etc/systemd/system/jhe.service.d/override.conf");
+        const dropin = await stack.preview({ diff: true });
+        assert.match(dropin.stdout, /what\s*:\s*"unit drop-in"/, dropin.stdout.slice(-3000));
+        assert.match(dropin.stdout, /found\s*:\s*"override\.conf"/);
+        assert.deepStrictEqual(changed(dropin), []);
+        await sshOk(h, "rm -r /etc/systemd/system/jhe.service.d && systemctl daemon-reload");
     });
 
     it("drift: current moved by hand to the previous release shows, and up serves the stack's version again", async function () {
         await sshOk(h, `ln -sfn ${APP}/releases/v1.0.0 ${APP}/current.tmp && mv -T ${APP}/current.tmp ${APP}/current && systemctl restart jhe`);
-        assert.strictEqual(await servingVersion(h), "v1.0.0");
+        let serving = "";
+        for (let i = 0; i < 100 && serving !== "v1.0.0"; i++) { // (bounded: 20 s for the restarted app to answer)
+            serving = await servingVersion(h);
+            if (serving !== "v1.0.0") await new Promise((r) => setTimeout(r, 200));
+        }
+        assert.strictEqual(serving, "v1.0.0");
         const pre = await stack.preview({ diff: true });
         assert.match(pre.stdout, /deployed\s*:\s*"v1\.1\.0"[\s\S]{0,200}found\s*:\s*"v1\.0\.0"|found\s*:\s*"v1\.0\.0"[\s\S]{0,400}deployed\s*:\s*"v1\.1\.0"/,
             pre.stdout.slice(-3000));
         assert.match(pre.stdout, /v1\.1\.0 serves again/);
-        await stack.up();
+        const rehearsals = (await stack.outputs()).rehearsals.value;
+        const res = await stack.up();
         assert.strictEqual(await servingVersion(h), "v1.1.0");
+        // Putting back what the stack deployed is not a move it rehearsed: staging's record stays as it was.
+        assert.deepStrictEqual(res.outputs.rehearsals.value, rehearsals);
         const after = await stack.preview({ diff: true });
         assert.deepStrictEqual(changed(after), [], after.stdout.slice(-3000));
     });

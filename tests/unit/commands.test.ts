@@ -2,6 +2,7 @@
 // metacharacters, run for real by /bin/sh here), file installation with validation and rollback,
 // and the unit/site as systemd and nginx would read them.
 import * as assert from "assert";
+import * as crypto from "crypto";
 import { spawnSync } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
@@ -57,7 +58,8 @@ describe("command builders", function () {
 
     it("installFile() installs, reports no change on a second run, and keeps the old file when validation fails", function () {
         const target = path.join(dir, "etc", "site.conf");
-        const ok = (v: string) => installFile("root", { path: target, mode: "0640", validate: v, onChange: `echo changed >> ${quote([dir])}/log` });
+        const rec = path.join(dir, "installed");
+        const ok = (v: string) => installFile("root", { path: target, mode: "0640", validate: v, onChange: `echo changed >> ${quote([dir])}/log`, recordDir: rec });
         let r = sh(ok("grep -q good " + quote([target])), "good v1\n");
         assert.strictEqual(r.status, 0, r.stderr);
         assert.strictEqual(r.stdout.trim(), '{"changed":true}');
@@ -70,12 +72,15 @@ describe("command builders", function () {
         assert.match(r.stderr, /does not validate, the previous file was kept/);
         assert.strictEqual(fs.readFileSync(target, "utf8"), "good v1\n");
         assert.strictEqual(fs.readFileSync(path.join(dir, "log"), "utf8"), "changed\n", "onChange ran once");
+        // What was installed is recorded (the plan tells a hand edit by it), the kept file's, not the refused one's.
+        const sha = crypto.createHash("sha256").update("good v1\n").digest("hex");
+        assert.strictEqual(fs.readFileSync(path.join(rec, `${target.replace(/\//g, "_")}.sha256`), "utf8").trim(), sha);
     });
 
     it("installFile() puts the previous file back when applying the new one fails", function () {
         const target = path.join(dir, "unit");
         fs.writeFileSync(target, "old\n");
-        const r = sh(installFile("root", { path: target, mode: "0644", onChange: `grep -q old ${quote([target])}` }), "new\n");
+        const r = sh(installFile("root", { path: target, mode: "0644", onChange: `grep -q old ${quote([target])}`, recordDir: path.join(dir, "installed") }), "new\n");
         assert.notStrictEqual(r.status, 0);
         assert.match(r.stderr, /the previous file is back in place/);
         assert.strictEqual(fs.readFileSync(target, "utf8"), "old\n");
