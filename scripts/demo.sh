@@ -45,6 +45,8 @@ pulumi config set --secret jhe:sshPrivateKey -s "$stack" < "$(get privateKeyPath
 # The smoke tests' own account (made by the program: staff without permissions, a patient record of its own).
 p config set jhe:smokeTestUser smoke-test@example.org -s "$stack"
 p config set jhe:smokeTestCreate true -s "$stack"
+# The watch after the upgrade (failed requests against before it; too many rolls back by itself): 15 s here.
+p config set jhe:watchSeconds 15 -s "$stack"
 echo "\$ npm run pulumi -- config set --secret jhe:smokeTestPassword -s $stack <random>"
 pulumi config set --secret jhe:smokeTestPassword "smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" -s "$stack"
 
@@ -74,6 +76,9 @@ g = (o.get("smoke") or {}).get("gate") or {}
 smoke = "smoke tests %s (%s; %s of their rows removed)" % ("passed" if g.get("ok") else "FAILED", ", ".join(
     "%s %s" % (k, v.get("status") or ("ok" if v.get("ok") else "failed")) for k, v in (g.get("checks") or {}).items()),
     (g.get("cleanup") or {}).get("deleted"))
+w = o.get("watch") or {}
+smoke += "; watch %s (%s s, %s requests after the switch%s)" % (w.get("verdict"), w.get("seconds"), (w.get("after") or {}).get("requests"),
+    ": " + w["note"] if w.get("note") else "")
 print("upgraded %s -> %s (downtime %.2f s, migrations %s, backup %s sha256 %s, %d rows in %d tables: %s; %s)" % (
     o["deployed"]["previous"], o["deployed"]["version"], o["downtimeSeconds"], ", ".join(o["migrationsApplied"]) or "none",
     b.get("location"), (b.get("sha256") or "")[:12], sum(rc.values()), len(rc),
