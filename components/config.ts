@@ -56,7 +56,7 @@ export interface JheConfig {
      * and keeps its password; otherwise it must exist. Without one, the smoke tests that need an account
      * are skipped (and say so).
      */
-    smokeTest?: { user: string; password: pulumi.Output<string>; create: boolean };
+    smokeTest?: { user: string; password: pulumi.Output<string>; create: boolean; observation?: Record<string, unknown>; invitation?: Record<string, unknown> };
     /** A directory of wheels on the server for offline installs (air-gapped servers), or undefined. */
     wheelhouse?: string;
     healthTimeoutSeconds: number;
@@ -271,7 +271,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "dbPassword", "env", "secretEnv", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse", "healthTimeoutSeconds", "migrationStrategy",
         "watchSeconds", "watchMaxErrorRate", "watchMinRequests",
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
-        "smokeTestUser", "smokeTestPassword", "smokeTestCreate",
+        "smokeTestUser", "smokeTestPassword", "smokeTestCreate", "smokeTestObservation", "smokeTestInvitation",
         ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
     ]);
     for (const k of Object.keys(raw)) {
@@ -437,6 +437,19 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         }
         if (!secrets.smokeTestPassword) p.push("jhe:smokeTestPassword is required with jhe:smokeTestUser: `pulumi config set --secret jhe:smokeTestPassword`");
         else smokeTest = { user: smokeUser, password: secrets.smokeTestPassword, create: smokeCreateRaw === true || smokeCreateRaw === "true" };
+        // The runbook's test-observation.json (what this JHE accepts: its device, a code the patient consented to, the
+        // value) and the invitation's fields (e.g. the client's id): the upload and the link are tested only with them.
+        const obs = raw.smokeTestObservation;
+        if (obs !== undefined && (typeof obs !== "object" || obs === null || Array.isArray(obs) || (obs as Record<string, unknown>).resourceType !== "Observation")) {
+            p.push('jhe:smokeTestObservation must be a FHIR Observation (an object with "resourceType": "Observation"), as the runbook\'s ' +
+                "test-observation.json: set it as an object under jhe:smokeTestObservation in Pulumi.<stack>.yaml");
+        }
+        const inv = raw.smokeTestInvitation;
+        if (inv !== undefined && (typeof inv !== "object" || inv === null || Array.isArray(inv))) {
+            p.push('jhe:smokeTestInvitation must be an object of the fields this JHE\'s invitation endpoint wants besides the patient (e.g. {"client_id": 3})');
+        }
+        if (smokeTest && obs && typeof obs === "object" && !Array.isArray(obs)) smokeTest.observation = obs as Record<string, unknown>;
+        if (smokeTest && inv && typeof inv === "object" && !Array.isArray(inv)) smokeTest.invitation = inv as Record<string, unknown>;
     } else if (secrets.smokeTestPassword || smokeCreateRaw === true || smokeCreateRaw === "true") {  // (false is Pulumi.yaml's default)
         p.push("jhe:smokeTestPassword and jhe:smokeTestCreate need jhe:smokeTestUser (the account's login): `pulumi config set jhe:smokeTestUser smoke-test@<your domain>`");
     }
@@ -711,6 +724,8 @@ export function loadConfig(): JheConfig {
     raw.env = cfg.getObject("env");
     raw.envUnset = cfg.getObject("envUnset");
     raw.cloneKeepColumns = cfg.getObject("cloneKeepColumns");
+    raw.smokeTestObservation = cfg.getObject("smokeTestObservation");
+    raw.smokeTestInvitation = cfg.getObject("smokeTestInvitation");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {

@@ -69,7 +69,13 @@ export function toolSpec(config: JheConfig, withEnv: boolean, bucketName?: pulum
             .apply(([secretEnv, dbPassword, offsite, smokePassword]) =>
                 JSON.stringify({
                     ...baseSpec(config), dbPassword, env: config.env, secretEnv, ...(offsite ? { offsite } : {}),
-                    ...(config.smokeTest ? { smokeTest: { user: config.smokeTest.user, password: smokePassword, create: config.smokeTest.create } } : {}),
+                    ...(config.smokeTest ? {
+                        smokeTest: {
+                            user: config.smokeTest.user, password: smokePassword, create: config.smokeTest.create,
+                            ...(config.smokeTest.observation ? { observation: config.smokeTest.observation } : {}),
+                            ...(config.smokeTest.invitation ? { invitation: config.smokeTest.invitation } : {}),
+                        },
+                    } : {}),
                 })),
     );
 }

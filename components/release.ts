@@ -88,7 +88,8 @@ export class JheRelease extends pulumi.ComponentResource {
         const envHash = pulumi
             .all([config.secretEnv, config.db.password ?? "", config.smokeTest?.password ?? ""])
             .apply(([s, pw, smokePw]) => sha256(JSON.stringify([config.env, s, pw, config.siteUrl,
-                ...(config.smokeTest ? [[config.smokeTest.user, config.smokeTest.create, sha256(smokePw)]] : [])])).slice(0, 16));
+                ...(config.smokeTest ? [[config.smokeTest.user, config.smokeTest.create, sha256(smokePw),
+                    config.smokeTest.observation ?? null, config.smokeTest.invitation ?? null]] : [])])).slice(0, 16));
         const steps = {} as Record<StepName, command.remote.Command>;
         const results = {} as Record<StepName, pulumi.Output<Record<string, unknown>>>;
         let previous: pulumi.Resource[] = args.dependsOn;

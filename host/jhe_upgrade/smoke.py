@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import secrets
 import socket
@@ -25,7 +24,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from .spec import Spec
 from .util import Refusal, error_summary, log, run, write_private
 
-TOKEN_SECONDS = 24 * 3600  # the token minted before the window; deleted by the gate (or it expires)
+TOKEN_SECONDS = 6 * 3600  # the token minted before the window; deleted by the gate (or it expires)
 
 # Run by `manage.py shell` with a release's settings, no database: the release's own paths.
 ROUTES_CODE = r"""
@@ -39,8 +38,8 @@ def walk(patterns, prefix=""):
         else:
             yield prefix + str(p.pattern)
 
-def plain(route):  # a regex route as a path ("^invitation$" -> "invitation"); None if it is not a plain one
-    r = route.replace("^", "").replace("$", "").replace("\\.", ".")
+def plain(route):  # a regex route as a path ("^invitation$" -> "invitation", DRF's (?P<pk>...) -> <pk>); None if not plain
+    r = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", route).replace("^", "").replace("$", "").replace("\\.", ".")
     return None if re.search(r"[()\[\]*+?\\|]", r) else r
 
 out = {"admin": reverse("admin:index"), "adminLogin": reverse("admin:login"), "fhirObservation": None, "invitation": None}
@@ -53,84 +52,102 @@ for route in walk(get_resolver().url_patterns):
         out["fhirObservation"] = "/" + m.group(1) + "Observation"
     if "invitation" in r.lower():
         params = re.findall(r"<(?:\w+:)?(\w+)>", r)
-        if len(params) == 1 and "patient" in params[0]:  # GET .../patients/<id>/invitation_link
+        if len(params) == 1 and ("patient" in params[0] or "patients/" in r):  # GET .../patients/<id>/invitation_link
             out["invitation"] = {"method": "GET", "path": "/" + re.sub(r"<[^>]+>", "{patient}", r)}
         elif not params and not out["invitation"]:  # POST .../invitation {"patient_id": id}
             out["invitation"] = {"method": "POST", "path": "/" + r}
 print(json.dumps(out))
 """
 
-# With the database: the account (made or checked), its patient record, a short-lived bearer token.
+# With the database: the account (made or checked), its patient record, a short-lived bearer token. Its
+# input (the password among it) arrives on stdin, never in an environment or on a command line.
 ACCOUNT_CODE = r"""
-import datetime, json, os, secrets, sys
+import datetime, json, secrets, sys
 from django.apps import apps
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
+a = json.loads(sys.stdin.read())
 U = get_user_model()
 field = U.USERNAME_FIELD
-login, password, create = os.environ["JHE_SMOKE_USER"], os.environ["JHE_SMOKE_PASSWORD"], os.environ["JHE_SMOKE_CREATE"] == "1"
-u = U._default_manager.filter(**{field: login}).first()
-result = "exists"
-if u is None:
+login, password, create, owned = a["user"], a["password"], a["create"], a.get("ownedId")
+with transaction.atomic():
+    u = U._default_manager.filter(**{field: login}).first()
+    result = "exists"
+    if u is None:
+        if not create:
+            sys.exit(f"the smoke-test account {login} does not exist: make it, or let the program (jhe:smokeTestCreate true)")
+        u = U._default_manager.create_user(**{field: login}, password=password)
+        result = "created"
+    elif create and str(u.pk) != str(owned):
+        # (never take over an account someone else made: its password, its rights, its records stay theirs)
+        sys.exit(f"jhe:smokeTestUser {login} is an account this program did not make"
+                 + (" (a superuser)" if u.is_superuser else "")
+                 + ": give the smoke tests a login of their own, or use this one as it is (jhe:smokeTestCreate false, its password)")
     if not create:
-        sys.exit(f"the smoke-test account {login} does not exist: make it, or let the program (jhe:smokeTestCreate true)")
-    u = U._default_manager.create_user(**{field: login}, password=password)
-    result = "created"
-if not create:
-    if not u.check_password(password):
-        sys.exit(f"jhe:smokeTestPassword is not the password of {login} on this server: "
-                 "set the right one, or let the program keep it (jhe:smokeTestCreate true)")
-    if not (u.is_active and u.is_staff):
-        sys.exit(f"{login} cannot log in to the admin (it is not an active staff account): "
-                 "make it staff, or let the program (jhe:smokeTestCreate true)")
-if create:
-    changed = not u.check_password(password) or not u.is_staff or not u.is_active or u.is_superuser
-    if changed:
+        if not u.check_password(password):
+            sys.exit(f"jhe:smokeTestPassword is not the password of {login} on this server: "
+                     "set the right one, or let the program keep it (jhe:smokeTestCreate true)")
+        if not (u.is_active and u.is_staff):
+            sys.exit(f"{login} cannot log in to the admin (it is not an active staff account): "
+                     "make it staff, or let the program (jhe:smokeTestCreate true)")
+    if create and (not u.check_password(password) or not u.is_staff or not u.is_active or u.is_superuser):
         u.set_password(password)
         u.is_staff, u.is_active, u.is_superuser = True, True, False  # the admin's front page, no permission
         u.save()
         result = "updated" if result == "exists" else result
-patient = None
-try:
-    P = apps.get_model("core", "Patient")
-except LookupError:
-    P = None
-if P is not None and any(f.name == "jhe_user" for f in P._meta.get_fields()):
-    p = P.objects.filter(jhe_user=u).first()
-    if p is None and create:
-        p = P.objects.create(jhe_user=u, name_family="Smoke test", name_given="jhe-upgrade")
-    patient = p.id if p else None
-token = None
-try:
-    from oauth2_provider.models import get_access_token_model
-    T = get_access_token_model()
-    t = T.objects.create(user=u, token=secrets.token_urlsafe(32), scope="openid read write",
-                         expires=timezone.now() + datetime.timedelta(seconds=int(os.environ["JHE_SMOKE_TOKEN_SECONDS"])))
-    token = {"id": t.id, "value": t.token}
-except ImportError:
-    pass
-print(json.dumps({"account": result, "patient": patient, "token": token, "staff": u.is_staff}))
+    patient = None
+    try:
+        P = apps.get_model("core", "Patient")
+    except LookupError:
+        P = None
+    if P is not None and any(f.name == "jhe_user" for f in P._meta.get_fields()):
+        p = P.objects.filter(jhe_user=u).first()
+        if p is None and create:
+            extra = {}
+            bd = next((f for f in P._meta.get_fields() if f.name == "birth_date"), None)
+            if bd is not None and not bd.null:  # (JHE's first releases require a birth date)
+                extra["birth_date"] = datetime.date(1970, 1, 1)
+            p = P.objects.create(jhe_user=u, name_family="Smoke test", name_given="jhe-upgrade", **extra)
+        patient = p.id if p else None
+    token = None
+    try:
+        from oauth2_provider.models import get_access_token_model
+    except ImportError:
+        get_access_token_model = None  # (an app without django-oauth-toolkit: no API token to make)
+    if get_access_token_model:
+        T = get_access_token_model()
+        t = T.objects.create(user=u, token=secrets.token_urlsafe(32), scope="openid read write",
+                             expires=timezone.now() + datetime.timedelta(seconds=int(a["tokenSeconds"])))
+        token = {"id": t.id, "value": t.token}
+print(json.dumps({"account": result, "userId": u.pk, "patient": patient, "token": token, "staff": u.is_staff}))
 """
 
-# Afterwards: what the smoke tests wrote goes (the observations, by id; the token).
+# Afterwards: what the smoke tests wrote goes - the observations, by id and only the smoke patient's; the
+# token, by id, value and owner (so a restored database whose ids moved never loses another user's).
 CLEANUP_CODE = r"""
-import json, os
+import json, sys
 from django.apps import apps
-ids = json.loads(os.environ["JHE_SMOKE_ROWS"])
-O = apps.get_model("core", "Observation")
-# (only the smoke patient's: an id never reaches another patient's row)
-n = O.objects.filter(id__in=ids["observations"], subject_patient_id=ids["patient"]).delete()[0] if ids["observations"] else 0
+from django.contrib.auth import get_user_model
+ids = json.loads(sys.stdin.read())
+n = 0
+if ids["observations"] and ids.get("patient"):
+    O = apps.get_model("core", "Observation")
+    n += O.objects.filter(id__in=ids["observations"], subject_patient_id=ids["patient"]).delete()[0]
 if ids.get("token"):
     from oauth2_provider.models import get_access_token_model
-    n += get_access_token_model().objects.filter(id=ids["token"]).delete()[0]
+    U = get_user_model()
+    n += get_access_token_model().objects.filter(id=ids["token"]["id"], token=ids["token"]["value"],
+                                                 **{f"user__{U.USERNAME_FIELD}": ids["user"]}).delete()[0]
 print(json.dumps({"deleted": n}))
 """
 
 
-def _shell(spec: Spec, tag: str, code: str, env: dict[str, str], timeout: float = 120) -> dict:
+def _shell(spec: Spec, tag: str, code: str, data: dict | None = None, timeout: float = 120) -> dict:
+    """`manage.py shell -c code` with release `tag`'s code, as the app user; `data` as JSON on stdin."""
     rel = spec.release(tag)
     p = run(["runuser", "-u", spec.app_user, "--preserve-environment", "--", str(rel / "venv/bin/python"), "manage.py", "shell",
-             "-c", code], cwd=rel, env={**os.environ, **env}, quiet=True, check=False, timeout=timeout)
+             "-c", code], cwd=rel, input=json.dumps(data or {}), quiet=True, check=False, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(error_summary(p.stderr) or f"exit {p.returncode}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -144,7 +161,7 @@ def account_file(spec: Spec) -> Path:
 
 def routes(spec: Spec, tag: str) -> dict:
     """Release `tag`'s admin, FHIR Observation and invitation paths (no database needed)."""
-    return _shell(spec, tag, ROUTES_CODE, {})
+    return _shell(spec, tag, ROUTES_CODE)
 
 
 def provision(spec: Spec, serving: str | None) -> dict:
@@ -157,18 +174,22 @@ def provision(spec: Spec, serving: str | None) -> dict:
     if not isinstance(acct, dict) or not acct.get("user"):
         f.unlink(missing_ok=True)
         return {"account": None}
-    kept = {"user": str(acct["user"]), "password": str(acct.get("password") or ""), "create": bool(acct.get("create"))}
-    spec.maintenance_dir.mkdir(parents=True, exist_ok=True)
     old = _read(f)
+    kept = {"user": str(acct["user"]), "password": str(acct.get("password") or ""), "create": bool(acct.get("create")),
+            # the account the program made (by id): with jhe:smokeTestCreate it manages that one only
+            **({"ownedId": old["ownedId"]} if old and old.get("ownedId") and old.get("user") == acct["user"] else {}),
+            **{k: acct[k] for k in ("observation", "invitation") if acct.get(k) is not None}}
+    spec.maintenance_dir.mkdir(parents=True, exist_ok=True)
     _drop_token(spec, serving, old)
     result: dict = {"account": kept["user"]}
     if serving and spec.release(serving).is_dir():
         try:
             made = _account(spec, serving, kept)
-            kept.update(patient=made["patient"], token=made["token"], tokenExpires=time.time() + TOKEN_SECONDS - 600)
+            kept.update(patient=made["patient"], token=made["token"], tokenExpires=time.time() + TOKEN_SECONDS - 600,
+                        **({"ownedId": made["userId"]} if kept["create"] else {}))
             result.update(result=made["account"], patient=made["patient"], token=bool(made["token"]))
         except (RuntimeError, ValueError) as e:
-            if not kept["create"]:  # the stack's account is wrong: said now, before any window
+            if not kept["create"] or "did not make" in str(e):  # the stack's account is wrong: said now, before any window
                 raise Refusal(f"the smoke-test account jhe:smokeTestUser {kept['user']}: {e}") from e
             result["problem"] = f"the smoke-test account could not be made ready with {serving}: {e} (the gate tries again)"
             log(f"warning: {result['problem']}")
@@ -184,9 +205,13 @@ def _read(f: Path) -> dict | None:
 
 
 def _account(spec: Spec, tag: str, acct: dict) -> dict:
-    return _shell(spec, tag, ACCOUNT_CODE, {"JHE_SMOKE_USER": acct["user"], "JHE_SMOKE_PASSWORD": acct["password"],
-                                            "JHE_SMOKE_CREATE": "1" if acct.get("create") else "0",
-                                            "JHE_SMOKE_TOKEN_SECONDS": str(TOKEN_SECONDS)})
+    return _shell(spec, tag, ACCOUNT_CODE, {"user": acct["user"], "password": acct["password"], "create": bool(acct.get("create")),
+                                            "ownedId": acct.get("ownedId"), "tokenSeconds": TOKEN_SECONDS})
+
+
+def _cleanup(spec: Spec, tag: str, acct: dict, observations: list[str]) -> dict:
+    return _shell(spec, tag, CLEANUP_CODE, {"observations": observations, "patient": acct.get("patient"),
+                                            "token": acct.get("token"), "user": acct.get("user")})
 
 
 def drop_token(spec: Spec, tag: str) -> None:
@@ -202,14 +227,14 @@ def drop_token(spec: Spec, tag: str) -> None:
 def _drop_token(spec: Spec, tag: str | None, acct: dict | None) -> None:
     if acct and acct.get("token") and tag and spec.release(tag).is_dir():
         try:
-            _shell(spec, tag, CLEANUP_CODE, {"JHE_SMOKE_ROWS": json.dumps({"observations": [], "token": acct["token"]["id"]})})
+            _cleanup(spec, tag, acct, [])
         except (RuntimeError, ValueError) as e:
             log(f"warning: the smoke tests' earlier token was not deleted ({e}); it expires by itself")
 
 
 class Session:
     """One gate's smoke tests: the account kept by prepare, the target's paths, the key that passes the
-    maintenance page. `begin` before the window; `check` in it; `end` once it is closed."""
+    maintenance page. Made before the window; `check` in it; `end` once it is closed."""
 
     def __init__(self, spec: Spec, to: str, serving: str | None = None):
         self.spec, self.to, self.serving = spec, to, serving  # serving: makes the token now if prepare could not
@@ -217,23 +242,28 @@ class Session:
         self.key = secrets.token_hex(16)
         self.paths: dict = {}
         self.problem: str | None = None
-        self.written: list[int] = []
-        try:
-            self.paths = routes(spec, to)
-        except (RuntimeError, ValueError) as e:
-            self.problem = f"the paths of {to} could not be read: {e}"
+        self.written: list[str] = []
+        if self.acct:  # (the paths the account's checks use; without one, the anonymous checks need none)
+            try:
+                self.paths = routes(spec, to)
+            except (RuntimeError, ValueError) as e:
+                self.problem = f"the paths of {to} could not be read: {e}"
 
     def _ready(self, serving: str, again: bool = False) -> None:
         """The account's token and patient, made now (by `serving`'s code) when prepare could not."""
         a = self.acct
         if not a or (not again and a.get("token") and a.get("tokenExpires", 0) > time.time() and a.get("patient")):
             return
+        if a.get("token"):
+            _drop_token(self.spec, serving, a)
         made = _account(self.spec, serving, a)
-        a.update(patient=made["patient"], token=made["token"], tokenExpires=time.time() + TOKEN_SECONDS - 600)
+        a.update(patient=made["patient"], token=made["token"], tokenExpires=time.time() + TOKEN_SECONDS - 600,
+                 **({"ownedId": made["userId"]} if a.get("create") else {}))
         write_private(account_file(self.spec), json.dumps(a), "root", "root")
 
     def check(self) -> dict:
-        """The smoke tests, through nginx; {"ok", "detail" (the first failure), "checks": {...}}."""
+        """The smoke tests, through nginx; {"ok", "detail" (the first failure), "checks": {...}}. What
+        cannot be reached or read is a failed check, never an error of the gate itself."""
         t = time.monotonic()
         flag = self.spec.maintenance_dir / f"smoke-{self.key}"
         checks: dict = {}
@@ -246,10 +276,10 @@ class Session:
             flag.touch()
             site = Site(self.spec, self.key)
             checks.update(anonymous_checks(site, self.paths))
-            if self.problem:
-                checks["paths"] = {"ok": False, "detail": self.problem}
-            elif not self.acct:
+            if not self.acct:
                 checks["account"] = {"ok": True, "skipped": "no smoke-test account in the stack (jhe:smokeTestUser, jhe:smokeTestPassword)"}
+            elif self.problem:
+                checks["paths"] = {"ok": False, "detail": self.problem}
             elif "account" not in checks:
                 got = self._as_account(site)
                 if any(c.get("refused") for c in got.values()):
@@ -268,49 +298,72 @@ class Session:
                 "seconds": round(time.monotonic() - t, 2)}
 
     def _as_account(self, site: Site) -> dict:
+        """As the runbook: admin login; with a token, the patient's observations read back as a FHIR Bundle;
+        the invitation link and the upload when the stack gives what they need on this JHE (the runbook's
+        test-observation.json: jhe:smokeTestObservation; the invitation's fields: jhe:smokeTestInvitation)."""
         a = self.acct or {}
-        out = {"adminLogin": admin_login(site, self.paths, a["user"], a["password"])}
+        out = {"adminLogin": guarded(lambda: admin_login(site, self.paths, a["user"], a["password"]))}
         token = (a.get("token") or {}).get("value")
         if not token:
             out["api"] = {"ok": True, "skipped": "no bearer token (the app has no django-oauth-toolkit)"}
             return out
         auth = {"Authorization": f"Bearer {token}"}
         patient = a.get("patient")
-        inv = self.paths.get("invitation")
         if not patient:
             out["api"] = {"ok": True, "skipped": "the account has no patient record to act on (jhe:smokeTestCreate makes one)"}
             return out
-        out["invitationLink"] = invitation_link(site, inv, patient, auth) if inv else \
-            {"ok": True, "skipped": f"{self.to} has no invitation endpoint"}
+        inv = self.paths.get("invitation")
+        if a.get("invitation") is not None:
+            out["invitationLink"] = guarded(lambda: invitation_link(site, inv, patient, auth, a["invitation"])) if inv else \
+                {"ok": False, "detail": f"{self.to} serves no invitation endpoint this program knows"}
         fhir = self.paths.get("fhirObservation")
         if not fhir:
-            out["observationUpload"] = {"ok": False, "detail": f"{self.to} serves no FHIR Observation endpoint"}
+            out["observationReadBack"] = {"ok": False, "detail": f"{self.to} serves no FHIR Observation endpoint"}
             return out
-        up = upload(site, fhir, patient, auth, self.key)
-        out["observationUpload"] = up
-        if up.get("id") is not None:
-            self.written.append(int(up["id"]))
-            out["observationReadBack"] = read_back(site, fhir, patient, auth, str(up["id"]))
+        oid = None
+        if a.get("observation") is not None:
+            up = guarded(lambda: upload(site, fhir, patient, auth, a["observation"]))
+            out["observationUpload"] = up
+            if up.get("id") is not None:
+                oid = str(up["id"])
+                self.written.append(oid)
+                self._keep_written()
+            if not up.get("ok"):
+                return out
+        out["observationReadBack"] = guarded(lambda: read_back(site, fhir, patient, auth, oid))
         return out
+
+    def _keep_written(self) -> None:
+        """What the smoke tests wrote, kept on disk too (a run that dies before `end` leaves it findable)."""
+        if self.acct is not None:
+            self.acct["written"] = self.written
+            write_private(account_file(self.spec), json.dumps(self.acct), "root", "root")
 
     def end(self, tag: str, rows: bool = True) -> dict:
         """The smoke tests' rows removed (with `tag`'s code, the one that serves now; `rows` False: only
         the token, when the database they were written to no longer serves) and the token gone."""
         a = self.acct or {}
-        tok = (a.get("token") or {}).get("id")
         written = self.written if rows else []
-        if not written and not tok:
+        if not written and not a.get("token"):
             return {"deleted": 0}
         try:
-            r = _shell(self.spec, tag, CLEANUP_CODE, {"JHE_SMOKE_ROWS": json.dumps(
-                {"observations": written, "token": tok, "patient": a.get("patient")})})
+            r = _cleanup(self.spec, tag, a, written)
         except (RuntimeError, ValueError) as e:
             log(f"warning: the smoke tests' rows were not removed ({e}): observations {self.written}")
             return {"deleted": 0, "problem": str(e), "observations": self.written}
         if a:
             a.pop("token", None)
+            a.pop("written", None)
             write_private(account_file(self.spec), json.dumps(a), "root", "root")
         return r
+
+
+def guarded(check) -> dict:
+    """A check whose request fails (no answer, a broken TLS or HTTP exchange, an unreadable answer) fails as a check."""
+    try:
+        return check()
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return _fail(f"{type(e).__name__}: {e}")
 
 
 class Site:
@@ -365,24 +418,37 @@ def _fail(detail: str, **kw) -> dict:
     return {"ok": False, "detail": detail, **kw}
 
 
+OIDC_KEYS = "/o/.well-known/jwks.json"
+ADMIN_CSS = "/static/admin/css/base.css"  # (JHE's own smoke test checks the static files are served)
+
+
 def anonymous(spec: Spec) -> dict:
-    """The checks anyone can make, through nginx, outside a window (finish; an adopted server)."""
-    try:
-        return {k: v.get("status") if v.get("ok") else v.get("detail") for k, v in anonymous_checks(Site(spec, ""), {}).items()}
-    except OSError as e:
-        return {"nginx": f"no answer: {e}"}
+    """What anyone gets through nginx, outside a window (finish; an adopted server): path -> status."""
+    out: dict = {}
+    site = Site(spec, "")
+    for path in ("/health", "/admin/", OIDC_KEYS, ADMIN_CSS):
+        try:
+            out[path] = str(site.request("GET", path)[0])
+        except (OSError, http.client.HTTPException) as e:
+            out[path] = f"no answer: {e}"
+    return out
 
 
 def anonymous_checks(site: Site, paths: dict) -> dict:
-    """What anyone gets: /health (where served) and the admin's login page."""
+    """In the gate, as anyone: /health (the tag's, where served) and the admin's login page, through nginx."""
     out = {}
-    code, _, body = site.request("GET", "/health")
-    out["health"] = {"ok": code in (200, 404), "status": code, **({} if code in (200, 404) else {"detail": f"/health answered {code}"})}
+    def health() -> dict:
+        code = site.request("GET", "/health")[0]
+        return {"ok": code in (200, 404), "status": code, **({} if code in (200, 404) else {"detail": f"/health answered {code}"})}
+    out["health"] = guarded(health)
     login = paths.get("adminLogin") or "/admin/login/"
-    code, _, body = site.request("GET", login)
-    ok = code == 200 and "csrfmiddlewaretoken" in body
-    why = f"{login} answered {code}" + ("" if code != 200 else " without a login form")
-    out["adminPage"] = {"ok": ok, "status": code, **({} if ok else {"detail": why})}
+
+    def page() -> dict:
+        code, _, body = site.request("GET", login)
+        ok = code == 200 and "csrfmiddlewaretoken" in body
+        why = f"{login} answered {code}" + ("" if code != 200 else " without a login form")
+        return {"ok": ok, "status": code, **({} if ok else {"detail": why})}
+    out["adminPage"] = guarded(page)
     return out
 
 
@@ -419,30 +485,29 @@ def admin_login(site: Site, paths: dict, user: str, password: str) -> dict:
     return {"ok": True, "status": code, "seconds": round(time.monotonic() - t, 2)}
 
 
-def invitation_link(site: Site, inv: dict, patient: int, auth: dict) -> dict:
+def invitation_link(site: Site, inv: dict, patient: int, auth: dict, fields: dict) -> dict:
+    """The runbook's "generate test invitation link": a GET per patient (JHE's first API), or a POST with
+    the patient and the fields this JHE wants (jhe:smokeTestInvitation, e.g. its client's id); 200 or 201,
+    and a link in the answer."""
     path = inv["path"].replace("{patient}", str(patient))
     if inv["method"] == "GET":
         code, _, body = site.request("GET", path, headers=auth)
     else:
-        code, _, body = site.request("POST", path, json.dumps({"patient_id": patient}).encode(),
+        code, _, body = site.request("POST", path, json.dumps({"patient_id": patient, **fields}).encode(),
                                      {**auth, "Content-Type": "application/json"})
-    if code != 200:
+    if code not in (200, 201):
         return _fail(f"{inv['method']} {path} answered {code}", refused=code in (401, 403))
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return _fail(f"{inv['method']} {path} answered no JSON")
-    links = [v for v in (doc.values() if isinstance(doc, dict) else []) if isinstance(v, str) and v.startswith(site.base + "/")]
+    doc = json.loads(body)
+    links = [v for v in (doc.values() if isinstance(doc, dict) else []) if isinstance(v, str) and re.match(r"https?://[^\s/]+/", v)]
     if not links:
-        return _fail(f"{inv['method']} {path} gave no link on {site.base}")
+        return _fail(f"{inv['method']} {path} gave no link")
     return {"ok": True, "status": code, "path": path}
 
 
-def upload(site: Site, fhir: str, patient: int, auth: dict, key: str) -> dict:
-    obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient}"},
-           "code": {"coding": [{"system": "https://jhe-upgrade.invalid/smoke-test", "code": f"smoke-{key[:8]}"}]},
-           "valueQuantity": {"value": 1.0}}
-    code, _, body = site.request("POST", fhir, json.dumps(obs).encode(), {**auth, "Content-Type": "application/fhir+json"})
+def upload(site: Site, fhir: str, patient: int, auth: dict, observation: dict) -> dict:
+    """The runbook's test observation (jhe:smokeTestObservation), for the smoke patient; 201 with the new id."""
+    obs = {**observation, "subject": {"reference": f"Patient/{patient}"}}
+    code, _, body = site.request("POST", fhir, json.dumps(obs).encode(), {**auth, "Content-Type": "application/json"})
     if code != 201:
         return _fail(f"POST {fhir} answered {code}, not 201", status=code, refused=code in (401, 403))
     try:
@@ -451,19 +516,19 @@ def upload(site: Site, fhir: str, patient: int, auth: dict, key: str) -> dict:
         oid = None
     if oid is None:
         return _fail(f"POST {fhir} answered 201 without the new resource's id", status=code)
-    return {"ok": True, "status": code, "path": fhir, "id": oid}
+    return {"ok": True, "status": code, "path": fhir, "id": str(oid)}
 
 
-def read_back(site: Site, fhir: str, patient: int, auth: dict, oid: str) -> dict:
+def read_back(site: Site, fhir: str, patient: int, auth: dict, oid: str | None) -> dict:
+    """The runbook's "retrieve observations": the patient's, a FHIR Bundle (holding the upload, when there was one)."""
     path = f"{fhir}?{urlencode({'patient': patient})}"
     code, _, body = site.request("GET", path, headers=auth)
     if code != 200:
-        return _fail(f"GET {path} answered {code}")
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return _fail(f"GET {path} answered no JSON")
+        return _fail(f"GET {path} answered {code}", refused=code in (401, 403))
+    doc = json.loads(body)
     ids = [str((e.get("resource") or {}).get("id")) for e in doc.get("entry") or [] if isinstance(e, dict)]
-    if doc.get("resourceType") != "Bundle" or oid not in ids:
+    if doc.get("resourceType") != "Bundle":
+        return _fail(f"GET {path} gave no FHIR Bundle")
+    if oid is not None and oid not in ids:
         return _fail(f"GET {path} gave no Bundle with the uploaded observation {oid}")
-    return {"ok": True, "status": code, "entries": len(ids)}
+    return {"ok": True, "status": code, "path": fhir, "entries": len(ids)}

@@ -124,6 +124,14 @@ def _preflight(spec: Spec) -> dict:
         problems.append(f"Django {django} needs PostgreSQL 14 or newer; the server has {pg}")
     env = target_env(spec, to)
     problems += env_problems(spec, frm, to, env)
+    smoke = spec.raw.get("smokeTest") or {}
+    if smoke.get("user") and not smoke.get("create") and not frm and not spec.raw.get("restoreFrom"):
+        problems.append(f"jhe:smokeTestUser {smoke['user']} cannot exist on a new server's empty database: let the program "
+                        f"make it (pulumi config set jhe:smokeTestCreate true), or add it after the install")
+    back = load_state(spec).get("watchRollback") or {}
+    if back.get("from") == to and frm == back.get("to"):
+        problems.append(f"the watch rolled {to} back to {frm} at {back.get('at')} ({back.get('why')}): set jhe:version back to "
+                        f"{frm} (pulumi config set jhe:version {frm}), or move on to a fixed version")
     # Disk: the backup (about the database's size, compressed) plus a release, with headroom.
     db_bytes = db_size(spec.db_name)
     need = db_bytes + 300 * 1024 * 1024
@@ -536,13 +544,15 @@ def gate(spec: Spec, to: str, port: int, session: Session | None) -> dict:
 
 
 def fail_gate(spec: Spec, state: dict, frm: str | None, to: str, h: dict, session: Session | None) -> None:
-    """A failed gate reverts; the smoke tests' token goes from the database that serves again (their
-    observations were written to the one that does not: never deleted by id elsewhere)."""
+    """A failed gate reverts; the smoke tests' token goes from the database that serves again, and their
+    observations too when that is the database they were written to (no migration ran: it is not put
+    back) - never by id in another one."""
+    same_db = not (bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback")) or bool(state.get("swap")))
     try:
         fail_health(spec, state, frm, to, h)
     finally:
         if session and frm:
-            session.end(frm, rows=False)
+            session.end(frm, rows=same_db)
 
 
 def step_health(spec: Spec) -> dict:
@@ -568,6 +578,8 @@ def step_finish(spec: Spec) -> dict:
         if note_repair(spec, state):
             save_state(spec, state)
         return {"skipped": f"{to} already finished", "current": current_version(spec), "rehearsals": state.get("rehearsals") or {}}
+    if not spec.raw.get("byWatch"):
+        state.pop("watchRollback", None)  # (a move the stack asked for finished: the watch's verdict is spent)
     seconds = close_window(spec, state) or (state.get("cutover") or {}).get("windowSeconds", 0.0)
     # The gate's smoke tests (as the account, in the window); those anyone can run, through nginx, now.
     smoke = {**anonymous(spec), **({"gate": g} if (g := ((state.get("cutover") or {}).get("health") or {}).get("smoke")) else {})}

@@ -17,6 +17,7 @@ from .upgradelog import append_log
 from .util import Refusal, log, now, run
 
 BASELINE_SECONDS = 900
+MIN_FAILED = 5  # never judged on a handful of failed requests
 SAMPLE_SECONDS = 5.0
 READ_BYTES = 32 << 20  # of each log's end: enough for a quarter hour of a busy server
 # nginx's combined format: ... [30/Nov/2026:14:11:14 +0000] "POST /fhir/r5/Observation HTTP/1.1" 201 ... "user agent"
@@ -43,15 +44,16 @@ def _tail(path: Path) -> list[str]:
     return lines[1:] if size > READ_BYTES else lines  # (the first may be cut)
 
 
-def nginx_counts(lines: list[str], since: float, until: float | None = None) -> dict:
-    """Requests and 5xx answers logged in [since, until) (epoch seconds); the smoke tests' own left out."""
+def nginx_counts(lines: list[str], since: float, until: float | None = None, ignore: tuple[str, ...] = ()) -> dict:
+    """Requests and 5xx answers logged in [since, until) (epoch seconds); the smoke tests' own left out,
+    and answers with a status in `ignore` (the maintenance page's 503 in the time before)."""
     n = errors = 0
     for line in lines:
         m = LINE.search(line)
         if not m or SMOKE_AGENT in line:
             continue
         t = dt.datetime.strptime(m.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp()
-        if t < since or (until is not None and t >= until):
+        if t < since or (until is not None and t >= until) or m.group(2) in ignore:
             continue
         n += 1
         errors += m.group(2).startswith("5")
@@ -65,8 +67,11 @@ def journal_errors(spec: Spec, since: float, until: float | None = None) -> int:
 
 
 def measure(spec: Spec, since: float, until: float | None = None) -> dict:
-    log_lines = _tail(access_log(spec)) or _tail(access_log(spec).with_name(access_log(spec).name + ".1"))
-    c = nginx_counts(log_lines, since, until)
+    """The rate in [since, until): with `until` (the time before the move) a maintenance window's 503s
+    in it are not the app's failures. Reads the rotated log too (a rotation may fall in between)."""
+    log = access_log(spec)
+    log_lines = _tail(log.with_name(log.name + ".1")) + _tail(log)
+    c = nginx_counts(log_lines, since, until, ignore=("503",) if until else ())
     c["journalErrors"] = journal_errors(spec, since, until)
     c["failed"] = max(c["errors"], min(c["journalErrors"], c["requests"]))
     c["rate"] = round(c["failed"] / c["requests"], 4) if c["requests"] else 0.0
@@ -75,7 +80,7 @@ def measure(spec: Spec, since: float, until: float | None = None) -> dict:
 
 def verdict(before: dict, after: dict, max_increase: float, min_requests: int) -> str | None:
     """Why the new version must go (None: it may stay). `max_increase`: percentage points over the rate before."""
-    if after["requests"] < min_requests:
+    if after["requests"] < min_requests or after["failed"] < MIN_FAILED:
         return None
     if (after["rate"] - before["rate"]) * 100 > max_increase:
         return (f"{after['failed']} of {after['requests']} requests failed after the switch ({after['rate'] * 100:.1f} %), "
@@ -97,6 +102,9 @@ def step_watch(spec: Spec) -> dict:
     if back and back.get("from") == to and current_version(spec) == back.get("to"):
         raise Refusal(f"the watch rolled {to} back to {back['to']} at {back['at']}: {back['why']}. {back['to']} serves; "
                       f"set the version back to agree (pulumi config set jhe:version {back['to']}), or move on to a fixed version")
+    if back and back.get("from") == to and not back.get("rolledBack"):
+        raise Refusal(f"the watch found at {back['at']}: {back['why']}, and rolling back to {back['to']} failed then "
+                      f"({back.get('problem')}); {to} still serves. Set jhe:version {back['to']} and run `pulumi up` to roll back")
     dep = state.get("deployed") or {}
     pending = dep.get("watch")
     if not pending or dep.get("version") != to:
@@ -121,23 +129,29 @@ def step_watch(spec: Spec) -> dict:
     if after["requests"] < min_requests:
         result["note"] = f"only {after['requests']} requests in the watch (fewer than {min_requests}): too few to judge"
     dep.pop("watch", None)
-    save_state(spec, state)
     if not why:
+        save_state(spec, state)
         return {"watch": result}
     if not frm or frm == to:
+        save_state(spec, state)
         raise Refusal(f"the watch after the switch to {to}: {why}; there is no earlier version to roll back to")
+    # The verdict first (so every later run says it, whatever happens to the rollback), then the rollback.
+    state["watchRollback"] = {"from": to, "to": frm, "at": now(), "why": why, "before": before, "after": after, "rolledBack": False}
+    (state.setdefault("rehearsals", {}))[to] = {"status": "failed", "at": now(), "from": frm, "why": f"the watch: {why}"}
+    save_state(spec, state)
     log(f"the watch: {why}; rolling back to {frm}")
     try:
         done = roll_back(spec, frm)
     except Refusal as e:  # (a failure the steps handled: the version that served before it serves)
+        _rollback_failed(spec, str(e))
         raise Refusal(f"the watch after the switch to {to}: {why}. Rolling back to {frm} failed: {e}") from e
     except Exception as e:  # noqa: BLE001 - an unforeseen one inside the rollback's window: a known version serves again
         said = safety_net(spec, f"the watch's rollback to {frm} failed: {type(e).__name__}: {e}")
+        _rollback_failed(spec, f"{type(e).__name__}: {e}")
         raise Refusal(f"the watch after the switch to {to}: {why}. Rolling back to {frm} failed ({type(e).__name__}: {e}). {said}") from e
     state = load_state(spec)
-    state["watchRollback"] = {"from": to, "to": frm, "at": now(), "why": why, "before": before, "after": after,
-                              "rollback": done}
-    (state.setdefault("rehearsals", {}))[to] = {"status": "failed", "at": now(), "from": frm, "why": f"the watch: {why}"}
+    state.setdefault("watchRollback", {}).update(rolledBack=True, rollback={k: done.get(k) for k in ("from", "to", "downtimeSeconds")})
+    state.setdefault("rehearsals", {})[to] = {"status": "failed", "at": now(), "from": frm, "why": f"the watch: {why}"}
     (state.get("deployed") or {}).pop("watch", None)
     save_state(spec, state)
     append_log(spec, f"## Watch: {to} rolled back to {frm} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner}), "
@@ -146,11 +160,18 @@ def step_watch(spec: Spec) -> dict:
                   f"downtime {done.get('downtimeSeconds')} s). Set the version back to agree: pulumi config set jhe:version {frm}")
 
 
+def _rollback_failed(spec: Spec, problem: str) -> None:
+    state = load_state(spec)
+    if state.get("watchRollback"):
+        state["watchRollback"]["problem"] = problem
+        save_state(spec, state)
+
+
 def roll_back(spec: Spec, frm: str) -> dict:
     """The same steps, in the same order, as a `pulumi up` after setting the version back to `frm`."""
     from .steps import step_backup, step_finish, step_health, step_migrate, step_preflight, step_prepare, step_switch
 
-    back = Spec({**spec.raw, "version": frm})
+    back = Spec({**spec.raw, "version": frm, "byWatch": True})
     for step in (step_preflight, step_prepare, step_backup, step_migrate, step_switch, step_health):
         step(back)
     return step_finish(back)

@@ -61,7 +61,7 @@ def routes_of(monkeypatch: pytest.MonkeyPatch, tree: list) -> dict:
 
 
 def test_paths_are_read_from_each_release_not_assumed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The fixture's v1 (and JHE's first releases): /fhir/r5/Observation, a GET per patient for the link.
+    # The fixture's v1: /fhir/r5/Observation, a GET per patient for the link.
     v1 = routes_of(monkeypatch, [("admin/", ["", "login/"]), "health", ("api/v1/", ["patients"]),
                                  ("", ["fhir/r5/Observation", "api/v1/patients/<int:patient_id>/invitation_link"])])
     assert v1["fhirObservation"] == "/fhir/r5/Observation"
@@ -75,6 +75,11 @@ def test_paths_are_read_from_each_release_not_assumed(monkeypatch: pytest.Monkey
                                   ("api/v1/", ["^invitation$", "^invitation\\.(?P<format>[a-z0-9]+)/?$", "^invitation/(?P<pk>[^/.]+)$"])])
     assert now["fhirObservation"] == "/FHIR/R5/Observation"
     assert now["invitation"] == {"method": "POST", "path": "/api/v1/invitation"}
+    # JHE's first releases (v0.0.10): a DRF router's regex routes, the link an @action on the patient.
+    old = routes_of(monkeypatch, [("", ["fhir/r5/^Observation$"]), ("api/v1/", ["^patients/(?P<pk>[^/.]+)/invitation_link$",
+                                                                                "^patients/(?P<pk>[^/.]+)/invitation_link\\.(?P<format>[a-z0-9]+)/?$"])])
+    assert old["fhirObservation"] == "/fhir/r5/Observation"
+    assert old["invitation"] == {"method": "GET", "path": "/api/v1/patients/{patient}/invitation_link"}
     # A release without them: nothing made up.
     none = routes_of(monkeypatch, [("admin/", ["login/"]), "health"])
     assert none["fhirObservation"] is None and none["invitation"] is None
@@ -134,66 +139,87 @@ def test_upload_read_back_and_invitation(monkeypatch: pytest.MonkeyPatch) -> Non
     bundle = {"resourceType": "Bundle", "entry": [{"resource": {"id": "40"}}, {"resource": {"id": "41"}}]}
     site = FakeSite({("POST", "/fhir/r5/Observation"): post, ("GET", "/fhir/r5/Observation"): (200, {}, json.dumps(bundle)),
                      ("GET", "/api/v1/patients/7/invitation_link"): (200, {}, json.dumps({"invitationLink": f"{SITE}/invite/7/x"}))})
-    up = smoke.upload(site, "/fhir/r5/Observation", 7, auth, "k" * 32)  # type: ignore[arg-type]
+    sample = {"resourceType": "Observation", "code": {"coding": [{"code": "8867-4"}]}, "subject": {"reference": "Patient/10001"}}
+    up = smoke.upload(site, "/fhir/r5/Observation", 7, auth, sample)  # type: ignore[arg-type]
     assert up == {"ok": True, "status": 201, "path": "/fhir/r5/Observation", "id": "41"}
-    assert stored[0]["subject"] == {"reference": "Patient/7"}
+    assert stored[0]["subject"] == {"reference": "Patient/7"}, "the runbook's test observation, for the smoke patient"
+    assert stored[0]["code"] == sample["code"]
     assert smoke.read_back(site, "/fhir/r5/Observation", 7, auth, "41")["ok"]  # type: ignore[arg-type]
     missing = smoke.read_back(site, "/fhir/r5/Observation", 7, auth, "42")  # type: ignore[arg-type]
     assert not missing["ok"] and "no Bundle with the uploaded observation 42" in missing["detail"]
-    assert smoke.invitation_link(site, {"method": "GET", "path": "/api/v1/patients/{patient}/invitation_link"}, 7, auth)["ok"]  # type: ignore[arg-type]
-    # A link to somewhere else is not the site's invitation.
-    site.answers[("GET", "/api/v1/patients/7/invitation_link")] = (200, {}, json.dumps({"invitationLink": "http://localhost:8000/invite/7/x"}))
-    assert not smoke.invitation_link(site, {"method": "GET", "path": "/api/v1/patients/{patient}/invitation_link"}, 7, auth)["ok"]  # type: ignore[arg-type]
+    get_link = {"method": "GET", "path": "/api/v1/patients/{patient}/invitation_link"}
+    assert smoke.invitation_link(site, get_link, 7, auth, {})["ok"]  # type: ignore[arg-type]
+    # An answer without a link is no invitation.
+    site.answers[("GET", "/api/v1/patients/7/invitation_link")] = (200, {}, json.dumps({"invitationLink": ""}))
+    assert not smoke.invitation_link(site, get_link, 7, auth, {})["ok"]  # type: ignore[arg-type]
+    # JHE today: a POST with the client's id (jhe:smokeTestInvitation), 201, a link on the client's own site.
+    sent_body: list[dict] = []
+
+    def invite(body: bytes, headers: dict):
+        sent_body.append(json.loads(body))
+        return 201, {}, json.dumps({"invitationLink": "https://app.example.org/invite?code=x"})
+    site.answers[("POST", "/api/v1/invitation")] = invite
+    assert smoke.invitation_link(site, {"method": "POST", "path": "/api/v1/invitation"}, 7, auth, {"clientId": 3})["ok"]  # type: ignore[arg-type]
+    assert sent_body == [{"patient_id": 7, "clientId": 3}]
     # The answers that make the gate fail, and those that mean the token or the account was refused.
     site.answers[("POST", "/fhir/r5/Observation")] = (500, {}, "Server Error")
-    broken = smoke.upload(site, "/fhir/r5/Observation", 7, auth, "k" * 32)  # type: ignore[arg-type]
+    broken = smoke.upload(site, "/fhir/r5/Observation", 7, auth, sample)  # type: ignore[arg-type]
     assert broken["detail"] == "POST /fhir/r5/Observation answered 500, not 201" and not broken["refused"]
     site.answers[("POST", "/fhir/r5/Observation")] = (401, {}, '{"detail": "Invalid token."}')
-    assert smoke.upload(site, "/fhir/r5/Observation", 7, auth, "k" * 32)["refused"]  # type: ignore[arg-type]
+    assert smoke.upload(site, "/fhir/r5/Observation", 7, auth, sample)["refused"]  # type: ignore[arg-type]
+    # A request that cannot be made is a failed check, not an error of the gate.
+    site.answers[("POST", "/fhir/r5/Observation")] = lambda b, h: (_ for _ in ()).throw(ConnectionResetError("reset by peer"))
+    failed = smoke.guarded(lambda: smoke.upload(site, "/fhir/r5/Observation", 7, auth, sample))  # type: ignore[arg-type]
+    assert failed == {"ok": False, "detail": "ConnectionResetError: reset by peer"}
 
 
 def test_session_retries_once_with_a_token_made_by_the_serving_code(spec: Spec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A database the window restored may not hold the token made before it: made again, tried once more."""
     monkeypatch.setattr(type(spec), "maintenance_dir", property(lambda s: tmp_path))
-    smoke.account_file(spec).write_text(json.dumps({"user": "s@example.org", "password": "pw", "create": True, "patient": 7,
-                                                    "token": {"id": 1, "value": "old"}, "tokenExpires": 4e9}))
+    smoke.account_file(spec).write_text(json.dumps({"user": "s@example.org", "password": "pw", "create": True, "patient": 7, "ownedId": 5,
+                                                    "token": {"id": 1, "value": "old"}, "tokenExpires": 4e9,
+                                                    "observation": {"resourceType": "Observation"}}))
     paths = {"admin": "/admin/", "adminLogin": "/admin/login/", "fhirObservation": "/fhir/r5/Observation", "invitation": None}
     monkeypatch.setattr(smoke, "routes", lambda s, t: paths)
     made: list[str] = []
 
     def account(s: Spec, tag: str, a: dict) -> dict:
         made.append(tag)
-        return {"account": "exists", "patient": 7, "token": {"id": 2, "value": "new"}}
+        return {"account": "exists", "userId": 5, "patient": 7, "token": {"id": 2, "value": "new"}}
     monkeypatch.setattr(smoke, "_account", account)
     monkeypatch.setattr(smoke, "write_private", lambda p, text, *a: Path(p).write_text(text))
     monkeypatch.setattr(smoke, "anonymous_checks", lambda site, paths: {"health": {"ok": True, "status": 200}})
     monkeypatch.setattr(smoke, "admin_login", lambda *a: {"ok": True, "status": 200})
     tokens: list[str] = []
 
-    def upload(site, fhir, patient, auth, key):
+    def upload(site, fhir, patient, auth, observation):
         tokens.append(auth["Authorization"])
         return {"ok": True, "status": 201, "id": "9"} if auth["Authorization"] == "Bearer new" else \
             {"ok": False, "refused": True, "detail": "POST answered 401, not 201"}
     monkeypatch.setattr(smoke, "upload", upload)
     monkeypatch.setattr(smoke, "read_back", lambda *a: {"ok": True, "status": 200})
+    sent: list[dict] = []
+
+    def shell(s: Spec, tag: str, code: str, data: dict) -> dict:
+        sent.append(data)
+        return {"deleted": 2}
+    monkeypatch.setattr(smoke, "_shell", shell)  # (no command runs in a unit test)
+    (spec.releases / "v1.2.0").mkdir(parents=True)
     s = smoke.Session(spec, "v1.2.0")
     r = s.check()
     assert r["ok"], r
     assert tokens == ["Bearer old", "Bearer new"] and made == ["v1.2.0"]
-    assert s.written == [9]
+    assert s.written == ["9"]
     assert not list(tmp_path.glob("smoke-[0-9a-f]*")), "the file that passes the maintenance page is gone"
-    # The cleanup: the smoke patient's observations by id, and the token; after a revert only the token.
-    sent: list[dict] = []
-    def shell(s: Spec, tag: str, code: str, env: dict) -> dict:
-        sent.append(json.loads(env["JHE_SMOKE_ROWS"]))
-        return {"deleted": 2}
-    monkeypatch.setattr(smoke, "_shell", shell)
+    # Before the new token, the old one went (by id, value and owner); then the cleanup: the smoke patient's
+    # observations by id, and the token; after a revert only the token.
+    assert sent[0] == {"observations": [], "patient": 7, "token": {"id": 1, "value": "old"}, "user": "s@example.org"}
     s.end("v1.2.0", rows=False)
-    assert sent[-1] == {"observations": [], "token": 2, "patient": 7}
-    s.acct = {**(s.acct or {}), "token": {"id": 2, "value": "new"}}
+    new = {"id": 2, "value": "new"}
+    assert sent[-1] == {"observations": [], "token": new, "patient": 7, "user": "s@example.org"}
+    s.acct = {**(s.acct or {}), "token": new}
     s.end("v1.2.0")
-    assert sent[-1] == {"observations": [9], "token": 2, "patient": 7}
-    assert "subject_patient_id=ids[\"patient\"]" in smoke.CLEANUP_CODE
+    assert sent[-1] == {"observations": ["9"], "token": new, "patient": 7, "user": "s@example.org"}
 
 
 def test_upgrade_log_lines() -> None:

@@ -28,6 +28,7 @@ def test_nginx_counts_by_time_and_status_without_the_smoke_tests() -> None:
     assert watch.nginx_counts(lines, t0) == {"requests": 4, "errors": 1}
     assert watch.nginx_counts(lines, t0, t0 + 10) == {"requests": 3, "errors": 1}
     assert watch.nginx_counts(lines, t0 - 60, t0) == {"requests": 1, "errors": 1}
+    assert watch.nginx_counts(lines + [line(t0 - 6, 503)], t0 - 60, t0, ignore=("503",)) == {"requests": 1, "errors": 1}
 
 
 def test_verdict_against_the_rate_before() -> None:
@@ -36,6 +37,7 @@ def test_verdict_against_the_rate_before() -> None:
     why = watch.verdict(before, {"requests": 100, "failed": 40, "rate": 0.4}, 5, 20)
     assert why and "40 of 100 requests failed after the switch (40.0 %), against 1.0 % (10 of 1000) before" in why
     assert watch.verdict(before, {"requests": 10, "failed": 10, "rate": 1.0}, 5, 20) is None  # too few to judge
+    assert watch.verdict(before, {"requests": 20, "failed": 3, "rate": 0.15}, 5, 20) is None  # a handful of failures
 
 
 def served(spec: Spec, tag: str) -> None:
@@ -87,3 +89,22 @@ def test_step_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert moves == ["v1.0.0"]
     # Once the stack says v1.0.0, nothing to watch.
     assert "skipped" in watch.step_watch(make_spec(tmp_path, version="v1.0.0", watch={"seconds": 1}))["watch"]
+
+
+def test_a_failed_rollback_is_said_on_every_later_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = make_spec(tmp_path, version="v1.7.0", watch={"seconds": 1, "maxErrorRate": 5, "minRequests": 20})
+    spec.meta.mkdir(parents=True)
+    served(spec, "v1.7.0")
+    pending = {"from": "2026-11-30T14:00:00Z", "moveBegan": "2026-11-30T13:58:00Z"}
+    save_state(spec, {"deployed": {"version": "v1.7.0", "previous": "v1.0.0", "at": "2026-11-30T14:00:00Z", "watch": pending}})
+    bad = {"requests": 60, "errors": 30, "journalErrors": 0, "failed": 30, "rate": 0.5}
+    monkeypatch.setattr(watch, "measure", lambda s, since, until=None: {**bad, "failed": 0, "rate": 0.0} if until else bad)
+
+    def roll_back(s: Spec, frm: str) -> dict:
+        raise Refusal("preflight refused the rollback to v1.0.0 before any change: no backup")
+    monkeypatch.setattr(watch, "roll_back", roll_back)
+    with pytest.raises(Refusal, match="Rolling back to v1.0.0 failed: preflight refused"):
+        watch.step_watch(spec)
+    # Nothing left to watch, but the verdict stands: the next run says it again (v1.7.0 still serves).
+    with pytest.raises(Refusal, match=r"rolling back to v1\.0\.0 failed then \(preflight refused.*Set jhe:version v1\.0\.0"):
+        watch.step_watch(spec)

@@ -106,6 +106,8 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
             valueQuantity: { value: 72 },
         });
         assert.strictEqual(posted.status, 201, posted.body);
+        // (as JHE's parsers: no application/fhir+json)
+        assert.strictEqual((await request(h, "POST", "/fhir/r5/Observation", "{}", 10_000, { "Content-Type": "application/fhir+json" })).status, 415);
         const bundle = JSON.parse((await request(h, "GET", "/fhir/r5/Observation?patient=1")).body);
         assert.strictEqual(bundle.resourceType, "Bundle");
         assert.ok(bundle.entry.some((e: { resource: { id: string } }) => e.resource.id === JSON.parse(posted.body).id));
@@ -204,8 +206,10 @@ describe("test server: legacy v1.0.0 install and the fixture's tags by hand", fu
         const obs = { subject: { reference: "Patient/2" }, code: { coding: [{ code: "8480-6" }] }, valueQuantity: { value: 120 } };
         assert.strictEqual((await request(h, "POST", "/FHIR/R5/Observation", obs)).status, 201);
         assert.strictEqual((await request(h, "POST", "/fhir/r5/Observation", obs)).status, 404);
-        const inv = await request(h, "POST", "/api/v1/invitation", { patient_id: 2 }, 10_000, await bearer());
-        assert.strictEqual(inv.status, 200, inv.body);
+        const auth = await bearer();
+        assert.strictEqual((await request(h, "POST", "/api/v1/invitation", { patient_id: 2 }, 10_000, auth)).status, 400, "a client is required");
+        const inv = await request(h, "POST", "/api/v1/invitation", { patient_id: 2, client_id: 1 }, 10_000, auth);
+        assert.strictEqual(inv.status, 201, inv.body);
         assert.strictEqual((await request(h, "GET", "/api/v1/patients/2/invitation_link")).status, 404);
     });
 });

@@ -28,6 +28,22 @@ describe("config validation", function () {
         assert.deepStrictEqual(c.backupBucket, { mode: "off" });
     });
 
+    it("the smoke-test account: a login and a secret password, an account of its own; the upload and invitation only with what they need", function () {
+        const pw = { ...secrets, smokeTestPassword: pulumi.secret("pw") };
+        assert.match(problems({ ...good, smokeTestUser: "smoke@example.org" }).join("\n"), /jhe:smokeTestPassword is required with jhe:smokeTestUser: `pulumi config set --secret jhe:smokeTestPassword`/);
+        assert.match(problems({ ...good, smokeTestCreate: "true" }, pw).join("\n"), /need jhe:smokeTestUser/);
+        assert.match(problems({ ...good, smokeTestUser: "a@example.org", adminEmail: "a@example.org" }, { ...pw, adminPassword: pulumi.secret("x") }).join("\n"),
+            /jhe:smokeTestUser must be an account of its own, not the superuser's/);
+        assert.match(problems({ ...good, smokeTestUser: "s@example.org", smokeTestObservation: { code: "x" } }, pw).join("\n"),
+            /jhe:smokeTestObservation must be a FHIR Observation/);
+        assert.match(problems({ ...good, smokeTestUser: "s@example.org", smokeTestInvitation: [1] }, pw).join("\n"), /jhe:smokeTestInvitation must be an object/);
+        const c = validateConfig({ ...good, smokeTestUser: "s@example.org", smokeTestCreate: "true",
+            smokeTestObservation: { resourceType: "Observation" }, smokeTestInvitation: { client_id: 3 } }, pw);
+        assert.deepStrictEqual({ ...c.smokeTest, password: undefined },
+            { user: "s@example.org", password: undefined, create: true, observation: { resourceType: "Observation" }, invitation: { client_id: 3 } });
+        assert.strictEqual(validateConfig(good, secrets).smokeTest, undefined);
+    });
+
     it("jhe:migrationStrategy: staged by default, in-window on request, anything else refused with the fix", function () {
         assert.strictEqual(validateConfig(good, secrets).migrationStrategy, "staged");
         assert.strictEqual(validateConfig({ ...good, migrationStrategy: "in-window" }, secrets).migrationStrategy, "in-window");
