@@ -45,6 +45,10 @@ pulumi config set --secret jhe:sshPrivateKey -s "$stack" < "$(get privateKeyPath
 # The smoke tests' own account (made by the program: staff without permissions, a patient record of its own).
 p config set jhe:smokeTestUser smoke-test@example.org -s "$stack"
 p config set jhe:smokeTestCreate true -s "$stack"
+# ... and the runbook's test-observation.json, which the gate uploads and reads back (the program sets its subject).
+p config set --path 'jhe:smokeTestObservation.resourceType' Observation -s "$stack"
+p config set --path 'jhe:smokeTestObservation.code.coding[0].code' 8867-4 -s "$stack"
+p config set --path 'jhe:smokeTestObservation.valueQuantity.value' 72 -s "$stack"
 # The watch after the upgrade (failed requests against before it; too many rolls back by itself): 15 s here.
 p config set jhe:watchSeconds 15 -s "$stack"
 echo "\$ npm run pulumi -- config set --secret jhe:smokeTestPassword -s $stack <random>"
