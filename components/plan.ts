@@ -158,6 +158,14 @@ export function planCommand(sshUser: string, specB64: string): string {
 }
 
 export function readPlan(config: JheConfig): pulumi.Output<Plan> {
+    return readPlanAndKey(config).plan;
+}
+
+/**
+ * The plan (its output rejects on a host key mismatch: the preview and up fail there), and its drift
+ * repair key (never rejecting: "" when the plan could not be read), from one read of the server.
+ */
+export function readPlanAndKey(config: JheConfig): { plan: pulumi.Output<Plan>; repairKey: pulumi.Output<string> } {
     const spec = {
         ...baseSpec(config),
         env: config.env,
@@ -165,8 +173,8 @@ export function readPlan(config: JheConfig): pulumi.Output<Plan> {
         secretEnv: Object.fromEntries(config.secretEnvNames.map((k) => [k, ""])),
     };
     const b64 = Buffer.from(JSON.stringify(spec)).toString("base64");
-    return pulumi.unsecret(config.ssh.privateKey).apply(async (privateKey) => {
-        if (process.env.JHE_UPGRADE_OFFLINE_PLAN === "1") return { to: config.version, note: "plan not read (offline)" };
+    const read = pulumi.unsecret(config.ssh.privateKey).apply(async (privateKey): Promise<{ plan: Plan; mismatch?: string }> => {
+        if (process.env.JHE_UPGRADE_OFFLINE_PLAN === "1") return { plan: { to: config.version, note: "plan not read (offline)" } };
         try {
             const out = await sshExec(
                 { host: config.ssh.host, port: config.ssh.port, user: config.ssh.user, privateKey, hostKey: config.ssh.hostKey },
@@ -178,10 +186,18 @@ export function readPlan(config: JheConfig): pulumi.Output<Plan> {
             delete r.step;
             delete r.seconds;
             // Where this move's backup goes (a move that changes nothing takes none).
-            return (r.action === "none" ? r : { ...r, backups: backupPlan(config) }) as Plan;
+            return { plan: (r.action === "none" ? r : { ...r, backups: backupPlan(config) }) as Plan };
         } catch (e) {
-            if (e instanceof HostKeyMismatch) throw e; // refused before any command: the preview and up fail here
-            return { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` };
+            // refused before any command: the preview and up fail on the plan (below)
+            if (e instanceof HostKeyMismatch) return { plan: { to: config.version }, mismatch: e.message };
+            return { plan: { to: config.version, error: `could not read the plan from ${config.ssh.host}: ${(e as Error).message}` } };
         }
     });
+    return {
+        plan: read.apply((r) => {
+            if (r.mismatch) throw new HostKeyMismatch(r.mismatch);
+            return r.plan;
+        }),
+        repairKey: read.apply((r) => (r.mismatch ? "" : r.plan.repairKey ?? "")),
+    };
 }

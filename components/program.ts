@@ -5,7 +5,7 @@ import { BackupBucket } from "./backupBucket";
 import { JheConfig } from "./config";
 import { JheHost } from "./host";
 import { NginxSite } from "./nginx";
-import { readPlan } from "./plan";
+import { readPlan, readPlanAndKey } from "./plan";
 import { cloneStep, JheRelease, stepResult } from "./release";
 import { stagingGate } from "./staging";
 import { SystemdService } from "./systemd";
@@ -13,7 +13,7 @@ import { SystemdService } from "./systemd";
 export function jheProgram(config: JheConfig) {
     // 0. The plan, read from the server first (read-only): it also checks the server's host key, and
     //    every command waits for that check.
-    const planBefore = readPlan(config);
+    const { plan: planBefore, repairKey } = readPlanAndKey(config);
 
     // 1. The server: SSH with a pinned host key, the host-side tool, the releases layout (adopting
     //    an in-place install without downtime beyond one restart).
@@ -33,7 +33,7 @@ export function jheProgram(config: JheConfig) {
     // 2. What serves it: a hardened systemd unit and the nginx site with its maintenance switch.
     //    What runs there that the stack did not deploy (the plan's drift) is put back: these resources
     //    carry the plan's repair key in their triggers.
-    const repairKey = planBefore.apply((p) => p.repairKey ?? "");
+    //    (repairKey: never failing, so a refused host key fails the preview on the plan alone, with its message)
     const service = new SystemdService("systemd", { host, config, repairKey });
     const site = new NginxSite("nginx", { host, config, repairKey });
 

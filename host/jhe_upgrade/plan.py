@@ -125,7 +125,8 @@ def step_plan(spec: Spec) -> dict:
     frm = current_version(spec)
     state = load_state(spec)
     drift = detect_drift(spec, state, frm)
-    found = {"drift": drift, "repairKey": repair_key(state, drift)}
+    key = repair_key(state, drift)
+    found = {**({"drift": drift} if drift else {}), **({"repairKey": key} if key else {})}  # (a clean server's plan as before)
     if frm == to:
         return {"from": frm, "to": to, "action": "none", **found}
     return {**_plan(spec, frm, to, state), **found}

@@ -659,9 +659,10 @@ def step_finish(spec: Spec) -> dict:
     return summary
 
 
-def deployed_env(spec: Spec) -> Path:
-    """A copy of the .env the stack last wrote (root only): a hand edit of the live one is put back from it."""
-    return spec.meta / "deployed.env"
+def deployed_env(spec: Spec, tag: str) -> Path:
+    """A copy of the .env the stack last wrote for release `tag`, beside it (the same owner and mode: the
+    secrets stay where they belong): a hand edit of the live one is put back from it."""
+    return spec.release(tag) / ".env.deployed"
 
 
 def record_env(spec: Spec, state: dict, to: str) -> None:
@@ -670,13 +671,13 @@ def record_env(spec: Spec, state: dict, to: str) -> None:
     if current_version(spec) != to or not env_file.exists() or not state.get("deployed"):
         return
     state["deployed"]["envSha256"] = sha256_file(env_file)
-    write_private(deployed_env(spec), env_file.read_text(), "root", "root")
+    write_private(deployed_env(spec, to), env_file.read_text(), spec.app_user, spec.app_group)
     save_state(spec, state)
 
 
 def restore_deployed_env(spec: Spec, state: dict, to: str) -> bool:
     """Drift repair (a repair key given): the serving release's .env, edited by hand, back to the stack's copy."""
-    env_file, copy = spec.release(to) / ".env", deployed_env(spec)
+    env_file, copy = spec.release(to) / ".env", deployed_env(spec, to)
     want = (state.get("deployed") or {}).get("envSha256")
     if not (spec.raw.get("repairKey") and want and copy.exists() and env_file.exists()):
         return False

@@ -104,7 +104,7 @@ def test_a_hand_edited_env_goes_back_to_the_copy_the_stack_wrote(tmp_path: Path,
     steps.record_env(spec, state, "v1.1.0")
     env = spec.releases / "v1.1.0" / ".env"
     stack_wrote = env.read_text()
-    assert state["deployed"]["envSha256"] == sha256_file(env) and steps.deployed_env(spec).read_text() == stack_wrote
+    assert state["deployed"]["envSha256"] == sha256_file(env) and steps.deployed_env(spec, "v1.1.0").read_text() == stack_wrote
     env.write_text(stack_wrote + "DEBUG=True\n")  # by hand
     assert steps.restore_deployed_env(spec, state, "v1.1.0")
     assert env.read_text() == stack_wrote
