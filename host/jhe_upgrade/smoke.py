@@ -42,7 +42,8 @@ def plain(route):  # a regex route as a path ("^invitation$" -> "invitation", DR
     r = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"<\1>", route).replace("^", "").replace("$", "").replace("\\.", ".")
     return None if re.search(r"[()\[\]*+?\\|]", r) else r
 
-out = {"admin": reverse("admin:index"), "adminLogin": reverse("admin:login"), "fhirObservation": None, "invitation": None}
+out = {"admin": reverse("admin:index"), "adminLogin": reverse("admin:login"), "adminLogout": reverse("admin:logout"),
+       "fhirObservation": None, "invitation": None}
 for route in walk(get_resolver().url_patterns):
     r = plain(route)
     if r is None:
@@ -117,6 +118,8 @@ with transaction.atomic():
         get_access_token_model = None  # (an app without django-oauth-toolkit: no API token to make)
     if get_access_token_model:
         T = get_access_token_model()
+        if create:  # (the program's own account: its earlier tokens go, e.g. one a rollback's replay brought back)
+            T.objects.filter(user=u).delete()
         t = T.objects.create(user=u, token=secrets.token_urlsafe(32), scope="openid read write",
                              expires=timezone.now() + datetime.timedelta(seconds=int(a["tokenSeconds"])))
         token = {"id": t.id, "value": t.token}
@@ -482,7 +485,11 @@ def admin_login(site: Site, paths: dict, user: str, password: str) -> dict:
     code, final, page = site.get(urlsplit(hdrs.get("location", index)).path or index)
     if code != 200 or final.rstrip("/") != index.rstrip("/") or not re.search(r"log\s*out|logout", page, re.I):
         return _fail(f"after logging in, {index} answered {code} at {final} (the dashboard did not load)")
-    return {"ok": True, "status": code, "seconds": round(time.monotonic() - t, 2)}
+    # Logged out again (a POST, as Django 5 wants): the session the login made is not left in the database.
+    logout = paths.get("adminLogout") or f"{index.rstrip('/')}/logout/"
+    out, _, _ = site.request("POST", logout, urlencode({"csrfmiddlewaretoken": site.cookies.get("csrftoken", "")}).encode(),
+                             {"Content-Type": "application/x-www-form-urlencoded", "Origin": site.base, "Referer": f"{site.base}{index}"})
+    return {"ok": True, "status": code, "loggedOut": out in (200, 302), "seconds": round(time.monotonic() - t, 2)}
 
 
 def invitation_link(site: Site, inv: dict, patient: int, auth: dict, fields: dict) -> dict:

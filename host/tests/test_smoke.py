@@ -45,7 +45,8 @@ def fake_django(monkeypatch: pytest.MonkeyPatch, tree: list) -> None:
 
     root = URLResolver("", tree)
     vars(urls).update(URLResolver=URLResolver, get_resolver=lambda: root,
-                      reverse=lambda name: {"admin:index": "/admin/", "admin:login": "/admin/login/"}[name])
+                      reverse=lambda name: {"admin:index": "/admin/", "admin:login": "/admin/login/",
+                                            "admin:logout": "/admin/logout/"}[name])
     django = types.ModuleType("django")
     vars(django)["urls"] = urls
     monkeypatch.setitem(sys.modules, "django", django)
@@ -66,7 +67,7 @@ def test_paths_are_read_from_each_release_not_assumed(monkeypatch: pytest.Monkey
                                  ("", ["fhir/r5/Observation", "api/v1/patients/<int:patient_id>/invitation_link"])])
     assert v1["fhirObservation"] == "/fhir/r5/Observation"
     assert v1["invitation"] == {"method": "GET", "path": "/api/v1/patients/{patient}/invitation_link"}
-    assert (v1["admin"], v1["adminLogin"]) == ("/admin/", "/admin/login/")
+    assert (v1["admin"], v1["adminLogin"], v1["adminLogout"]) == ("/admin/", "/admin/login/", "/admin/logout/")
     # v2: /FHIR/R5/ and a POST; JHE today: one route for every resource, a DRF router's regex routes.
     v2 = routes_of(monkeypatch, [("", ["FHIR/R5/Observation", "api/v1/invitation"])])
     assert v2["fhirObservation"] == "/FHIR/R5/Observation"
@@ -118,8 +119,10 @@ def test_admin_login_as_a_browser_and_the_dashboard(monkeypatch: pytest.MonkeyPa
         return 200, {}, LOGIN_PAGE + "Please enter the correct email and password"
     site = FakeSite({("GET", "/admin/login/"): (200, {}, LOGIN_PAGE), ("POST", "/admin/login/"): post,
                      ("GET", "/admin/"): (200, {}, '<form id="logout-form" method="post" action="/admin/logout/">')})
+    site.answers[("POST", "/admin/logout/")] = (200, {}, "Logged out")
     ok = smoke.admin_login(site, {}, "smoke@example.org", "right")  # type: ignore[arg-type]
-    assert ok["ok"] and ok["status"] == 200
+    assert ok["ok"] and ok["status"] == 200 and ok["loggedOut"], ok
+    assert site.sent[-1][:2] == ("POST", "/admin/logout/"), "the session the login made is ended"
     bad = smoke.admin_login(site, {}, "smoke@example.org", "wrong")  # type: ignore[arg-type]
     assert not bad["ok"] and bad["refused"] and "the password or the account was refused" in bad["detail"]
     # Logged in, but the dashboard does not load (e.g. a template error after the upgrade).

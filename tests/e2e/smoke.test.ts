@@ -94,6 +94,9 @@ describe("smoke tests in the health gate (real engine, real server)", function (
         assert.strictEqual(c.observationUpload.status, 201);
         assert.ok(smoke.gate.cleanup.deleted >= 2, `the observation and the token removed: ${JSON.stringify(smoke.gate.cleanup)}`);
         assert.deepStrictEqual({ ...(await account()), patient: null }, { staff: true, superuser: false, patient: null, tokens: 0, observations: 0 });
+        // ... nor the session its admin login made (it logs out again)
+        const [sessions] = await query<{ n: string }>(h, "SELECT count(*) AS n FROM django_session");
+        assert.strictEqual(Number(sessions.n), 0);
         // After the window, through nginx, what anyone gets.
         assert.deepStrictEqual([smoke["/health"], smoke["/admin/"], smoke["/static/admin/css/base.css"]], ["200", "302", "200"]);
         const log = await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`);
