@@ -58,9 +58,14 @@ def end_failed_move(spec: Spec, state: dict, frm: str | None, reason: str, resto
     release_lock(spec)
 
 
+def database_changed(state: dict) -> bool:
+    """This move changed the database (migrations applied, a rollback's, a swap): a revert puts the old one back."""
+    return bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback")) or bool(state.get("swap"))
+
+
 def fail_health(spec: Spec, state: dict, frm: str | None, to: str, h: dict) -> None:
     journal = run(["journalctl", "-u", spec.service, "-n", "5", "--no-pager", "-o", "cat"], check=False, quiet=True).stdout.strip()
-    migrated = bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback")) or bool(state.get("swap"))
+    migrated = database_changed(state)
     reason = f"{to} failed its health check ({h.get('detail')})"
     if not state.get("window"):
         open_window(spec, state)

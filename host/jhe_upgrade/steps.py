@@ -33,7 +33,7 @@ from .handover import boot_next, next_unit, restart_through_next, route_to_next,
 from .health import MAIN_PORT, NEXT_PORT, health
 from .offsite import check_offsite, ensure_local, fetch_for_restore, settings
 from .plan import migration_delta
-from .recovery import fail_health, recover
+from .recovery import database_changed, fail_health, recover
 from .rehearsal import migration_times, move_report, rehearsed
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
 from .report import post_upgrade_report, public_report
@@ -43,16 +43,7 @@ from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .smoke import Session, anonymous, drop_token, provision
 from .spec import Spec
 from .staging import choose_strategy, ensure_backup_ahead, migrate_copy, refuse_unchanged, use_staged, written_since_backup
-from .state import (
-    MOVE_KEYS,
-    current_version,
-    latest_backup_from,
-    load_state,
-    register_backup,
-    release_lock,
-    save_state,
-    take_lock,
-)
+from .state import MOVE_KEYS, current_version, latest_backup_from, load_state, register_backup, release_lock, save_state, take_lock
 from .upgradelog import append_log, finish_entry
 from .util import Refusal, error_summary, log, now, run, sha256_file, write_private
 from .window import close_window, open_window, service_active, start_service
@@ -547,7 +538,7 @@ def fail_gate(spec: Spec, state: dict, frm: str | None, to: str, h: dict, sessio
     """A failed gate reverts; the smoke tests' token goes from the database that serves again, and their
     observations too when that is the database they were written to (no migration ran: it is not put
     back) - never by id in another one."""
-    same_db = not (bool((state.get("migrated") or {}).get("applied")) or bool(state.get("rollback")) or bool(state.get("swap")))
+    same_db = not database_changed(state)
     try:
         fail_health(spec, state, frm, to, h)
     finally:
