@@ -196,8 +196,13 @@ def provision(spec: Spec, serving: str | None) -> dict:
                 raise Refusal(f"the smoke-test account jhe:smokeTestUser {kept['user']}: {e}") from e
             result["problem"] = f"the smoke-test account could not be made ready with {serving}: {e} (the gate tries again)"
             log(f"warning: {result['problem']}")
-    write_private(f, json.dumps(kept), "root", "root")
+    _keep(spec, kept)
     return result
+
+
+def _keep(spec: Spec, acct: dict) -> None:
+    """The account file written back (root only)."""
+    write_private(account_file(spec), json.dumps(acct), "root", "root")
 
 
 def _read(f: Path) -> dict | None:
@@ -224,7 +229,7 @@ def drop_token(spec: Spec, tag: str) -> None:
     if acct and acct.get("token"):
         _drop_token(spec, tag, acct)
         acct.pop("token", None)
-        write_private(f, json.dumps(acct), "root", "root")
+        _keep(spec, acct)
 
 
 def _drop_token(spec: Spec, tag: str | None, acct: dict | None) -> None:
@@ -262,7 +267,7 @@ class Session:
         made = _account(self.spec, serving, a)
         a.update(patient=made["patient"], token=made["token"], tokenExpires=time.time() + TOKEN_SECONDS - 600,
                  **({"ownedId": made["userId"]} if a.get("create") else {}))
-        write_private(account_file(self.spec), json.dumps(a), "root", "root")
+        _keep(self.spec, a)
 
     def check(self) -> dict:
         """The smoke tests, through nginx; {"ok", "detail" (the first failure), "checks": {...}}. What
@@ -340,7 +345,7 @@ class Session:
         """What the smoke tests wrote, kept on disk too (a run that dies before `end` leaves it findable)."""
         if self.acct is not None:
             self.acct["written"] = self.written
-            write_private(account_file(self.spec), json.dumps(self.acct), "root", "root")
+            _keep(self.spec, self.acct)
 
     def end(self, tag: str, rows: bool = True) -> dict:
         """The smoke tests' rows removed (with `tag`'s code, the one that serves now; `rows` False: only
@@ -357,7 +362,7 @@ class Session:
         if a:
             a.pop("token", None)
             a.pop("written", None)
-            write_private(account_file(self.spec), json.dumps(a), "root", "root")
+            _keep(self.spec, a)
         return r
 
 
