@@ -10,8 +10,19 @@ export type MigrationStrategy = "staged" | "in-window";
 export type Stage = "staging" | "prod";
 
 export interface JheConfig {
-    /** Git tag of JHE to deploy (the upgrade/rollback target). */
+    /**
+     * The release to deploy (the upgrade/rollback target): the git tag jhe:version, and when jhe:pins or
+     * jhe:python build it otherwise than its lock says, what differs as build metadata
+     * (v1.2.0+django-5.2.19, v2.0.0+py3.13). It is what the steps' triggers carry: changing a pin or the
+     * interpreter is an upgrade of its own; removing it goes back.
+     */
     version: string;
+    /** jhe:version, the git tag the release is built from. */
+    tag: string;
+    /** jhe:pins: packages installed over the tag's lock at these exact versions ({django: "5.2.19"}). */
+    pins: Record<string, string>;
+    /** jhe:python: the interpreter the release's virtualenv is made with ("python3": the server's default). */
+    python: string;
     stage: Stage;
     ssh: {
         host: string;
@@ -154,6 +165,57 @@ const NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 const DB_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 const PATH = /^\/(?:[A-Za-z0-9._-]+\/?)*$/;
 const TAG = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const PIN_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$/;
+const PIN_VERSION = /^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?$/;
+const PYTHON = /^python3(?:\.\d{1,2})?$/;
+export const DEFAULT_PYTHON = "python3";
+
+/** A package's normalized name (PEP 503), as the host tool compares pins with the lock's lines. */
+export function pinName(name: string): string {
+    return name.replace(/[-_.]+/g, "-").toLowerCase();
+}
+
+/**
+ * The release a stack asks for: the tag, plus what jhe:pins and jhe:python change, as semver build
+ * metadata (host/jhe_upgrade/spec.py release_id computes the same, and refuses a spec where they differ).
+ */
+export function releaseId(tag: string, pins: Record<string, string>, python: string): string {
+    const parts = Object.entries(pins).map(([n, v]) => [pinName(n), v]).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([n, v]) => `${n}-${v}`);
+    if (python !== DEFAULT_PYTHON) parts.push(python.replace("python", "py"));
+    return parts.length ? `${tag}+${parts.join(".")}` : tag;
+}
+
+/** jhe:pins and jhe:python: how the release is built beside its tag's lock (the runbook's Django-only and Python upgrades). */
+function buildConfig(raw: RawConfig, p: string[]): { pins: Record<string, string>; python: string } {
+    const pins: Record<string, string> = {};
+    const pinsRaw = raw.pins;
+    if (pinsRaw !== undefined && pinsRaw !== null) {
+        if (typeof pinsRaw !== "object" || Array.isArray(pinsRaw)) {
+            p.push("jhe:pins must be an object of package: exact version, e.g. `pulumi config set --path 'jhe:pins.django' 5.2.19`");
+        } else {
+            const seen = new Map<string, string>();
+            for (const [k, v] of Object.entries(pinsRaw as Record<string, unknown>)) {
+                const value = typeof v === "number" ? String(v) : v;
+                if (!PIN_NAME.test(k)) {
+                    p.push(`jhe:pins.${k}: a package name is letters, digits, '.', '_' and '-' (as on the package index, e.g. django)`);
+                } else if (typeof value !== "string" || !PIN_VERSION.test(value)) {
+                    p.push(`jhe:pins.${k} must be an exact version such as 5.2.19 (got ${JSON.stringify(v)}): a release is built ` +
+                        "once, so what it installs is fixed in the stack's config (no ranges, no 5.2.x)");
+                } else if (seen.has(pinName(k))) {
+                    p.push(`jhe:pins.${k} and jhe:pins.${seen.get(pinName(k))} name the same package; keep one`);
+                } else {
+                    seen.set(pinName(k), k);
+                    pins[k] = value;
+                }
+            }
+        }
+    }
+    const python = str(raw, "python", p, false, DEFAULT_PYTHON) || DEFAULT_PYTHON;
+    checked(p, "python", python, rx(PYTHON, "must be the name of a Python 3 interpreter on the server's PATH, e.g. python3.13 " +
+        "(python3: the server's default)"));
+    return { pins, python };
+}
 const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^[0-9a-fA-F:]+$/;
 const HOST_KEY = /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/]+={0,3}(?: [^\n\r]*)?$/;
 const ENV_NAME = /^[A-Z_][A-Z0-9_]*$/;
@@ -273,13 +335,15 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
         "smokeTestUser", "smokeTestPassword", "smokeTestCreate", "smokeTestObservation", "smokeTestInvitation",
         ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
+        "pins", "python",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
     }
 
-    const version = str(raw, "version", p, true);
-    if (version) checked(p, "version", version, checkTag);
+    const tag = str(raw, "version", p, true);
+    if (tag) checked(p, "version", tag, checkTag);
+    const build = buildConfig(raw, p);
 
     const stageRaw = str(raw, "stage", p, false, DEFAULTS.stage);
     if (stageRaw !== "staging" && stageRaw !== "prod") p.push(`jhe:stage must be "staging" or "prod" (got ${JSON.stringify(stageRaw)})`);
@@ -497,7 +561,9 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
 
     if (p.length) throw new ConfigError(p);
     return {
-        version,
+        version: releaseId(tag, build.pins, build.python),
+        tag,
+        ...build,
         stage,
         ssh: { host, port: sshPort, user: sshUser, hostKey, privateKey: secrets.sshPrivateKey! },
         layout,
@@ -708,7 +774,7 @@ export function loadConfig(): JheConfig {
         "version", "stage", "host", "sshUser", "sshHostKey", "appRoot", "appUser", "appGroup", "serviceName",
         "backupDir", "repoUrl", "siteUrl", "dbName", "dbUser", "backupBucket", "tlsCertificate", "tlsKey", "wheelhouse",
         "adminUser", "adminEmail", "smokeTestUser", "migrationStrategy", "backupEndpoint", "backupRegion", "backupPrefix", "backupEncryptionKey",
-        "restoreFrom", "stagingStack", "stagingOverride", "snapshot", "cloneFrom",
+        "restoreFrom", "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "python",
     ];
     for (const k of plainKeys) raw[k] = cfg.get(k);
     raw.sshPort = cfg.get("sshPort");
@@ -726,6 +792,7 @@ export function loadConfig(): JheConfig {
     raw.cloneKeepColumns = cfg.getObject("cloneKeepColumns");
     raw.smokeTestObservation = cfg.getObject("smokeTestObservation");
     raw.smokeTestInvitation = cfg.getObject("smokeTestInvitation");
+    raw.pins = cfg.getObject("pins");
     // Names of unknown keys in the namespace are reported too (typos must not pass silently).
     const all = pulumi.runtime.allConfig();
     for (const full of Object.keys(all)) {

@@ -4,7 +4,7 @@ import * as crypto from "crypto";
 import * as pulumi from "@pulumi/pulumi";
 import * as command from "@pulumi/command";
 import { ensurePackages, installFile, InstallFileArgs, installTool, Step, SYSTEM_PACKAGES, toolStep } from "./commands";
-import { JheConfig } from "./config";
+import { DEFAULT_PYTHON, JheConfig } from "./config";
 import { bundleTool } from "./toolBundle";
 
 /** The host-side tool as the server gets it: the package host/jhe_upgrade/ bundled into one file
@@ -49,6 +49,9 @@ export function baseSpec(config: JheConfig, version: string | null = config.vers
         migrationStrategy: config.migrationStrategy,
         envUnset: config.envUnset,
         owner: stackOwner(),
+        // how the release is built beside its tag (only when set: a stack without them sends what it always did)
+        ...(Object.keys(config.pins).length ? { pins: config.pins } : {}),
+        ...(config.python !== DEFAULT_PYTHON ? { python: config.python } : {}),
         // (only when set: a stack without them sends what it always did)
         ...(config.restoreFrom ? { restoreFrom: config.restoreFrom } : {}),
         // prod going ahead without staging's rehearsal: the reason, for UPGRADE_LOG.md (static config, so

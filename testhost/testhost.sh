@@ -3,7 +3,7 @@
 # namespace of its own, reachable over SSH at a private address on a veth link.
 #
 #   testhost.sh up     [--name N] [--legacy TAG] [--patients N] [--observations M] [--data-on-disk]
-#                      [--app-timing "boot=S stop=S"]                               prints JSON
+#                      [--app-timing "boot=S stop=S"] [--image next]                prints JSON
 #   testhost.sh down   [--name N] | --all
 #   testhost.sh status [--name N]                                                    prints JSON
 #   testhost.sh ssh    [--name N] [-- command ...]
@@ -15,7 +15,8 @@
 # --data-on-disk, /var/lib/postgresql and /backups are on this machine's disk instead
 # ($JHE_TESTHOST_DISK/<name>, removed by `down`), for databases of a gigabyte and more. With
 # --app-timing the fixture app boots and stops as slowly as the real JHE (/etc/jhe-fixture/timing,
-# read by the fixture's jhe/wsgi.py), e.g. "boot=6 stop=3.5".
+# read by the fixture's jhe/wsgi.py), e.g. "boot=6 stop=3.5". With --image next the server also has
+# Debian 13's PostgreSQL 17 and Python 3.13 (rootfs.sh next), for the runbook's special upgrades.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 RUN=${JHE_TESTHOST_RUN:-/run/jhe-testhost}
@@ -29,7 +30,7 @@ log() { echo "testhost: $*" >&2; }
 now_ms() { date +%s%3N; }
 
 cmd=${1:-}; shift || true
-name=default legacy="" patients=100 observations=10000 all=false on_disk=false app_timing="" passthru=()
+name=default legacy="" patients=100 observations=10000 all=false on_disk=false app_timing="" image="" passthru=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) name=$2; shift 2 ;;
@@ -39,6 +40,7 @@ while [[ $# -gt 0 ]]; do
     --all) all=true; shift ;;
     --data-on-disk) on_disk=true; shift ;;
     --app-timing) app_timing=$2; shift 2 ;;
+    --image) image=$2; shift 2 ;;
     --) shift; passthru=("$@"); break ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
   esac
@@ -48,6 +50,7 @@ done
 [[ $observations =~ ^[0-9]+$ ]] || die "--observations must be a number"
 [[ -z $app_timing || $app_timing =~ ^(boot|stop)=[0-9]+(\.[0-9]+)?(\ (boot|stop)=[0-9]+(\.[0-9]+)?)?$ ]] \
   || die "--app-timing must be like \"boot=6 stop=3.5\" (seconds; got '$app_timing')"
+[[ -z $image || $image == next ]] || die "--image must be next (or absent: Debian 12 as it is; got '$image')"
 [[ -z $legacy || $legacy =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--legacy must be a fixture tag such as v1.0.0"
 
 inst="$RUN/$name"
@@ -120,7 +123,7 @@ up)
     alive && die "instance '$name' is already up (testhost.sh down --name $name)"
     do_down "$name"
   fi
-  rootfs=$("$here/rootfs.sh")
+  rootfs=$("$here/rootfs.sh" $image)
   wheels=$("$here/wheelhouse.sh")
   mkdir -p "$RUN"
   # Allocate an address index under a lock.

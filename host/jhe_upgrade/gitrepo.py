@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .spec import Spec
+from .spec import Spec, tag_of
 from .util import Refusal, run
 
 
@@ -26,18 +26,20 @@ def fetch_tags(spec: Spec) -> None:
         raise Refusal(f"cannot fetch tags from jhe:repoUrl {spec.repo_url}: {p.stderr.strip()[-400:]}")
 
 
+# Each takes a release (v1.2.0+django-5.2.19) or a tag: what is read is always the tag's.
+
 def tag_exists(repo: Path, tag: str) -> bool:
-    return run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}"],
+    return run(["git", "-C", str(repo), "rev-parse", "-q", "--verify", f"refs/tags/{tag_of(tag)}^{{commit}}"],
                check=False, quiet=True).returncode == 0
 
 
 def show(repo: Path, tag: str, path: str) -> str | None:
-    p = run(["git", "-C", str(repo), "show", f"{tag}:{path}"], check=False, quiet=True)
+    p = run(["git", "-C", str(repo), "show", f"{tag_of(tag)}:{path}"], check=False, quiet=True)
     return p.stdout if p.returncode == 0 else None
 
 
 def ls_tree(repo: Path, tag: str, path: str) -> list[str]:
-    p = run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{tag}:{path}"], check=False, quiet=True)
+    p = run(["git", "-C", str(repo), "ls-tree", "--name-only", f"{tag_of(tag)}:{path}"], check=False, quiet=True)
     return p.stdout.split() if p.returncode == 0 else []
 
 

@@ -8,7 +8,7 @@ from .envfile import HINTS, env_added, env_missing, parse_env
 from .estimate import estimate_for
 from .gitrepo import tag_exists
 from .migclass import worst
-from .release import pending_classes, release_knows_all_migrations, release_migrations
+from .release import build_change, pending_classes, release_knows_all_migrations, release_migrations, venv_problem
 from .spec import Spec
 from .staging import choose_strategy
 from .state import current_version, latest_backup_from, live_root, load_state
@@ -100,6 +100,13 @@ def detect_drift(spec: Spec, state: dict, frm: str | None) -> list[dict]:
                     "up": "leaves it: systemd applies it over the stack's unit - remove it, or put what it sets into the stack"})
     env_sha = (state.get("deployed") or {}).get("envSha256")
     root = live_root(spec)
+    # An OS upgrade that moved python3 (Debian 12 -> 13: 3.11 -> 3.13) leaves a venv that no longer starts.
+    broken = venv_problem(spec, root) if root and frm and spec.current.is_symlink() else None
+    if broken and root and frm:
+        fix = (f"releases/{frm}'s virtualenv is built again with {spec.recipe(frm)[2]} (same lock and pins), then the service "
+               f"restarts on it" if frm == spec.version else f"releases/{spec.version} is built and serves instead")
+        out.append({"what": "virtualenv", "path": str(root / "venv"), "found": f"broken: {broken}", "deployed": "a virtualenv that starts",
+                    "repair": frm == spec.version, "up": fix})
     if env_sha and root and frm == deployed:
         have = _sha(root / ".env")
         if have != env_sha:
@@ -156,6 +163,15 @@ def _plan(spec: Spec, frm: str | None, to: str, state: dict) -> dict:
     facts["unset"] = spec.env_unset
     facts["envAdded"] = env_added(repo, frm, to)
     out = plan_from_facts(facts)
+    change = build_change(spec, repo, frm, to)
+    if change:  # jhe:pins / jhe:python: a release of the same tag built otherwise
+        out["build"] = change
+        said = [f"{n} {c['from']} -> {c['to']}" for n, c in change["pins"].items()]
+        py = change["python"]
+        if py["from"] != py["to"]:
+            said.append(f"Python {py['from'] or '?'} -> {py['to'] or 'missing'} ({py['interpreter']})")
+        if said and "summary" in out:
+            out["summary"] += f"; releases/{to} is {change['tag']} built with " + ", ".join(said)
     est = estimate_for(spec, state, action=out["action"], strategy=facts.get("strategy"), pending=pending, classes=classes,
                        db_bytes=db_bytes)
     out["estimatedDowntimeSeconds"] = est["seconds"]

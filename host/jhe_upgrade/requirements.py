@@ -60,10 +60,41 @@ def _toml(text: str) -> dict:
     return out
 
 
-def python_version() -> tuple[int, int]:
-    p = run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True)
+def python_version(python: str = "python3") -> tuple[int, int] | None:
+    """major.minor of an interpreter on the server's PATH; None when there is none of that name."""
+    p = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True, check=False)
+    if p.returncode != 0:
+        return None
     a, b = p.stdout.strip().split(".")
     return int(a), int(b)
+
+
+def line_name(line: str) -> str:
+    """The package a requirement line installs, normalized (PEP 503)."""
+    m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else ""
+
+
+def apply_pins(lock: dict, pins: dict[str, str]) -> tuple[dict, list[str], dict[str, str]]:
+    """The lock with the pinned packages taken out, the pins' own lines (exact, no hashes: the lock's
+    hashes are the other version's), and what each pin replaces ({name: the lock's version}). A pin of
+    a package the lock does not have is refused (a typo would otherwise install something new)."""
+    if not pins:
+        return lock, [], {}
+    keep, replaced = [], {}
+    for ln in lock["lines"]:
+        name = line_name(ln)
+        if name in pins:
+            m = re.match(r"^[^=<>~!;\s]+\s*===?\s*([^\s;,]+)", ln)
+            replaced[name] = m.group(1) if m else ln.split(";")[0].strip()
+        else:
+            keep.append(ln)
+    unknown = sorted(set(pins) - set(replaced))
+    if unknown:
+        have = ", ".join(sorted(line_name(ln) for ln in lock["lines"] if line_name(ln))[:60])
+        raise Refusal(f"jhe:pins names {', '.join(unknown)}, which the tag's {LOCK_FILES[lock['tool']]} does not install "
+                      f"(it has: {have}); pin only packages the release already has")
+    return {**lock, "lines": keep}, [f"{n}=={pins[n]}" for n in sorted(pins)], replaced
 
 
 def version_ok(have: tuple[int, int], req: str | None) -> bool:

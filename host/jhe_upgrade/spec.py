@@ -14,6 +14,34 @@ NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+# A release: a tag, and when the stack builds it otherwise than the tag says (jhe:pins, jhe:python), what
+# differs, as semver build metadata: v1.2.0+django-5.2.19, v2.0.0+py3.13, v1.2.0+django-5.2.19.py3.13.
+# A tag never holds "+" (TAG), so the part before it is always the git tag.
+RELEASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\+[A-Za-z0-9.-]{1,200})?$")
+PIN_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
+PIN_VERSION = re.compile(r"^\d+(?:\.\d+){0,3}(?:(?:a|b|rc)\d+)?(?:\.post\d+)?$")
+PYTHON = re.compile(r"^python3(?:\.\d{1,2})?$")
+DEFAULT_PYTHON = "python3"
+
+
+def pin_name(name: str) -> str:
+    """A package's normalized name (PEP 503), as pins and lock lines are compared."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def release_id(tag: str, pins: dict[str, str], python: str) -> str:
+    """The release a stack asks for (components/config.ts computes the same)."""
+    parts = [f"{pin_name(n)}-{v}" for n, v in sorted(pins.items(), key=lambda kv: pin_name(kv[0]))]
+    if python != DEFAULT_PYTHON:
+        parts.append(python.replace("python", "py"))
+    return tag + ("+" + ".".join(parts) if parts else "")
+
+
+def tag_of(release: str) -> str:
+    """The git tag a release is built from."""
+    return release.split("+", 1)[0]
+
+
 PATH = re.compile(r"^/(?:[A-Za-z0-9._-]+/?)*$")
 
 
@@ -29,7 +57,20 @@ class Spec:
             return v
         self.raw = d
         # Steps that do not aim at a version (adopt, status, unlock) get a spec without one.
-        self.version = need("version", TAG) if d.get("version") is not None else None
+        self.version = need("version", RELEASE) if d.get("version") is not None else None
+        self.tag = tag_of(self.version) if self.version else None
+        # How the release is built: the tag's lock with these pins over it, in a venv of this interpreter.
+        pins = d.get("pins") or {}
+        if not isinstance(pins, dict) or not all(isinstance(k, str) and PIN_NAME.match(k) and isinstance(v, str) and PIN_VERSION.match(v)
+                                                 for k, v in pins.items()):
+            raise Refusal(f"spec.pins is malformed ({pins!r}): give package: exact version, e.g. django: 5.2.19")
+        self.pins = {pin_name(k): v for k, v in pins.items()}
+        self.python = d.get("python") or DEFAULT_PYTHON
+        if not isinstance(self.python, str) or not PYTHON.match(self.python):
+            raise Refusal(f"spec.python is malformed ({self.python!r}): give an interpreter's name, e.g. python3.13")
+        if self.version and release_id(self.tag or "", self.pins, self.python) != self.version:
+            raise Refusal(f"spec.version {self.version} is not the release of tag {self.tag} with pins {self.pins} and {self.python} "
+                          f"({release_id(self.tag or '', self.pins, self.python)}): the program and the host tool disagree")
         self.app_root = Path(need("appRoot", PATH))
         self.app_user = need("appUser", NAME)
         self.app_group = need("appGroup", NAME)
@@ -61,6 +102,13 @@ class Spec:
                 raise Refusal(f"spec env {k} is malformed")
         host = re.sub(r"^https?://", "", self.site_url).split("/")[0].split(":")[0]
         self.site_host = host
+
+    def recipe(self, release: str) -> tuple[str, dict[str, str], str]:
+        """(tag, pins, interpreter) a release is built with: the stack's for its own release; a tag as
+        it is, with the server's python3, for any other (an adopted in-place install)."""
+        if release == self.version:
+            return tag_of(release), self.pins, self.python
+        return tag_of(release), {}, DEFAULT_PYTHON
 
     def need_version(self) -> str:
         """The target version, for the steps that aim at one."""

@@ -37,7 +37,7 @@ from .recovery import database_changed, fail_health, recover
 from .rehearsal import migration_times, move_report, rehearsed
 from .release import build_release, pending_classes, prune_releases, release_dependencies, release_migrations, switch_current
 from .report import post_upgrade_report, public_report
-from .requirements import python_version, requirements_of, version_ok
+from .requirements import apply_pins, line_name, lock_install, python_version, requirements_of, version_ok
 from .rollback import kept_usable, rollback_database, same_counts
 from .rowkeys import deletion_counters, deletions_dir, migration_deletions
 from .smoke import Session, anonymous, drop_token, provision
@@ -98,13 +98,16 @@ def _preflight(spec: Spec) -> dict:
     fetch_tags(spec)
     if not tag_exists(spec.repo, to):
         tags = run(["git", "-C", str(spec.repo), "tag", "--sort=-v:refname"], quiet=True).stdout.split()[:8]
-        raise Refusal(f"jhe:version {to} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
+        raise Refusal(f"jhe:version {spec.tag} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
     tree = tag_tree(spec.repo, to)
     tool, reqs, py_req = requirements_of(tree)
-    have = python_version()
-    if not version_ok(have, py_req):
-        problems.append(f"{to} needs Python {py_req}; the server has {have[0]}.{have[1]} "
-                        f"(install it and set up the release with it, or choose another version)")
+    problems += python_problems(spec, py_req)
+    try:
+        _, _, replaced = apply_pins(lock_install(tree), spec.pins)
+    except Refusal as e:
+        problems.append(str(e))
+        replaced = {}
+    reqs = [r for r in reqs if line_name(r) not in spec.pins] + [f"{n}=={v}" for n, v in spec.pins.items()]
     django = next((r.split("==", 1)[1] for r in reqs if r.lower().startswith("django==")), None)
     if django and not re.match(r"^(4\.2|5\.\d+|6\.\d+)(\.|$)", django):
         problems.append(f"{to} pins Django {django}; this program supports Django 4.2 and 5.x")
@@ -174,9 +177,28 @@ def _preflight(spec: Spec) -> dict:
     return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
             "strategy": strategy, "strategyWhy": why,
             "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
-            "python": f"{have[0]}.{have[1]}", "postgres": pg, "django": django, "installer": tool,
+            "python": _python_of(spec), "interpreter": spec.python,
+            "pins": {n: {"from": replaced.get(n), "to": v} for n, v in spec.pins.items()},
+            "postgres": pg, "django": django, "installer": tool,
             "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"],
             "restoreFetchedFromBucket": fetched, "offsite": offsite_check}
+
+
+def python_problems(spec: Spec, py_req: str | None) -> list[str]:
+    """jhe:python's interpreter is on the server and satisfies what the tag asks for."""
+    have = python_version(spec.python)
+    if have is None:
+        return [f"jhe:python {spec.python} is not installed on the server (apt-get install {spec.python} {spec.python}-venv; "
+                f"or set jhe:python to one it has)"]
+    if not version_ok(have, py_req):
+        hint = "set jhe:python to an interpreter it accepts (e.g. pulumi config set jhe:python python3.13), or choose another version"
+        return [f"{spec.tag} needs Python {py_req}; {spec.python} on the server is {have[0]}.{have[1]} ({hint})"]
+    return []
+
+
+def _python_of(spec: Spec) -> str | None:
+    have = python_version(spec.python)
+    return f"{have[0]}.{have[1]}" if have else None
 
 
 def _rollback_dump(spec: Spec, state: dict, b: dict) -> bool:
@@ -217,8 +239,9 @@ def step_prepare(spec: Spec) -> dict:
         env_file = spec.release(to) / ".env"
         old = env_file.read_text() if env_file.exists() else None
         repaired = restore_deployed_env(spec, state, to)  # drift: a hand-edited .env goes back to what the stack wrote
-        build_release(spec, to, target_env(spec, to))
-        if old == env_file.read_text():
+        # (and a virtualenv the server's Python changed under is built again: then the service restarts on it)
+        rebuilt = build_release(spec, to, target_env(spec, to)).get("rebuiltNow", False)
+        if old == env_file.read_text() and not rebuilt:
             record_env(spec, state, to)
             return {"release": str(spec.release(to)), "configChanged": False, "smokeTest": smoke}
         t = time.monotonic()
@@ -242,11 +265,14 @@ def step_prepare(spec: Spec) -> dict:
                 raise Refusal(f"{to} failed its health check with the new settings ({h.get('detail')}); "
                               f"the previous .env is back and {to} restarted with it")
             downtime = f"restart, {round(time.monotonic() - t, 2)} s"
-        append_log(spec, f"## Settings changed for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
+        append_log(spec, f"## {'Virtualenv built again' if rebuilt else 'Settings changed'} for {to} - {now()}\n\n"
+                         f"**Performed by:** {spec.operator} (stack {spec.owner})\n"
                          + ("**Why:** the .env was edited on the server by hand (drift); the stack's is back\n" if repaired else "")
+                         + ("**Why:** the server's Python changed under the release (its venv no longer started)\n" if rebuilt else "")
                          + f"**Downtime:** {downtime}\n")
         record_env(spec, state, to)
-        return {"release": str(spec.release(to)), "configChanged": True, "seconds": round(time.monotonic() - t, 2),
+        return {"release": str(spec.release(to)), "configChanged": old != env_file.read_text(), "venvRebuilt": rebuilt,
+                "seconds": round(time.monotonic() - t, 2),
                 "handover": h.get("unit"), "smokeTest": smoke}
     set_db_password(spec)
     info = build_release(spec, to, target_env(spec, to))

@@ -266,7 +266,7 @@ describe("upgrade (real engine, real server with RSA, ECDSA and Ed25519 host key
     it("v3.0.0 needs Python 3.13, which the server lacks: refused in preflight before any change", async function () {
         const before = await serverFingerprint(h);
         await stack.setConfig("jhe:version", { value: "v3.0.0" });
-        await assert.rejects(stack.up(), /preflight refused the upgrade v2\.0\.0 -> v3\.0\.0 before any change:\s+- v3\.0\.0 needs Python >=3\.13; the server has 3\.11/);
+        await assert.rejects(stack.up(), /preflight refused the upgrade v2\.0\.0 -> v3\.0\.0 before any change:\s+- v3\.0\.0 needs Python >=3\.13; python3 on the server is 3\.11 \(set jhe:python/);
         assert.deepStrictEqual(await serverFingerprint(h), before);
         await stack.setConfig("jhe:version", { value: "v2.0.0" });
     });

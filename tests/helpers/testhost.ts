@@ -41,6 +41,8 @@ export interface UpOptions {
     dataOnDisk?: boolean;
     /** The fixture app boots and stops as slowly as the real JHE: e.g. "boot=6 stop=3.5" (seconds). */
     appTiming?: string;
+    /** "next": Debian 13's PostgreSQL 17 and Python 3.13 installed beside Debian 12's (testhost/rootfs.sh next). */
+    image?: "next";
 }
 
 /** Boots a test server; rejects with the script's own words if it cannot. */
@@ -51,6 +53,7 @@ export async function up(name: string, opts: UpOptions = {}): Promise<HostInfo> 
     if (opts.observations !== undefined) args.push("--observations", String(opts.observations));
     if (opts.dataOnDisk) args.push("--data-on-disk");
     if (opts.appTiming) args.push("--app-timing", opts.appTiming);
+    if (opts.image) args.push("--image", opts.image);
     const { stdout } = await execFileP(TESTHOST, args, { maxBuffer: 1 << 20, timeout: 600_000 });
     return JSON.parse(stdout.trim().split("\n").pop()!) as HostInfo;
 }

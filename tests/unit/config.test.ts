@@ -1,7 +1,7 @@
 import * as assert from "assert";
 import * as pulumi from "@pulumi/pulumi";
 import { problems as configProblems } from "../helpers/config";
-import { ConfigError, validateConfig, RawConfig, SecretInputs } from "../../components/config";
+import { ConfigError, releaseId, validateConfig, RawConfig, SecretInputs } from "../../components/config";
 
 const good: RawConfig = {
     version: "v1.1.0",
@@ -42,6 +42,19 @@ describe("config validation", function () {
         assert.deepStrictEqual({ ...c.smokeTest, password: undefined },
             { user: "s@example.org", password: undefined, create: true, observation: { resourceType: "Observation" }, invitation: { client_id: 3 } });
         assert.strictEqual(validateConfig(good, secrets).smokeTest, undefined);
+    });
+
+    it("jhe:pins and jhe:python: exact versions and an interpreter's name, the release named after them", function () {
+        const c = validateConfig({ ...good, version: "v1.2.0", pins: { Django: "5.2.19", "psycopg2-binary": "2.9.13" }, python: "python3.13" }, secrets);
+        assert.deepStrictEqual([c.tag, c.version, c.python], ["v1.2.0", "v1.2.0+django-5.2.19.psycopg2-binary-2.9.13.py3.13", "python3.13"]);
+        assert.strictEqual(releaseId("v1.2.0", {}, "python3"), "v1.2.0");
+        assert.strictEqual(validateConfig(good, secrets).version, "v1.1.0");
+        const p = problems({ ...good, pins: { django: "5.2.x", "bad name!": "1.0", "Django-Allauth": "65.18.0", django_allauth: "65.18.0" }, python: "/usr/bin/python3.13" });
+        assert.match(p.join("\n"), /jhe:pins\.django must be an exact version such as 5\.2\.19 \(got "5\.2\.x"\)/);
+        assert.match(p.join("\n"), /jhe:pins\.bad name!: a package name is letters/);
+        assert.match(p.join("\n"), /jhe:pins\.django_allauth and jhe:pins\.Django-Allauth name the same package; keep one/);
+        assert.match(p.join("\n"), /jhe:python must be the name of a Python 3 interpreter on the server's PATH, e\.g\. python3\.13/);
+        assert.match(problems({ ...good, pins: ["django==5.2.19"] }).join("\n"), /jhe:pins must be an object of package: exact version/);
     });
 
     it("jhe:migrationStrategy: staged by default, in-window on request, anything else refused with the fix", function () {

@@ -120,6 +120,26 @@ describe("program graph (mocks)", function () {
         }
     });
 
+    it("jhe:pins and jhe:python are upgrades of their own: the same steps re-run, towards the tag built otherwise", async function () {
+        const plain = await build({ version: "v1.2.0" });
+        for (const [raw, release] of [[{ pins: { Django: "5.2.19" } }, "v1.2.0+django-5.2.19"], [{ python: "python3.13" }, "v1.2.0+py3.13"]] as const) {
+            const b = await build({ version: "v1.2.0", ...raw });
+            for (const r of plain.resources.filter((x) => x.type === "command:remote:Command")) {
+                const ta = JSON.stringify(await resolve(r.inputs.triggers));
+                const tb = JSON.stringify(await resolve(named(b.resources, r.name).inputs.triggers));
+                const versioned = RELEASE_STEPS.some(([n]) => n === r.name) || r.name === "watch";
+                assert.strictEqual(ta !== tb, versioned, `${r.name}: triggers ${ta} vs ${tb}`);
+                if (versioned) assert.ok(tb.includes(release), `${r.name}: ${tb}`);
+            }
+            const stdin = JSON.parse(String(await resolve(named(b.resources, "backup").inputs.stdin)));
+            assert.strictEqual(stdin.version, release);
+            assert.deepStrictEqual({ pins: stdin.pins, python: stdin.python }, "pins" in raw ? { pins: raw.pins, python: undefined }
+                : { pins: undefined, python: "python3.13" });
+        }
+        const stdin = JSON.parse(String(await resolve(named(plain.resources, "backup").inputs.stdin)));
+        assert.ok(!("pins" in stdin) && !("python" in stdin), "a stack without them sends what it always did");
+    });
+
     it("re-runs the steps that write .env when a setting changes, and no other", async function () {
         const a = await build({ env: { JHE_FEATURE_X: "on" } });
         const b = await build({ env: { JHE_FEATURE_X: "off" } });
