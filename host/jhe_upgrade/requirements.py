@@ -62,7 +62,10 @@ def _toml(text: str) -> dict:
 
 def python_version(python: str = "python3") -> tuple[int, int] | None:
     """major.minor of an interpreter on the server's PATH; None when there is none of that name."""
-    p = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True, check=False)
+    try:
+        p = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True, check=False)
+    except OSError:  # (not on the PATH)
+        return None
     if p.returncode != 0:
         return None
     a, b = p.stdout.strip().split(".")
