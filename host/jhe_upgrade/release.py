@@ -184,6 +184,11 @@ def _install(spec: Spec, release: str, rel: Path) -> dict:
     # Installed as locked, without resolving: a lock whose pins contradict each other still installs (as
     # `pipenv sync` does); pip check says what is inconsistent, reported but not fatal.
     problems = pip_check_problems(run([pip, "check"], user=spec.app_user, cwd=rel, check=False, quiet=True).stdout)
+    # A pin is the operator's override of the lock: one that breaks what it needs or what needs it is refused.
+    broken = [ln for ln in problems if pins and line_name(ln) in pins or any(f" {n} " in f" {ln.lower()} " for n in pins)]
+    if broken:
+        raise Refusal(f"jhe:pins ({', '.join(pinned)}) does not fit {tag}'s lock: {'; '.join(broken)} - pin what it needs too, "
+                      f"or choose another version")
     version = run([str(rel / "venv/bin/python"), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], quiet=True).stdout.strip()
     return {"installer": lock["tool"], "requirements": len(lock["lines"]) + len(pinned), "exact": lock["exact"],
             "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"],
@@ -224,7 +229,8 @@ def release_dependencies(spec: Spec, tag: str) -> dict | None:
         info = json.loads((spec.release(tag) / ".jhe-release.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return {k: info.get(k) for k in ("installer", "requirements", "exact", "hashesChecked", "pipCheck", "python", "pins") if k in info}
+    keys = ("installer", "requirements", "exact", "hashesChecked", "pipCheck", "python", "pins", "rebuilt")
+    return {k: info.get(k) for k in keys if k in info}
 
 
 def switch_current(spec: Spec, tag: str) -> None:

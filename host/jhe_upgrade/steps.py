@@ -191,7 +191,9 @@ def python_problems(spec: Spec, py_req: str | None) -> list[str]:
         return [f"jhe:python {spec.python} is not installed on the server (apt-get install {spec.python} {spec.python}-venv; "
                 f"or set jhe:python to one it has)"]
     if not version_ok(have, py_req):
-        hint = "set jhe:python to an interpreter it accepts (e.g. pulumi config set jhe:python python3.13), or choose another version"
+        m = re.search(r"(\d+)\.(\d+)", py_req or "")
+        example = f"python{m.group(1)}.{m.group(2)}" if m else "python3.13"
+        hint = f"set jhe:python to an interpreter it accepts (e.g. pulumi config set jhe:python {example}), or choose another version"
         return [f"{spec.tag} needs Python {py_req}; {spec.python} on the server is {have[0]}.{have[1]} ({hint})"]
     return []
 
@@ -607,6 +609,11 @@ def step_finish(spec: Spec) -> dict:
         note_repair(spec, state)
         for k in ("target", "dbTouched", "cutover"):
             state.pop(k, None)
+        rebuilt = (release_dependencies(spec, to) or {}).get("rebuilt") or {}
+        if str(rebuilt.get("at", "")) >= str(t.get("preflight") or "~"):  # the release's virtualenv, built again by this run
+            append_log(spec, f"## Virtualenv built again for {to} - {now()}\n\n**Performed by:** {spec.operator} (stack {spec.owner})\n"
+                             f"**Why:** the server's Python changed under the release ({rebuilt.get('why')})\n"
+                             f"**Took:** {rebuilt.get('seconds')} s; the service had not started on the broken one\n")
         rehearsals = rehearsed(state, frm, to, "adopted", [], served=current_version(spec) == to)
         save_state(spec, state)
         release_lock(spec)

@@ -5,7 +5,7 @@ import json
 
 from .report import report_lines
 from .requirements import LOCK_FILES
-from .spec import Spec
+from .spec import Spec, tag_of
 from .util import version_key
 
 
@@ -22,8 +22,14 @@ def _dependencies_line(d: dict) -> str:
     how = "installed exactly as pinned" if d.get("exact") else "resolved by pip"
     checks = "hashes checked" if d.get("hashesChecked") else "no hashes in the lock"
     problems = d.get("pipCheck") or []
+    pins = ", ".join(f"{n} {p.get('from')} -> {p.get('to')}" for n, p in (d.get("pins") or {}).items())
+    rebuilt = d.get("rebuilt") or {}
     return (f"- Dependencies: {d.get('requirements')} from {lock}, {how}, {checks}; pip check: "
-            + ("; ".join(problems) if problems else "no problems"))
+            + ("; ".join(problems) if problems else "no problems")
+            + (f"; Python {d['python']}" if d.get("python") else "")
+            + (f"; jhe:pins over the lock: {pins}" if pins else "")
+            + (f"\n- Virtualenv built again {rebuilt.get('at')}: the server's Python changed under the release ({rebuilt.get('why')})"
+               if rebuilt else ""))
 
 
 def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: str) -> str:
@@ -69,7 +75,8 @@ def finish_entry(operator: str, owner: str, summary: dict, state: dict, stamp: s
         *([_dependencies_line(summary["dependencies"])] if summary.get("dependencies") else []), "",
         "**Rollback plan:**",
         f"- Backup: {b.get('path') or 'none'} (sha256 {b.get('sha256') or '-'}, rows {json.dumps(b.get('rowCounts') or {})})",
-        f"- Set jhe:version back to {frm} and run `pulumi up`", "",
+        f"- Set jhe:version back to {tag_of(frm) if frm else frm}"
+        + (f" (with jhe:pins/jhe:python as they were: release {frm})" if frm and "+" in frm else "") + " and run `pulumi up`", "",
         "**Verification:**",
         *_smoke_lines(summary["smoke"]), "",
         *_report(summary.get("report")),
