@@ -27,6 +27,10 @@
 //   5. the plan          components/plan.ts       read-only look at the server during preview, with
 //                                                  the migrations' classes and the downtime estimate
 //
+//   3c. PostgreSQL      components/release.ts    jhe:postgresMajor: pg_upgradecluster in a window, the old
+//       major                                     cluster kept; set back, it serves again (rows replayed)
+//                                                  (jhe:pins and jhe:python: a release of the same tag built
+//                                                  otherwise - the runbook's Django-only and Python upgrades)
 //   0b. prod follows    components/staging.ts    on a prod stack, an upgrade only to a version the
 //       staging                                    staging stack (jhe:stagingStack) ran and passed
 //
@@ -63,5 +67,6 @@ export const backupBucket = outputs.backupBucket;
 export const offsiteBackup = outputs.offsiteBackup;
 export const snapshot = outputs.snapshot;
 export const clone = outputs.clone;
+export const postgres = outputs.postgres;
 export const rehearsals = outputs.rehearsals;
 export const staging = outputs.staging;

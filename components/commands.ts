@@ -9,7 +9,7 @@ const SAFE_PATH = /^\/(?:[A-Za-z0-9._@-]+\/?)+$/;
 export const TOOL_DIR = "/usr/local/lib/jhe-upgrade";
 export const TOOL_PATH = `${TOOL_DIR}/jhe_upgrade.py`;
 
-export const STEPS = ["status", "plan", "adopt", "preflight", "prepare", "backup", "migrate", "switch", "health", "finish", "offsite", "unlock", "superuser", "snapshot", "clone", "watch"] as const;
+export const STEPS = ["status", "plan", "adopt", "preflight", "prepare", "backup", "migrate", "switch", "health", "finish", "offsite", "unlock", "superuser", "snapshot", "clone", "watch", "postgres"] as const;
 
 /** Debian packages a JHE server needs (the app's Python packages come from its lock file). */
 export const SYSTEM_PACKAGES = ["python3", "python3-venv", "postgresql", "nginx", "git", "openssl", "curl", "ca-certificates"];

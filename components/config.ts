@@ -23,6 +23,12 @@ export interface JheConfig {
     pins: Record<string, string>;
     /** jhe:python: the interpreter the release's virtualenv is made with ("python3": the server's default). */
     python: string;
+    /**
+     * jhe:postgresMajor: the PostgreSQL major the server runs (e.g. 17). A higher one than it runs upgrades
+     * its cluster (pg_upgradecluster, the old cluster kept); setting it back brings the kept one back.
+     * Unset: PostgreSQL is left as it is.
+     */
+    postgresMajor?: number;
     stage: Stage;
     ssh: {
         host: string;
@@ -196,12 +202,13 @@ function buildConfig(raw: RawConfig, p: string[]): { pins: Record<string, string
         } else {
             const seen = new Map<string, string>();
             for (const [k, v] of Object.entries(pinsRaw as Record<string, unknown>)) {
-                const value = typeof v === "number" ? String(v) : v;
+                const value = v;
                 if (!PIN_NAME.test(k)) {
                     p.push(`jhe:pins.${k}: a package name is letters, digits, '.', '_' and '-' (as on the package index, e.g. django)`);
                 } else if (typeof value !== "string" || !PIN_VERSION.test(value)) {
                     p.push(`jhe:pins.${k} must be an exact version such as 5.2.19 (got ${JSON.stringify(v)}): a release is built ` +
-                        "once, so what it installs is fixed in the stack's config (no ranges, no 5.2.x)");
+                        "once, so what it installs is fixed in the stack's config (no ranges, no 5.2.x" +
+                        (typeof v === "number" ? "; a number loses digits, e.g. 3.10 is read as 3.1: quote it" : "") + ")");
                 } else if (seen.has(pinName(k))) {
                     p.push(`jhe:pins.${k} and jhe:pins.${seen.get(pinName(k))} name the same package; keep one`);
                 } else {
@@ -335,7 +342,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         "tlsSelfSigned", "adminUser", "adminEmail", "adminPassword", "envUnset",
         "smokeTestUser", "smokeTestPassword", "smokeTestCreate", "smokeTestObservation", "smokeTestInvitation",
         ...OFFSITE_KEYS, "stagingStack", "stagingOverride", "snapshot", "cloneFrom", "cloneKeepColumns",
-        "pins", "python",
+        "pins", "python", "postgresMajor",
     ]);
     for (const k of Object.keys(raw)) {
         if (!known.has(k)) p.push(`jhe:${k} is not a setting of this program (known: ${[...known].sort().join(", ")})`);
@@ -344,6 +351,12 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     const tag = str(raw, "version", p, true);
     if (tag) checked(p, "version", tag, checkTag);
     const build = buildConfig(raw, p);
+    const pgRaw = str(raw, "postgresMajor", p, false, "");
+    const postgresMajor = pgRaw === "" ? undefined : Number(pgRaw);
+    if (postgresMajor !== undefined && !(Number.isInteger(postgresMajor) && postgresMajor >= 10 && postgresMajor <= 99)) {
+        p.push(`jhe:postgresMajor must be a PostgreSQL major version such as 17 (got ${JSON.stringify(pgRaw)}): ` +
+            "`pulumi config set jhe:postgresMajor 17` (or remove it to leave PostgreSQL as it is)");
+    }
 
     const stageRaw = str(raw, "stage", p, false, DEFAULTS.stage);
     if (stageRaw !== "staging" && stageRaw !== "prod") p.push(`jhe:stage must be "staging" or "prod" (got ${JSON.stringify(stageRaw)})`);
@@ -564,6 +577,7 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
         version: releaseId(tag, build.pins, build.python),
         tag,
         ...build,
+        ...(postgresMajor !== undefined ? { postgresMajor } : {}),
         stage,
         ssh: { host, port: sshPort, user: sshUser, hostKey, privateKey: secrets.sshPrivateKey! },
         layout,
@@ -782,6 +796,7 @@ export function loadConfig(): JheConfig {
     raw.healthTimeoutSeconds = cfg.get("healthTimeoutSeconds");
     for (const k of ["watchSeconds", "watchMaxErrorRate", "watchMinRequests"]) raw[k] = cfg.get(k);
     raw.keepLocalBackups = cfg.get("keepLocalBackups");
+    raw.postgresMajor = cfg.get("postgresMajor");
     // A bucket the stack creates lives in the AWS provider's region: its copies are signed for that one.
     const awsRegion = new pulumi.Config("aws").get("region");
     if (!raw.backupRegion && awsRegion && String(raw.backupBucket ?? "").startsWith("create")) raw.backupRegion = awsRegion;

@@ -171,6 +171,7 @@ export function readPlanAndKey(config: JheConfig): { plan: pulumi.Output<Plan>; 
         env: config.env,
         // Names only: the plan says which variables are configured, never their values.
         secretEnv: Object.fromEntries(config.secretEnvNames.map((k) => [k, ""])),
+        ...(config.postgresMajor !== undefined ? { postgresMajor: config.postgresMajor } : {}),
     };
     const b64 = Buffer.from(JSON.stringify(spec)).toString("base64");
     const read = pulumi.unsecret(config.ssh.privateKey).apply(async (privateKey): Promise<{ plan: Plan; mismatch?: string }> => {

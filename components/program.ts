@@ -6,7 +6,7 @@ import { JheConfig } from "./config";
 import { JheHost } from "./host";
 import { NginxSite } from "./nginx";
 import { readPlan, readPlanAndKey } from "./plan";
-import { cloneStep, JheRelease, stepResult } from "./release";
+import { cloneStep, JheRelease, postgresStep, stepResult } from "./release";
 import { stagingGate } from "./staging";
 import { SystemdService } from "./systemd";
 
@@ -42,8 +42,11 @@ export function jheProgram(config: JheConfig) {
     //    Then, with a bucket, every verified backup is copied off the server (encrypted, read back).
     // 3b. Staging only: prod's data, de-identified, in place of staging's before the steps below run.
     const clone = cloneStep(host, config, [service.install, site.install], bucketName);
+    // 3c. jhe:postgresMajor: PostgreSQL's major upgrade (or the way back), before the upgrade steps.
+    const postgres = postgresStep(host, config, [service.install, site.install, ...(clone ? [clone] : [])]);
     const release = new JheRelease("jhe", {
-        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : [])], offsite: bucketName !== undefined, bucketName, clone, repairKey,
+        host, config, dependsOn: [service.install, site.install, ...(clone ? [clone] : []), ...(postgres ? [postgres] : [])],
+        offsite: bucketName !== undefined, bucketName, clone, repairKey,
     });
 
     // 5. The plan and what happened. At preview the plan is the move to come; after an up it is read
@@ -98,5 +101,7 @@ export function jheProgram(config: JheConfig) {
         snapshot: release.snapshot ? release.snapshot.apply((o) => (o.snapshot as Record<string, unknown> | null) ?? null) : null,
         // jhe:cloneFrom: which backup of prod this staging server's database is a de-identified clone of.
         clone: clone ? clone.stdout.apply((s) => (stepResult(s).clone as Record<string, unknown> | null) ?? null) : null,
+        // jhe:postgresMajor: the cluster's move (from, to, backup, downtime, the cluster kept; a rollback's replay).
+        postgres: postgres ? postgres.stdout.apply((s) => (stepResult(s).postgres as Record<string, unknown> | null) ?? null) : null,
     };
 }

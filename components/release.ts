@@ -37,6 +37,18 @@ export function cloneStep(host: JheHost, config: JheConfig, dependsOn: pulumi.Re
 }
 
 /**
+ * jhe:postgresMajor: the runbook's PostgreSQL major upgrade, before the upgrade steps (so one `up` that also
+ * changes jhe:version moves the database first). Re-run when the major changes: nothing when the server runs
+ * it; a higher one upgrades the cluster (backup, pg_upgradecluster in a window, health gate and smoke tests,
+ * the old cluster kept); setting it back brings the kept cluster back with the rows written since.
+ */
+export function postgresStep(host: JheHost, config: JheConfig, dependsOn: pulumi.Resource[]): command.remote.Command | undefined {
+    const major = config.postgresMajor;
+    if (major === undefined) return undefined;
+    return host.step("postgres-major", "postgres", [major], dependsOn, host, true, pulumi.output(major).apply((m): Record<string, unknown> => ({ postgresMajor: m })));
+}
+
+/**
  * The spec of a step that aims at no version (snapshot, clone): the layout and the bucket's settings,
  * no version and no .env settings - so a change of jhe:version (or of .env) re-runs the upgrade steps,
  * not these (a changed input re-runs a command's create).

@@ -13,6 +13,7 @@ from .clone import step_clone, step_snapshot
 from .db import reopen_databases
 from .handover import settle_handover
 from .offsite import step_offsite
+from .pgmajor import step_postgres
 from .plan import step_plan
 from .provision import step_adopt, step_superuser
 from .recovery import safety_net
@@ -25,7 +26,7 @@ from .watch import step_watch
 STEPS = {"status": step_status, "plan": step_plan, "adopt": step_adopt, "preflight": step_preflight,
          "prepare": step_prepare, "backup": step_backup, "migrate": step_migrate, "switch": step_switch,
          "health": step_health, "finish": step_finish, "offsite": step_offsite, "unlock": step_unlock, "superuser": step_superuser,
-         "snapshot": step_snapshot, "clone": step_clone, "watch": step_watch}
+         "snapshot": step_snapshot, "clone": step_clone, "watch": step_watch, "postgres": step_postgres}
 
 
 # Steps that may run inside a window: whatever fails in them ends with the old version serving.

@@ -8,6 +8,7 @@ from .envfile import HINTS, env_added, env_missing, parse_env
 from .estimate import estimate_for
 from .gitrepo import tag_exists
 from .migclass import worst
+from .pgmajor import pg_plan
 from .release import build_change, pending_classes, release_knows_all_migrations, release_migrations, venv_problem
 from .spec import Spec
 from .staging import choose_strategy
@@ -133,7 +134,10 @@ def step_plan(spec: Spec) -> dict:
     state = load_state(spec)
     drift = detect_drift(spec, state, frm)
     key = repair_key(state, drift)
-    found = {**({"drift": drift} if drift else {}), **({"repairKey": key} if key else {})}  # (a clean server's plan as before)
+    found: dict = {**({"drift": drift} if drift else {}), **({"repairKey": key} if key else {})}  # (a clean server's plan as before)
+    pg = pg_plan(spec)  # jhe:postgresMajor: the cluster's move, done first
+    if pg:
+        found["postgres"] = pg
     if frm == to:
         return {"from": frm, "to": to, "action": "none", **found}
     return {**_plan(spec, frm, to, state), **found}

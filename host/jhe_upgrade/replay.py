@@ -9,14 +9,14 @@ from pathlib import Path
 from .db import foreign_keys, public_tables, table_marks, tables_written
 from .rowkeys import SCHEMA_TABLES, columns, in_list, key_expr, key_kind, keys, primary_key, q, read_deleted_keys
 from .spec import Spec
-from .util import psql, sql_literal
+from .util import db_args, psql, sql_literal
 
 
 def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None = None, cols: str | None = None,
           to_file: Path | None = None) -> None:
     """COPY rows of `query` in src_db into dst_db.table(cols), or as CSV into to_file."""
     # The query (its key lists can be large) goes on stdin as a script, never on the command line.
-    out = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", src_db, "-f", "-"],
+    out = subprocess.Popen(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *db_args(src_db), "-f", "-"],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     assert out.stdin is not None
     out.stdin.write((f"\\copy ({query}) TO STDOUT" + (" WITH CSV HEADER" if to_file else "") + "\n").encode())
@@ -30,7 +30,7 @@ def _copy(src_db: str, query: str, dst_db: str | None = None, table: str | None 
         err_in = b""
     else:
         assert dst_db is not None
-        p = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dst_db,
+        p = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *db_args(dst_db),
                             "-c", f"\\copy {table} ({cols}) FROM STDIN"], stdin=out.stdout, capture_output=True, cwd="/")
         rc_in, err_in = p.returncode, p.stderr
     out.stdout.close()

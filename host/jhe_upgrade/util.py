@@ -41,10 +41,17 @@ def run(args: list[str], *, user: str | None = None, cwd: str | Path | None = No
     return p
 
 
+def db_args(db: str) -> list[str]:
+    """psql's arguments for a database: `name`, on the default port's cluster, or `name@port`, on the
+    cluster of that port (a PostgreSQL major upgrade's other cluster; a database name never holds "@")."""
+    name, _, port = db.partition("@")
+    return ["-d", name] + (["-p", port] if port.isdigit() else [])
+
+
 def psql(db: str, sql: str, *, check: bool = True) -> str:
     """Runs SQL as postgres and returns its unaligned output. The SQL goes on stdin, never on the command
     line: a replay's key lists can be far larger than one argument may be (128 KiB)."""
-    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+    return run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", *db_args(db), "-f", "-"],
                user="postgres", cwd="/", check=check, quiet=True, input=sql + "\n").stdout.strip()
 
 
@@ -87,4 +94,6 @@ def error_summary(stderr: str) -> str:
 
 
 def version_key(tag: str | None) -> tuple:
-    return tuple(int(x) for x in re.findall(r"\d+", tag or ""))
+    """A tag's numbers, for ordering; a release's build metadata (v1.2.0+django-5.2.19) does not count:
+    the releases of one tag are neither older nor newer than each other."""
+    return tuple(int(x) for x in re.findall(r"\d+", (tag or "").split("+", 1)[0]))

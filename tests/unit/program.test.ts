@@ -140,6 +140,27 @@ describe("program graph (mocks)", function () {
         assert.ok(!("pins" in stdin) && !("python" in stdin), "a stack without them sends what it always did");
     });
 
+    it("jhe:postgresMajor: its own step before the upgrade steps, re-run only by the major; none when unset", async function () {
+        assert.ok(!(await build({})).resources.some((r) => r.name === "postgres-major"));
+        const a = await build({ postgresMajor: "17" });
+        const pg = named(a.resources, "postgres-major");
+        assert.deepStrictEqual(pg.dependsOn.sort(), ["site", "unit"]);
+        assert.deepStrictEqual(named(a.resources, "preflight").dependsOn.sort(), ["postgres-major", "site", "unit"]);
+        assert.deepStrictEqual(await resolve(pg.inputs.triggers), [17]);
+        assert.match(String(await resolve(pg.inputs.create)), /jhe_upgrade\.py postgres/);
+        const stdin = JSON.parse(String(await resolve(pg.inputs.stdin)));
+        assert.strictEqual(stdin.postgresMajor, 17);
+        assert.strictEqual(stdin.secretEnv.SECRET_KEY, "s", "the smoke tests' account and the .env settings, as the gate needs them");
+        const b = await build({ postgresMajor: "15" });
+        for (const [n] of RELEASE_STEPS) {
+            assert.strictEqual(JSON.stringify(await resolve(named(a.resources, n).inputs.triggers)),
+                JSON.stringify(await resolve(named(b.resources, n).inputs.triggers)), `${n}: not re-run by the major`);
+        }
+        assert.deepStrictEqual(await resolve(named(b.resources, "postgres-major").inputs.triggers), [15]);
+        assert.match(problems({ version: "v1.1.0", host: "10.1.2.3", sshHostKey: HOST_KEY, siteUrl: "https://jhe.example.org", postgresMajor: "17.2" }, { sshPrivateKey: pulumi.output("K") }).join("\n"),
+            /jhe:postgresMajor must be a PostgreSQL major version such as 17 \(got "17\.2"\)/);
+    });
+
     it("re-runs the steps that write .env when a setting changes, and no other", async function () {
         const a = await build({ env: { JHE_FEATURE_X: "on" } });
         const b = await build({ env: { JHE_FEATURE_X: "off" } });

@@ -41,7 +41,7 @@ describe("host tool bundle", function () {
         fs.writeFileSync(file, bundleTool());
         const usage = py([file]);
         assert.strictEqual(usage.status, 2, usage.stderr);
-        assert.match(usage.stderr, /usage: .*\{status\|plan\|adopt\|preflight\|prepare\|backup\|migrate\|switch\|health\|finish\|offsite\|unlock\|superuser\|snapshot\|clone\|watch\}/);
+        assert.match(usage.stderr, /usage: .*\{status\|plan\|adopt\|preflight\|prepare\|backup\|migrate\|switch\|health\|finish\|offsite\|unlock\|superuser\|snapshot\|clone\|watch\|postgres\}/);
         // `python3 - plan --spec-b64 ...` as components/plan.ts runs it: a malformed spec is refused by name
         const plan = py(["-", "plan", "--spec-b64", Buffer.from("{}").toString("base64")], bundleTool());
         const out = JSON.parse(plan.stdout.trim().split("\n").pop() ?? "{}");
