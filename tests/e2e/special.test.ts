@@ -5,6 +5,9 @@
 //   Python version   jhe:python python3.13 (refused for a tag whose lock says 3.11; built for v2.0.0),
 //                    then removed; and python3 moved to 3.13 under a release (what the OS upgrade
 //                    does): the broken virtualenv shows in the preview and `up` builds it again
+//   PostgreSQL major jhe:postgresMajor 17 on the 15 cluster (pg_upgradecluster, 15 kept), the health
+//                    gate and smoke tests on 17; set back to 15: 15 serves again with the rows
+//                    written on 17 replayed; 17 again (the cluster the rollback left is replaced)
 // Each with a writer posting observations throughout, every acknowledged write kept, and every other
 // row of every table the same before and after (checksums).
 import * as assert from "assert";
@@ -22,8 +25,10 @@ async function checksums(h: HostInfo, maxObservation: number): Promise<Record<st
     const out: Record<string, string> = {};
     const tables = (await query<{ t: string }>(h, "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).map((r) => r.t);
     for (const t of tables) {
-        if (t === "django_migrations" || t === "django_session") continue; // (a move's own bookkeeping)
-        const where = t === "core_observation" ? ` WHERE id <= ${maxObservation}` : "";
+        // (a move's own bookkeeping, and the smoke tests' token: made before each gate, deleted after it)
+        if (["django_migrations", "django_session", "oauth2_provider_accesstoken"].includes(t)) continue;
+        const where = t === "core_observation" ? ` WHERE id <= ${maxObservation}`
+            : t === "core_jheuser" ? ` WHERE email NOT LIKE 'smoke-%'` : ""; // (the smoke account's last login changes)
         const [r] = await query<{ n: string; c: string | null }>(
             h, `SELECT count(*) AS n, md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))) AS c FROM "${t}" x${where}`);
         out[t] = `${r.n}:${r.c ?? "empty"}`;
@@ -43,7 +48,7 @@ async function serving(h: HostInfo): Promise<{ release: string; python: string; 
     return { release: rel.split("/").pop()!, python: exe.split("/").pop()!, django };
 }
 
-describe("special upgrades: Django only, Python version (real engine, a server with Debian 13's packages)", function () {
+describe("special upgrades: Django only, Python version, PostgreSQL major (real engine, a server with Debian 13's packages)", function () {
     this.timeout(1_200_000);
     let h: HostInfo;
     let stack: Stack;
@@ -166,5 +171,54 @@ describe("special upgrades: Django only, Python version (real engine, a server w
         assert.strictEqual((await ssh(h, `ls -d ${APP}/releases/v2.0.0/venv.broken-*`)).code, 2, "no broken virtualenv left");
         const after = await stack.preview({ diff: true });
         assert.deepStrictEqual(changed(after), [], after.stdout.slice(-3000));
+    });
+
+    it("PostgreSQL major: jhe:postgresMajor 17 upgrades the 15 cluster (kept) behind the health gate and smoke tests; 15 again brings it back with the rows written on 17", async function () {
+        const clusters = async () => (await sshOk(h, "pg_lsclusters -h | awk '{print $1\"/\"$2\":\"$3\":\"$4}'")).trim().split("\n");
+        const major = async () => String((await query<{ v: string }>(h, "SELECT current_setting('server_version_num')::int / 10000 AS v"))[0].v);
+        assert.deepStrictEqual(await clusters(), ["15/main:5432:online"]);
+        // The smoke tests' own account, so the gate on the new cluster logs in and reads data through nginx.
+        await stack.setConfig("jhe:smokeTestUser", { value: "smoke-pg@example.org" });
+        await stack.setConfig("jhe:smokeTestPassword", { value: "Smoke-pg-2026!", secret: true });
+        await stack.setConfig("jhe:smokeTestCreate", { value: "true" });
+        await stack.up();
+        await stack.setConfig("jhe:postgresMajor", { value: "17" });
+        const pre = await stack.preview({ diff: true });
+        assert.match(pre.stdout, /::postgres-major\]/, pre.stdout.slice(-4000));
+        assert.match(pre.stdout, /summary\s*:\s*"PostgreSQL 15 -> 17: a verified backup, then in a window pg_upgradecluster 15 main/);
+        const up17 = await upWithWriter();
+        const pg = up17.outputs.postgres as { from: number; to: number; port: number; backup: string; kept: unknown; gate: { ok: boolean; smoke: { ok: boolean } } };
+        assert.deepStrictEqual([pg.from, pg.to, pg.port, pg.kept], [15, 17, 5432, { major: 15, name: "main", port: 5433 }]);
+        assert.ok(pg.gate.ok && pg.gate.smoke.ok, JSON.stringify(pg.gate));
+        assert.strictEqual(await major(), "17");
+        assert.deepStrictEqual(await clusters(), ["15/main:5433:down", "17/main:5432:online"]);
+        assert.strictEqual(await servingVersion(h), "v2.0.0");
+        assert.match(await sshOk(h, `grep DB_PORT ${APP}/current/.env`), /DB_PORT=5432/, "the app's settings name the port the new cluster serves on");
+        assert.strictEqual((await ssh(h, `test -s ${pg.backup}/db.dump`)).code, 0, "the verified backup taken first is kept");
+        const again = await stack.preview({ diff: true });
+        assert.deepStrictEqual(changed(again), [], again.stdout.slice(-3000));
+
+        // Back to 15: the rows written on 17 (by the writer above and during this up, before its window) are in 15.
+        await stack.setConfig("jhe:postgresMajor", { value: "15" });
+        const back = await stack.preview({ diff: true });
+        assert.match(back.stdout, /the 15 cluster kept by the upgrade serves again, with the rows written on 17 since replayed/, back.stdout.slice(-4000));
+        const down = await upWithWriter();
+        const pgBack = down.outputs.postgres as { from: number; to: number; replay: { rowsReplayed: Record<string, number>; rowsExported: Record<string, number> } };
+        assert.deepStrictEqual([pgBack.from, pgBack.to], [17, 15]);
+        assert.ok((pgBack.replay.rowsReplayed.core_observation ?? 0) > 10, JSON.stringify(pgBack.replay));
+        // Nothing of the users' is left out; what is exported (beside the backup, as CSV) is the smoke tests' own
+        // bookkeeping on 17: their account's last login, and the token they deleted there.
+        const exported = Object.keys(pgBack.replay.rowsExported);
+        assert.ok(exported.every((k) => ["core_jheuser.changed-rows", "oauth2_provider_accesstoken.deleted-since"].includes(k)), exported.join(", "));
+        assert.strictEqual(await major(), "15");
+        assert.deepStrictEqual(await clusters(), ["15/main:5432:online", "17/main:5433:down"]);
+        assert.strictEqual(await servingVersion(h), "v2.0.0");
+
+        // And forward again: the 17 cluster the rollback left (its rows replayed then) is replaced by a new upgrade.
+        await stack.setConfig("jhe:postgresMajor", { value: "17" });
+        await upWithWriter();
+        assert.strictEqual(await major(), "17");
+        assert.deepStrictEqual(await clusters(), ["15/main:5433:down", "17/main:5432:online"]);
+        assert.match(await sshOk(h, `cat ${APP}/UPGRADE_LOG.md`), /## PostgreSQL 15 -> 17 [\s\S]*## PostgreSQL 17 -> 15 \(rollback\)[\s\S]*## PostgreSQL 15 -> 17 /);
     });
 });
