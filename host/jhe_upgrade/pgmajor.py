@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .backup import take_backup, verify_backup
 from .db import live_marker
@@ -286,17 +287,10 @@ def _up(spec: Spec, state: dict, cur: dict, want: int) -> dict:
             raise Refusal(f"after pg_upgradecluster the {want} cluster is not serving on port {cur['port']} ({new})")
         tuned = _collation(spec)
         since = live_marker(spec.db_name)  # rows written from here on are the new cluster's (a rollback replays them)
-        start_service(spec)
-        h = _gate(spec, version, session)
-        if not h["ok"]:
-            raise Refusal(f"the health gate failed on PostgreSQL {want}: {h.get('detail') or (h.get('smoke') or {}).get('detail')}")
+        h = _serve_and_gate(spec, version, session, want)
     except BaseException as e:
-        why = str(e) if isinstance(e, Refusal) else f"{type(e).__name__}: {e}"
-        errors = _undo(spec, moving)
-        session.end(version)
-        _finish_failed(spec, cur, want, why, b, errors)
-        raise Refusal(f"{why}. PostgreSQL {cur['major']} serves again, unchanged (pg_upgrade copied its files, never wrote them); "
-                      f"the {want} cluster was removed" + (f". The undo reported: {'; '.join(errors)}" if errors else "")) from e
+        _failed(spec, moving, session, version, cur, want, b, e,
+                f"unchanged (pg_upgrade copied its files, never wrote them); the {want} cluster was removed")
     # The result recorded before the window closes (a kill from here on leaves only the window to close).
     _start_conf(cur["major"], cur["name"], "manual")  # kept for a way back, never started on boot
     state = load_state(spec)
@@ -337,17 +331,9 @@ def _back(spec: Spec, state: dict, cur: dict, want: int) -> dict:
         _start_conf(cur["major"], cur["name"], "manual")
         _start_conf(want, kept["name"], prev.get("startConf", "auto"))
         _ctl(want, kept["name"], "restart")
-        start_service(spec)
-        h = _gate(spec, version, session)
-        if not h["ok"]:
-            raise Refusal(f"the health gate failed on PostgreSQL {want}: {h.get('detail') or (h.get('smoke') or {}).get('detail')}")
+        h = _serve_and_gate(spec, version, session, want)
     except BaseException as e:
-        why = str(e) if isinstance(e, Refusal) else f"{type(e).__name__}: {e}"
-        errors = _undo(spec, moving)
-        session.end(version)
-        _finish_failed(spec, cur, want, why, b, errors)
-        undo = f". The undo reported: {'; '.join(errors)}" if errors else ""
-        raise Refusal(f"{why}. PostgreSQL {cur['major']} serves again{undo}") from e
+        _failed(spec, moving, session, version, cur, want, b, e, "as it was (the rows replayed into the kept cluster stay there)")
     state = load_state(spec)
     state["postgres"] = {"major": want, "name": kept["name"], "port": cur["port"], "at": now(), "closing": True,
                          "stale": {"major": cur["major"], "name": cur["name"], "port": kept["port"]}}
@@ -373,6 +359,26 @@ def _finished(spec: Spec, cur: dict, want: int, b: dict, t0: float, tw: float, s
     return {"postgres": {"from": cur["major"], "to": want, "backup": b["path"], "downtimeSeconds": window,
                          "windowSeconds": round(time.monotonic() - tw, 2), "seconds": round(time.monotonic() - t0, 2),
                          **out, "smokeCleanup": cleanup}}
+
+
+def _serve_and_gate(spec: Spec, version: str, session: Session, want: int) -> dict:
+    """JHE started on the new cluster, inside the window: the health gate and the smoke tests must pass."""
+    start_service(spec)
+    h = _gate(spec, version, session)
+    if not h["ok"]:
+        raise Refusal(f"the health gate failed on PostgreSQL {want}: {h.get('detail') or (h.get('smoke') or {}).get('detail')}")
+    return h
+
+
+def _failed(spec: Spec, moving: dict, session: Session, version: str, cur: dict, want: int, b: dict, e: BaseException,
+            how: str) -> NoReturn:
+    """A move that failed inside its window: undone, logged, refused with what the undo could not do."""
+    why = str(e) if isinstance(e, Refusal) else f"{type(e).__name__}: {e}"
+    errors = _undo(spec, moving)
+    session.end(version)
+    _finish_failed(spec, cur, want, why, b, errors)
+    undo = f". The undo reported: {'; '.join(errors)}" if errors else ""
+    raise Refusal(f"{why}. PostgreSQL {cur['major']} serves again, {how}{undo}") from e
 
 
 def _finish_failed(spec: Spec, cur: dict, want: int, why: str, b: dict, errors: list[str]) -> None:
