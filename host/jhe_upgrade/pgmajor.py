@@ -20,7 +20,7 @@ from .db import live_marker
 from .gitrepo import fetch_tags, tag_exists, tag_tree
 from .health import MAIN_PORT
 from .replay import replay_rows
-from .requirements import apply_pins, lock_install, python_requirement
+from .requirements import python_requirement, python_version
 from .smoke import Session, provision
 from .spec import Spec
 from .state import current_version, load_state, register_backup, release_lock, save_state, take_lock
@@ -163,17 +163,12 @@ def _target_problems(spec: Spec) -> list[str]:
     first): checked now, so a wrong jhe:version, jhe:pins or jhe:python stops it before anything changes."""
     if not spec.version or spec.version == current_version(spec):
         return []
-    from .steps import python_problems  # (steps imports most modules)
+    from .steps import build_problems  # (steps imports most modules)
     fetch_tags(spec)
     if not tag_exists(spec.repo, spec.version):
         return [f"jhe:version {spec.tag} is not a tag of {spec.repo_url}"]
     tree = tag_tree(spec.repo, spec.version)
-    out = python_problems(spec, python_requirement(tree))
-    try:
-        apply_pins(lock_install(tree), spec.pins)
-    except Refusal as e:
-        out.append(str(e))
-    return out
+    return build_problems(spec, tree, python_requirement(tree), python_version(spec.python))[0]
 
 
 def _gate(spec: Spec, version: str, session: Session) -> dict:

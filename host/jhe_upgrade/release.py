@@ -15,8 +15,10 @@ from .migclass import classify_pending
 from .requirements import (
     LOCK_FILES,
     apply_pins,
+    interpreter_version,
     line_name,
     lock_install,
+    locked_version,
     pip_check_problems,
     pip_install_args,
     python_requirement,
@@ -78,7 +80,7 @@ def venv_problem(spec: Spec, rel: Path) -> str | None:
     if p.returncode == 0:
         return None
     made = re.search(r"^version\s*=\s*(\S+)", (rel / "venv/pyvenv.cfg").read_text() if (rel / "venv/pyvenv.cfg").exists() else "", re.M)
-    now_is = run([str(py), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], check=False, quiet=True).stdout.strip()
+    now_is = interpreter_version(str(py))
     return (f"made with Python {made.group(1) if made else '?'}, its python is now {now_is or 'not starting'}: "
             f"{error_summary(p.stderr) or 'django does not import'}")
 
@@ -189,7 +191,7 @@ def _install(spec: Spec, release: str, rel: Path) -> dict:
     if broken:
         raise Refusal(f"jhe:pins ({', '.join(pinned)}) does not fit {tag}'s lock: {'; '.join(broken)} - pin what it needs too, "
                       f"or choose another version")
-    version = run([str(rel / "venv/bin/python"), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], quiet=True).stdout.strip()
+    version = interpreter_version(str(rel / "venv/bin/python"))
     return {"installer": lock["tool"], "requirements": len(lock["lines"]) + len(pinned), "exact": lock["exact"],
             "hashesChecked": lock["hashed"], "pipCheck": problems, "skipped": lock["skipped"],
             "python": version, "interpreter": python, "pins": {n: {"from": replaced.get(n), "to": v} for n, v in pins.items()}}
@@ -210,7 +212,7 @@ def build_change(spec: Spec, repo: Path, frm: str | None, to: str) -> dict | Non
         lines = lock_install(tag_tree(repo, tag))["lines"]
     except Refusal:
         lines = []
-    locked = {line_name(ln): m.group(1) for ln in lines if (m := re.match(r"^[^=<>~!;\s]+\s*===?\s*([^\s;,]+)", ln))}
+    locked = {line_name(ln): v for ln in lines if (v := locked_version(ln))}
     out: dict = {"tag": tag, "pins": {}}
     for n in sorted(set(pins) | set(cur_pins)):
         was = cur_pins.get(n) or (f"{locked.get(n)} (as locked)" if n in locked else None)

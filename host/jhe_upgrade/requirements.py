@@ -60,16 +60,29 @@ def _toml(text: str) -> dict:
     return out
 
 
-def python_version(python: str = "python3") -> tuple[int, int] | None:
-    """major.minor of an interpreter on the server's PATH; None when there is none of that name."""
+def interpreter_version(python: str) -> str | None:
+    """major.minor.micro of an interpreter (a name on the server's PATH, or a venv's python); None when
+    there is none of that name or it does not start."""
     try:
-        p = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], quiet=True, check=False)
+        p = run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], quiet=True, check=False)
     except OSError:  # (not on the PATH)
         return None
-    if p.returncode != 0:
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def python_version(python: str = "python3") -> tuple[int, int] | None:
+    """major.minor of an interpreter on the server's PATH; None when there is none of that name."""
+    v = interpreter_version(python)
+    if v is None:
         return None
-    a, b = p.stdout.strip().split(".")
+    a, b, _ = v.split(".", 2)
     return int(a), int(b)
+
+
+def locked_version(line: str) -> str | None:
+    """The exact version a requirement line pins (name==1.2 or name===1.2), else None."""
+    m = re.match(r"^[^=<>~!;\s]+\s*===?\s*([^\s;,]+)", line)
+    return m.group(1) if m else None
 
 
 def line_name(line: str) -> str:
@@ -88,8 +101,7 @@ def apply_pins(lock: dict, pins: dict[str, str]) -> tuple[dict, list[str], dict[
     for ln in lock["lines"]:
         name = line_name(ln)
         if name in pins:
-            m = re.match(r"^[^=<>~!;\s]+\s*===?\s*([^\s;,]+)", ln)
-            replaced[name] = m.group(1) if m else ln.split(";")[0].strip()
+            replaced[name] = locked_version(ln) or ln.split(";")[0].strip()
         else:
             keep.append(ln)
     unknown = sorted(set(pins) - set(replaced))

@@ -101,12 +101,9 @@ def _preflight(spec: Spec) -> dict:
         raise Refusal(f"jhe:version {spec.tag} is not a tag of {spec.repo_url} (newest tags: {', '.join(tags) or 'none'})")
     tree = tag_tree(spec.repo, to)
     tool, reqs, py_req = requirements_of(tree)
-    problems += python_problems(spec, py_req)
-    try:
-        _, _, replaced = apply_pins(lock_install(tree), spec.pins)
-    except Refusal as e:
-        problems.append(str(e))
-        replaced = {}
+    have = python_version(spec.python)
+    built, replaced = build_problems(spec, tree, py_req, have)
+    problems += built
     reqs = [r for r in reqs if line_name(r) not in spec.pins] + [f"{n}=={v}" for n, v in spec.pins.items()]
     django = next((r.split("==", 1)[1] for r in reqs if r.lower().startswith("django==")), None)
     if django and not re.match(r"^(4\.2|5\.\d+|6\.\d+)(\.|$)", django):
@@ -177,30 +174,32 @@ def _preflight(spec: Spec) -> dict:
     return {"from": frm, "to": to, "kind": kind, "pendingMigrations": pending, "migrationsToUndo": extra,
             "strategy": strategy, "strategyWhy": why,
             "restoreFrom": restore_from["id"] if restore_from else None, "pythonRequired": py_req,
-            "python": _python_of(spec), "interpreter": spec.python,
+            "python": f"{have[0]}.{have[1]}" if have else None, "interpreter": spec.python,
             "pins": {n: {"from": replaced.get(n), "to": v} for n, v in spec.pins.items()},
             "postgres": pg, "django": django, "installer": tool,
             "databaseBytes": db_bytes, "estimatedDowntimeSeconds": est["seconds"], "estimatedPath": est["path"],
             "restoreFetchedFromBucket": fetched, "offsite": offsite_check}
 
 
-def python_problems(spec: Spec, py_req: str | None) -> list[str]:
-    """jhe:python's interpreter is on the server and satisfies what the tag asks for."""
-    have = python_version(spec.python)
+def build_problems(spec: Spec, tree: dict[str, str], py_req: str | None, have: tuple[int, int] | None) -> tuple[list[str], dict]:
+    """What refuses building the stack's release from the tag's files `tree`: jhe:python's interpreter
+    (`have`, its major.minor) missing or not what the tag asks for, jhe:pins naming what the lock lacks.
+    Also what each pin replaces. (Preflight's, and the PostgreSQL step's for an `up` that changes both.)"""
+    out: list[str] = []
     if have is None:
-        return [f"jhe:python {spec.python} is not installed on the server (apt-get install {spec.python} {spec.python}-venv; "
-                f"or set jhe:python to one it has)"]
-    if not version_ok(have, py_req):
+        out.append(f"jhe:python {spec.python} is not installed on the server (apt-get install {spec.python} {spec.python}-venv; "
+                   f"or set jhe:python to one it has)")
+    elif not version_ok(have, py_req):
         m = re.search(r"(\d+)\.(\d+)", py_req or "")
         example = f"python{m.group(1)}.{m.group(2)}" if m else "python3.13"
         hint = f"set jhe:python to an interpreter it accepts (e.g. pulumi config set jhe:python {example}), or choose another version"
-        return [f"{spec.tag} needs Python {py_req}; {spec.python} on the server is {have[0]}.{have[1]} ({hint})"]
-    return []
-
-
-def _python_of(spec: Spec) -> str | None:
-    have = python_version(spec.python)
-    return f"{have[0]}.{have[1]}" if have else None
+        out.append(f"{spec.tag} needs Python {py_req}; {spec.python} on the server is {have[0]}.{have[1]} ({hint})")
+    try:
+        _, _, replaced = apply_pins(lock_install(tree), spec.pins)
+    except Refusal as e:
+        out.append(str(e))
+        replaced = {}
+    return out, replaced
 
 
 def _rollback_dump(spec: Spec, state: dict, b: dict) -> bool:
