@@ -192,30 +192,33 @@ export function releaseId(tag: string, pins: Record<string, string>, python: str
     return parts.length ? `${tag}+${parts.join(".")}` : tag;
 }
 
+/** The entries of an object-valued key (jhe:env, jhe:pins); none when unset; anything else is a problem: "jhe:<key> must be <what>". */
+function objectEntries(raw: RawConfig, key: string, p: string[], what: string): [string, unknown][] {
+    const v = raw[key];
+    if (v === undefined || v === null) return [];
+    if (typeof v !== "object" || Array.isArray(v)) {
+        p.push(`jhe:${key} must be ${what}`);
+        return [];
+    }
+    return Object.entries(v as Record<string, unknown>);
+}
+
 /** jhe:pins and jhe:python: how the release is built beside its tag's lock (the runbook's Django-only and Python upgrades). */
 function buildConfig(raw: RawConfig, p: string[]): { pins: Record<string, string>; python: string } {
     const pins: Record<string, string> = {};
-    const pinsRaw = raw.pins;
-    if (pinsRaw !== undefined && pinsRaw !== null) {
-        if (typeof pinsRaw !== "object" || Array.isArray(pinsRaw)) {
-            p.push("jhe:pins must be an object of package: exact version, e.g. `pulumi config set --path 'jhe:pins.django' 5.2.19`");
+    const seen = new Map<string, string>();
+    for (const [k, v] of objectEntries(raw, "pins", p, "an object of package: exact version, e.g. `pulumi config set --path 'jhe:pins.django' 5.2.19`")) {
+        if (!PIN_NAME.test(k)) {
+            p.push(`jhe:pins.${k}: a package name is letters, digits, '.', '_' and '-' (as on the package index, e.g. django)`);
+        } else if (typeof v !== "string" || !PIN_VERSION.test(v)) {
+            p.push(`jhe:pins.${k} must be an exact version such as 5.2.19 (got ${JSON.stringify(v)}): a release is built ` +
+                "once, so what it installs is fixed in the stack's config (no ranges, no 5.2.x" +
+                (typeof v === "number" ? "; a number loses digits, e.g. 3.10 is read as 3.1: quote it" : "") + ")");
+        } else if (seen.has(pinName(k))) {
+            p.push(`jhe:pins.${k} and jhe:pins.${seen.get(pinName(k))} name the same package; keep one`);
         } else {
-            const seen = new Map<string, string>();
-            for (const [k, v] of Object.entries(pinsRaw as Record<string, unknown>)) {
-                const value = v;
-                if (!PIN_NAME.test(k)) {
-                    p.push(`jhe:pins.${k}: a package name is letters, digits, '.', '_' and '-' (as on the package index, e.g. django)`);
-                } else if (typeof value !== "string" || !PIN_VERSION.test(value)) {
-                    p.push(`jhe:pins.${k} must be an exact version such as 5.2.19 (got ${JSON.stringify(v)}): a release is built ` +
-                        "once, so what it installs is fixed in the stack's config (no ranges, no 5.2.x" +
-                        (typeof v === "number" ? "; a number loses digits, e.g. 3.10 is read as 3.1: quote it" : "") + ")");
-                } else if (seen.has(pinName(k))) {
-                    p.push(`jhe:pins.${k} and jhe:pins.${seen.get(pinName(k))} name the same package; keep one`);
-                } else {
-                    seen.set(pinName(k), k);
-                    pins[k] = value;
-                }
-            }
+            seen.set(pinName(k), k);
+            pins[k] = v;
         }
     }
     const python = str(raw, "python", p, false, DEFAULT_PYTHON) || DEFAULT_PYTHON;
@@ -427,26 +430,19 @@ export function validateConfig(raw: RawConfig, secrets: SecretInputs): JheConfig
     checked(p, "dbUser", db.user, rx(DB_NAME, "must be a PostgreSQL role name (lower-case letters, digits, '_')"));
 
     const env: Record<string, string> = {};
-    const envRaw = raw.env;
-    if (envRaw !== undefined && envRaw !== null) {
-        if (typeof envRaw !== "object" || Array.isArray(envRaw)) {
-            p.push("jhe:env must be an object of NAME: value pairs (pulumi config set --path 'jhe:env.NAME' value)");
-        } else {
-            for (const [k, v] of Object.entries(envRaw as Record<string, unknown>)) {
-                if (!ENV_NAME.test(k)) {
-                    p.push(`jhe:env.${k}: names must be upper-case letters, digits and '_' (like SITE_URL)`);
-                    continue;
-                }
-                const value = typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : undefined;
-                if (value === undefined) {
-                    p.push(`jhe:env.${k} must be a string, number or boolean`);
-                    continue;
-                }
-                const why = checkEnvValue(`jhe:env.${k}`, value);
-                if (why) p.push(why);
-                else env[k] = value;
-            }
+    for (const [k, v] of objectEntries(raw, "env", p, "an object of NAME: value pairs (pulumi config set --path 'jhe:env.NAME' value)")) {
+        if (!ENV_NAME.test(k)) {
+            p.push(`jhe:env.${k}: names must be upper-case letters, digits and '_' (like SITE_URL)`);
+            continue;
         }
+        const value = typeof v === "string" ? v : typeof v === "number" || typeof v === "boolean" ? String(v) : undefined;
+        if (value === undefined) {
+            p.push(`jhe:env.${k} must be a string, number or boolean`);
+            continue;
+        }
+        const why = checkEnvValue(`jhe:env.${k}`, value);
+        if (why) p.push(why);
+        else env[k] = value;
     }
     p.push(...jheSettingsProblems(env, stage, "jhe:env"));
     const secretEnvNames = [...(secrets.secretEnvNames ?? [])];
